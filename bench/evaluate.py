@@ -1,0 +1,96 @@
+"""Scoring through lm-eval: every accuracy lockbench reports comes from `lm_eval.simple_evaluate`.
+
+Procedural tasks default to their log-likelihood form, whose `acc` (lm-eval's is_greedy) says that
+greedy decoding would emit exactly the answer and its newline: the same signal as generative
+exact match, for one forward pass instead of a decoding loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from tasks.lmeval import MaterializedTasks, task_manager
+
+Form = Literal["loglikelihood", "generate"]
+METRIC_BY_FORM = {"loglikelihood": "acc,none", "generate": "exact_match,none"}
+
+
+def _quiet_lm_eval() -> None:
+    """lm-eval draws a progress bar per task and request type; at hundreds of small evaluations per run
+    they drown the harness's own progress display, so they are switched off once per process."""
+    import functools
+
+    import datasets
+    import lm_eval.api.task
+    import transformers
+    from tqdm import tqdm
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+
+
+@functools.cache
+def _quiet_hflm_class():
+    from lm_eval.models.huggingface import HFLM
+
+    _quiet_lm_eval()
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    return QuietHFLM
+
+
+def as_plain_model(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """Fold a LoRA adapter into a copy of its base so lm-eval sees an ordinary causal LM."""
+    if isinstance(model, PeftModel):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def score(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task_names: Sequence[str],
+    tasks: MaterializedTasks,
+    split: str = "test",
+    form: Form = "loglikelihood",
+    limit: int | None = None,
+    batch_size: int = 64,
+) -> dict[str, float]:
+    """Accuracy per task on `split` (`test` for reporting, `attacker_val` for an attacker's search)."""
+    from lm_eval import simple_evaluate
+
+    plain = as_plain_model(model).eval()
+    lm = _quiet_hflm_class()(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size, device="cpu",
+              max_length=plain.config.max_position_embeddings if hasattr(plain.config, "max_position_embeddings")
+              else None)
+    names = {task: tasks.lm_eval_name(task, split=split, form=form) for task in task_names}
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    with torch.no_grad():
+        output = simple_evaluate(
+            model=lm,
+            tasks=list(names.values()),
+            task_manager=task_manager(tasks.include_path),
+            limit=limit,
+            log_samples=False,
+            bootstrap_iters=0,
+            verbosity="ERROR",
+        )
+    assert output is not None
+    metric = METRIC_BY_FORM[form]
+    return {task: float(output["results"][name][metric]) for task, name in names.items()}

@@ -1,0 +1,47 @@
+"""Per-process state of a run: the preset, the built zoo and the materialised tasks.
+
+Workers (Ray or serial) rebuild it from the preset and storage root; every piece is cached on disk,
+so this costs a few file reads.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.plugins import TaskData
+from bench.presets import Preset
+from bench.zoo.build import Zoo, build_zoo
+from tasks import build_splits, materialize
+from tasks.lmeval import MaterializedTasks
+
+
+@dataclass
+class HarnessContext:
+    preset: Preset
+    root: Path
+    zoo: Zoo
+    tasks: MaterializedTasks
+
+    def split(self, task: str, split: str) -> TaskData:
+        data = build_splits(task, self.preset.zoo.seed, self.preset.zoo.split_sizes)[split]
+        return TaskData(list(data["prompt"]), list(data["answer"]))
+
+    @property
+    def all_tasks(self) -> list[str]:
+        zoo = self.preset.zoo
+        return sorted(set(zoo.expert_tasks) | set(zoo.downstream_tasks))
+
+
+@functools.lru_cache(maxsize=4)
+def _context(preset_json: str, root: str) -> HarnessContext:
+    preset = Preset.model_validate_json(preset_json)
+    zoo = build_zoo(preset.zoo, Path(root))
+    all_tasks = sorted(set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
+    tasks = materialize(all_tasks, preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
+    return HarnessContext(preset, Path(root), zoo, tasks)
+
+
+def get_context(preset: Preset, root: Path) -> HarnessContext:
+    return _context(preset.model_dump_json(), str(root))

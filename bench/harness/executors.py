@@ -1,0 +1,113 @@
+"""Executors: run defense jobs and cells serially in-process or as Ray tasks.
+
+Ray: `ray.init(address=$RAY_ADDRESS)` starts a local cluster when the variable is unset and joins a
+real one when it is set. Each task asks for explicit CPUs (and GPUs), sets torch's thread count to
+them, and carries the offline variables in its runtime environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from bench.offline import offline_env
+from bench.presets import Preset
+
+ExecutorName = Literal["serial", "ray"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work: a defense job or a cell, identified by index into the caller's list."""
+
+    index: int
+    kind: Literal["defend", "cell"]
+    payload: Any
+
+
+def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], threads: int) -> Any:
+    import torch
+
+    torch.set_num_threads(threads)
+    from bench.harness.context import get_context
+    from bench.harness.stages import run_cell, run_defense_job
+    from bench.presets import Preset as PresetModel
+
+    ctx = get_context(PresetModel.model_validate_json(preset_json), Path(root))
+    if item.kind == "defend":
+        try:
+            run_defense_job(ctx, item.payload)
+            return {"status": "ok"}
+        except Exception as error:  # reported per job; its cells then fail with the same error
+            return {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+    return run_cell(ctx, item.payload, fractions)
+
+
+class SerialExecutor:
+    name = "serial"
+
+    def __init__(self, threads: int | None = None):
+        self.threads = threads or max(1, os.cpu_count() or 1)
+
+    def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
+            ) -> Iterator[tuple[WorkItem, Any]]:
+        preset_json = preset.model_dump_json()
+        for item in items:
+            yield item, _execute(preset_json, str(root), item, fractions, self.threads)
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(self, cpus_per_task: int = 1, gpus_per_task: float = 0.0, num_cpus: int | None = None):
+        import ray
+
+        self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
+        address = os.environ.get("RAY_ADDRESS")
+        env = {**offline_env(), "PYTHONPATH": _project_pythonpath()}
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+                     log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
+        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_execute)
+
+    def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
+            ) -> Iterator[tuple[WorkItem, Any]]:
+        import ray
+
+        preset_json = ray.put(preset.model_dump_json())
+        pending = {self._remote.remote(preset_json, str(root), item, fractions, self.cpus_per_task): item
+                   for item in items}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                item = pending.pop(ref)
+                try:
+                    yield item, ray.get(ref)
+                except Exception as error:  # a crashed worker is one failed item, not a failed run
+                    yield item, {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
+
+    def shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+            ray.shutdown()
+
+
+def _project_pythonpath() -> str:
+    """Workers import lockbench from the same checkout as the driver."""
+    here = str(Path(__file__).resolve().parents[2])
+    existing = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join(part for part in (here, existing) if part)
+
+
+def make_executor(name: ExecutorName, **kwargs: Any):
+    factories: dict[str, Callable[..., Any]] = {"serial": SerialExecutor, "ray": RayExecutor}
+    if name not in factories:
+        raise ValueError(f"unknown executor '{name}'; choose serial or ray")
+    return factories[name](**kwargs)

@@ -1,0 +1,127 @@
+"""The benchmark grid: which defenses, attacks, models, tasks and seeds, expanded into cells."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
+
+from bench.config import StrictModel
+from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track, load_builtin_plugins
+from bench.storage import content_hash
+
+
+class PluginSpec(StrictModel):
+    """A plugin by registry name with its config (validated against the plugin's own Config)."""
+
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+class GridConfig(StrictModel):
+    defenses: list[PluginSpec] = Field(min_length=1)
+    merge_attacks: list[PluginSpec] = Field(default_factory=list)
+    finetune_attacks: list[PluginSpec] = Field(default_factory=list)
+    models: list[str] | None = Field(None, description="zoo model names; default all")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    release_formats: list[ReleaseFormat] = Field(default_factory=lambda: ["adapter", "full"])
+    n_members: list[int] = Field(default_factory=lambda: [2])
+    protected_tasks: list[str] | None = Field(None, description="merge track; default all expert tasks")
+    downstream_tasks: list[str] | None = Field(None, description="finetune track; default the zoo's")
+    budget_fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+
+
+@dataclass(frozen=True)
+class DefenseJob:
+    """One release to produce: (defense, track, format, model, protected task, seed)."""
+
+    defense: str
+    defense_label: str
+    defense_config: str  # canonical JSON
+    track: Track
+    release_format: ReleaseFormat
+    model: str
+    task: str | None
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return content_hash("defend", self.defense, self.defense_config, self.track, self.release_format,
+                            self.model, self.task, self.seed)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One attack on one release, scored against the same attack on `none`."""
+
+    defense: DefenseJob
+    attack: str
+    attack_label: str
+    attack_config: str  # canonical JSON
+    task: str
+    members: tuple[str, ...]
+
+    @property
+    def attack_key(self) -> str:
+        return content_hash("attack", self.attack, self.attack_config)
+
+    @property
+    def key(self) -> str:
+        return content_hash("cell", self.defense.key, self.attack_key, self.task, list(self.members))
+
+
+def _canonical_config(registry, spec: PluginSpec) -> str:
+    """Validate a plugin's config against its schema and return it as canonical JSON."""
+    cls = registry.get(spec.name)
+    try:
+        config = cls.Config.model_validate(spec.config)
+    except Exception as error:
+        raise ValueError(f"{registry.kind} '{spec.name}': {error}".splitlines()[0] + " " +
+                         "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
+    return json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
+
+
+def expand(grid: GridConfig, models: dict[str, str], expert_tasks: list[str],
+           downstream_tasks: list[str]) -> list[Cell]:
+    """All cells of the grid. `models` maps zoo model name → architecture family."""
+    load_builtin_plugins()
+    chosen_models = grid.models or list(models)
+    unknown = sorted(set(chosen_models) - set(models))
+    if unknown:
+        raise ValueError(f"grid names models {unknown} that the zoo does not have ({sorted(models)})")
+    protected = grid.protected_tasks or expert_tasks
+    downstream = grid.downstream_tasks or downstream_tasks
+    cells: list[Cell] = []
+    for defense_spec in grid.defenses:
+        defense_config = _canonical_config(DEFENSES, defense_spec)
+        defense_cls = DEFENSES.get(defense_spec.name)
+        for model in chosen_models:
+            for seed in grid.seeds:
+                if "merge" in defense_cls.tracks:
+                    for release_format in grid.release_formats:
+                        for index, task in enumerate(protected):
+                            job = DefenseJob(defense_spec.name, defense_spec.display, defense_config, "merge",
+                                             release_format, model, task, seed)
+                            for n_members in grid.n_members:
+                                others = [expert_tasks[(expert_tasks.index(task) + k) % len(expert_tasks)]
+                                          for k in range(1, n_members)]
+                                for attack_spec in grid.merge_attacks:
+                                    cells.append(Cell(job, attack_spec.name, attack_spec.display,
+                                                      _canonical_config(ATTACKS, attack_spec), task,
+                                                      tuple(others)))
+                            del index
+                if "finetune" in defense_cls.tracks:
+                    job = DefenseJob(defense_spec.name, defense_spec.display, defense_config, "finetune", "full",
+                                     model, None, seed)
+                    for task in downstream:
+                        for attack_spec in grid.finetune_attacks:
+                            cells.append(Cell(job, attack_spec.name, attack_spec.display,
+                                              _canonical_config(ATTACKS, attack_spec), task, ()))
+    return cells

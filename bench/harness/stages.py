@@ -1,0 +1,246 @@
+"""The cached stages: defend (+ evaluate release) and attack (+ evaluate) for one cell.
+
+Layout under the storage root, each entry written atomically and keyed by a content hash:
+- `releases/<job>/public/`  the release in Hugging Face format (what attacks may load)
+- `releases/<job>/metrics.json`  release-side scores
+- `private/<job>/`  the defense's private material, a separate tree no attack is given
+- `cells/<cell>.json`  one raw cell record
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from safetensors.torch import save_file
+from transformers import PreTrainedModel
+
+from bench.evaluate import score
+from bench.harness.context import HarnessContext
+from bench.harness.grid import Cell, DefenseJob
+from bench.plugins import ATTACKS, DEFENSES, OwnerView, PublicView, Release, load_builtin_plugins
+from bench.storage import cached_directory, content_hash, is_complete, write_json_atomic
+from bench.zoo.build import load_model
+from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
+
+CODE_VERSION = 1  # bump when a stage's semantics change, so caches are not reused across it
+
+
+class DefenseOutputError(RuntimeError):
+    """A defense returned something that cannot be released (wrong type, NaN weights, …)."""
+
+
+def release_dir(ctx: HarnessContext, job: DefenseJob) -> Path:
+    return ctx.root / "releases" / f"{job.defense}-{job.model}-{_job_key(ctx, job)}"
+
+
+def private_dir(ctx: HarnessContext, job: DefenseJob) -> Path:
+    return ctx.root / "private" / f"{job.defense}-{job.model}-{_job_key(ctx, job)}"
+
+
+def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
+    return content_hash(job.key, ctx.zoo.hash, CODE_VERSION)
+
+
+def _owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
+    zoo = ctx.zoo
+    view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
+                     base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model), seed=job.seed,
+                     task=job.task)
+    if job.track == "merge":
+        assert job.task is not None
+        view.owner_train = ctx.split(job.task, "owner_train")
+        view.reference_release = (zoo.load_expert(job.model, job.task) if job.release_format == "full"
+                                  else zoo.load_lora_expert(job.model, job.task))
+    else:
+        view.capability_data = {task: ctx.split(task, "owner_train") for task in ctx.preset.zoo.base_tasks}
+    return view
+
+
+def _check_release(release: Any, job: DefenseJob) -> Release:
+    if not isinstance(release, Release):
+        raise DefenseOutputError(f"defense '{job.defense}' returned {type(release).__name__}, expected Release")
+    model = release.model
+    if job.release_format == "adapter" and job.track == "merge" and not isinstance(model, PeftModel):
+        raise DefenseOutputError(f"defense '{job.defense}' must release a peft adapter for format 'adapter'")
+    if not isinstance(model, PreTrainedModel | PeftModel):
+        raise DefenseOutputError(f"defense '{job.defense}' released {type(model).__name__}, not a transformers model")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise DefenseOutputError(f"defense '{job.defense}' released non-finite weights in {name}")
+    return release
+
+
+def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedModel | PeftModel) -> dict[str, float]:
+    tokenizer = ctx.zoo.tokenizer(job.model)
+    if job.track == "merge":
+        assert job.task is not None
+        return {"utility": score(model, tokenizer, [job.task], ctx.tasks)[job.task]}
+    capability = list(ctx.preset.zoo.expert_tasks)
+    scores = score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks), ctx.tasks)
+    return {"utility": sum(scores[t] for t in capability) / len(capability),
+            **{f"acc:{task}": value for task, value in scores.items()}}
+
+
+def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
+    """Produce, check, save and score one release (cached)."""
+    load_builtin_plugins()
+    target = release_dir(ctx, job)
+    if is_complete(target):
+        return target
+    defense_cls = DEFENSES.get(job.defense)
+    defense = defense_cls(defense_cls.Config.model_validate_json(job.defense_config))
+    family = ctx.zoo.family(job.model)
+
+    def build(scratch: Path) -> None:
+        if not defense.supports(job.track, job.release_format, family):
+            write_json_atomic(scratch / "metrics.json", {"status": "n/a"})
+            return
+        torch.manual_seed(job.seed)
+        started = time.perf_counter()
+        release = _check_release(defense.protect(_owner_view(ctx, job)), job)
+        seconds = time.perf_counter() - started
+        release.model.save_pretrained(str(scratch / "public"), safe_serialization=True)
+        ctx.zoo.tokenizer(job.model).save_pretrained(scratch / "public")
+        if release.private:
+            _write_private(ctx, job, release.private)
+        metrics = _release_metrics(ctx, job, release.model)
+        write_json_atomic(scratch / "metrics.json", {"status": "ok", "defense_seconds": seconds,
+                                                     "notes": release.notes, **metrics})
+
+    return cached_directory(target, build)
+
+
+def _write_private(ctx: HarnessContext, job: DefenseJob, private: dict[str, torch.Tensor]) -> None:
+    def build(scratch: Path) -> None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in private.items()}, str(scratch / "private.safetensors"))
+
+    cached_directory(private_dir(ctx, job), build)
+
+
+def load_release(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel | PeftModel:
+    """Load a release from its public directory only."""
+    public = release_dir(ctx, job) / "public"
+    if (public / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(ctx.zoo.load_base(job.model), str(public))
+    return load_model(public)
+
+
+def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> PublicView:
+    job, zoo = cell.defense, ctx.zoo
+    experts: dict[str, Any] = {}
+    experts_val = {}
+    for member in cell.members:
+        experts[member] = (zoo.load_expert(job.model, member) if job.release_format == "full"
+                           else zoo.load_lora_expert(job.model, member))
+        experts_val[member] = ctx.split(member, "attacker_val")
+    return PublicView(track=job.track, release_format=job.release_format, model_name=job.model,
+                      release=load_release(ctx, job), base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model),
+                      task=cell.task, attacker_train=ctx.split(cell.task, "attacker_train"),
+                      attacker_val=ctx.split(cell.task, "attacker_val"), public_experts=experts,
+                      public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions)
+
+
+def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
+    path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION)}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    write_json_atomic(path, value)
+    return value
+
+
+def _base_scores(ctx: HarnessContext, model: str) -> dict[str, float]:
+    return _cached_scores(ctx, f"base-{model}", model, lambda: score(
+        ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks, ctx.tasks))
+
+
+def _expert_score(ctx: HarnessContext, model: str, release_format: str, task: str) -> float:
+    def compute() -> dict[str, float]:
+        expert = (ctx.zoo.load_expert(model, task) if release_format == "full"
+                  else ctx.zoo.load_lora_expert(model, task))
+        return score(expert, ctx.zoo.tokenizer(model), [task], ctx.tasks)
+
+    return _cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
+                          compute)[task]
+
+
+def cell_path(ctx: HarnessContext, cell: Cell) -> Path:
+    return ctx.root / "cells" / f"{content_hash(cell.key, ctx.zoo.hash, CODE_VERSION)}.json"
+
+
+def _identity(ctx: HarnessContext, cell: Cell) -> dict[str, Any]:
+    job = cell.defense
+    return {
+        "track": job.track, "defense": job.defense_label, "defense_config": job.defense_config,
+        "release_format": job.release_format, "model": job.model, "family": ctx.zoo.family(job.model),
+        "task": cell.task, "members": "+".join(cell.members), "n_members": len(cell.members) + 1
+        if job.track == "merge" else 0, "attack": cell.attack_label, "attack_config": cell.attack_config,
+        "attack_key": cell.attack_key, "seed": job.seed,
+    }
+
+
+def run_cell(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> dict[str, Any]:
+    """Attack one release and score it; returns the raw record (cached when it succeeded)."""
+    load_builtin_plugins()
+    path = cell_path(ctx, cell)
+    if path.is_file():
+        return json.loads(path.read_text())
+    record: dict[str, Any] = {**_identity(ctx, cell), "status": "ok", "error": ""}
+    try:
+        record.update(_attack_and_score(ctx, cell, fractions))
+    except Exception as error:  # one failing cell must not stop the grid
+        record.update(status="failed", error=f"{type(error).__name__}: {error}".replace("\n", " | ")[:500],
+                      traceback=traceback.format_exc(limit=8))
+        return record
+    write_json_atomic(path, record)
+    return record
+
+
+def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> dict[str, Any]:
+    job = cell.defense
+    run_defense_job(ctx, job)
+    metrics = json.loads((release_dir(ctx, job) / "metrics.json").read_text())
+    if metrics["status"] == "n/a":
+        return {"status": "n/a"}
+    attack_cls = ATTACKS.get(cell.attack)
+    attack = attack_cls(attack_cls.Config.model_validate_json(cell.attack_config))
+    view = _public_view(ctx, cell, fractions)
+    torch.manual_seed(job.seed)
+    started = time.perf_counter()
+    output = attack.run(view)
+    seconds = time.perf_counter() - started
+    tokenizer = ctx.zoo.tokenizer(job.model)
+    base_scores = _base_scores(ctx, job.model)
+    result: dict[str, Any] = {
+        "utility": metrics["utility"], "base_acc": base_scores[cell.task],
+        "defense_seconds": metrics.get("defense_seconds", 0.0), "attack_seconds": seconds,
+        "attack_steps": output.steps, "attack_examples": output.examples,
+        **{f"knob_{k}": v for k, v in output.knobs.items()},
+    }
+    if job.track == "merge":
+        merged = output.models[1.0]
+        scores = score(merged, tokenizer, [cell.task, *cell.members], ctx.tasks)
+        result["merged_acc"] = scores[cell.task]
+        members = list(cell.members)
+        result["merged_acc_members"] = _mean([scores[m] for m in members])
+        result["members_expert_acc"] = _mean([_expert_score(ctx, job.model, job.release_format, m) for m in members])
+    else:
+        before = metrics[f"acc:{cell.task}"]
+        result["acc_before"] = before
+        for fraction, model in sorted(output.models.items()):
+            after = score(model, tokenizer, [cell.task], ctx.tasks)[cell.task]
+            result[f"gain_at_{fraction:g}"] = after - before
+            if fraction == max(output.models):
+                result["acc_after"] = after
+    return result
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,87 @@
+"""Presets: validated YAML files that fix the zoo, the validity rule and (later) the benchmark grid."""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import Field, ValidationError
+
+from bench.config import StrictModel
+from bench.finetuning import FinetuneRecipe
+from bench.harness.grid import GridConfig
+from bench.zoo.config import ZooConfig
+
+
+class ValidityConfig(StrictModel):
+    """DESIGN §6's validity rule and the attacks it is checked with."""
+
+    min_expert_gain: float = 0.3
+    min_kept_fraction: float = 0.5
+    max_downstream_base: float = 0.3
+    min_finetune_gain: float = 0.3
+    members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
+    merge_coefficients: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
+    finetune_attacks: dict[str, FinetuneRecipe]
+
+    def rule(self):
+        """The per-attack part of the rule, as the scoring stage applies it."""
+        from bench.scoring import ValidityRule
+
+        return ValidityRule(min_kept_fraction=self.min_kept_fraction, min_finetune_gain=self.min_finetune_gain,
+                            members_floor=self.members_floor)
+
+
+class Preset(StrictModel):
+    name: str
+    description: str
+    zoo: ZooConfig
+    validity: ValidityConfig
+    grid: GridConfig | None = None
+
+
+class PresetError(ValueError):
+    """A preset that cannot be loaded; the message is one line meant for the user."""
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("bench") / "presets"
+    return sorted(Path(str(entry)).stem for entry in folder.iterdir() if str(entry).endswith(".yaml"))
+
+
+def _format_validation_error(source: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        else:
+            problems.append(f"{where}: {item['msg']}")
+    return f"invalid preset {source}: " + "; ".join(problems)
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """Load a packaged preset by name or any YAML file by path."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.is_file():
+            raise PresetError(f"preset file not found: {path}")
+        text, source = path.read_text(), str(path)
+    else:
+        names = preset_names()
+        if name_or_path not in names:
+            close = difflib.get_close_matches(name_or_path, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PresetError(f"unknown preset '{name_or_path}'{hint}; known: {', '.join(names)}")
+        text = (resources.files("bench") / "presets" / f"{name_or_path}.yaml").read_text()
+        source = name_or_path
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise PresetError(f"preset {source} is not valid YAML: {error}".splitlines()[0]) from error
+    try:
+        return Preset.model_validate(data)
+    except ValidationError as error:
+        raise PresetError(_format_validation_error(source, error)) from error

@@ -1,0 +1,216 @@
+"""Build (or reuse) the zoo: a generalist base per architecture and one expert per task, each saved in
+Hugging Face format with safetensors, full fine-tune and LoRA adapter alike.
+
+Each artefact lives under a content hash of everything that determines its weights, so a second build
+with the same config loads from disk, and changing the expert recipe never retrains the base.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+import bench
+from bench.storage import cached_directory, content_hash, write_json_atomic
+from bench.zoo.architectures import LORA_TARGETS, build_model
+from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
+from bench.zoo.tokenizer import build_tokenizer
+from bench.zoo.training import TrainSettings, tokenise, train
+from tasks import build_splits
+
+#: Bump when training code changes in a way that changes weights, so stale caches are not reused.
+ZOO_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ZooPaths:
+    """Where one architecture's artefacts live."""
+
+    base: Path
+    experts_full: dict[str, Path]
+    experts_lora: dict[str, Path]
+
+
+class Zoo:
+    """A built zoo: paths and loaders. Construct with :func:`build_zoo`."""
+
+    def __init__(self, config: ZooConfig, root: Path, paths: dict[str, ZooPaths]):
+        self.config = config
+        self.root = root
+        self.paths = paths
+        self.hash = zoo_hash(config)
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.paths)
+
+    def family(self, model: str) -> str:
+        """The architecture family (transformers' model_type) of a zoo model, read from its config."""
+        import json
+
+        return json.loads((self.paths[model].base / "config.json").read_text())["model_type"]
+
+    def tokenizer(self, model: str) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.paths[model].base, self.config.models[model].trust_remote_code)
+
+    def load_base(self, model: str) -> PreTrainedModel:
+        return load_model(self.paths[model].base, self.config.models[model].trust_remote_code)
+
+    def load_expert(self, model: str, task: str) -> PreTrainedModel:
+        return load_model(self.paths[model].experts_full[task], self.config.models[model].trust_remote_code)
+
+    def load_lora_expert(self, model: str, task: str) -> PeftModel:
+        return PeftModel.from_pretrained(self.load_base(model), str(self.paths[model].experts_lora[task]))
+
+
+def zoo_hash(config: ZooConfig) -> str:
+    return content_hash("zoo", ZOO_FORMAT_VERSION, config)
+
+
+def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load weights through safetensors only (never pickle) and put the model in eval mode."""
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def load_tokenizer(path: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _settings(training: TrainingConfig, seed: int) -> TrainSettings:
+    return TrainSettings(
+        steps=training.steps,
+        lr=training.lr,
+        batch_size=training.batch_size,
+        warmup_steps=training.warmup_steps,
+        seed=seed,
+    )
+
+
+def _task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase, loss_on_prompt: bool):
+    prompts: list[str] = []
+    answers: list[str] = []
+    for task in task_names:
+        owner = build_splits(task, config.seed, config.split_sizes)["owner_train"]
+        prompts += owner["prompt"]
+        answers += owner["answer"]
+    return tokenise(tokenizer, prompts, answers, loss_on_prompt=loss_on_prompt)
+
+
+def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
+    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0) as bar:
+
+        def on_step(step: int, loss: float) -> None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+
+        return train(model, data, settings, on_step=on_step)
+
+
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, manifest: dict) -> None:
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    write_json_atomic(directory / "lockbench.json", manifest)
+
+
+def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) -> None:
+    tokenizer = build_tokenizer()
+    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+               "eos_token_id": tokenizer.eos_token_id}
+    assert entry.architecture is not None
+    model = build_model(entry.architecture, len(tokenizer), config.seed, special)
+    data = _task_data(config, config.base_tasks, tokenizer, loss_on_prompt=True)
+    started = time.perf_counter()
+    losses = _train_with_bar(model, data, _settings(config.base_training, config.seed), f"{name} base")
+    _save(model, tokenizer, scratch, {
+        "kind": "base", "model": name, "architecture": entry.architecture, "tasks": config.base_tasks,
+        "training": config.base_training, "seed": config.seed, "final_loss": losses[-1],
+        "train_seconds": time.perf_counter() - started, "lockbench": bench.__version__,
+    })
+
+
+def _build_full_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
+    tokenizer = load_tokenizer(base)
+    model = load_model(base)
+    data = _task_data(config, [task], tokenizer, loss_on_prompt=False)
+    started = time.perf_counter()
+    seed = config.seed + 1 + config.expert_tasks.index(task)
+    losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
+    _save(model, tokenizer, scratch, {
+        "kind": "expert_full", "model": name, "task": task, "training": config.expert_training,
+        "seed": seed, "final_loss": losses[-1], "train_seconds": time.perf_counter() - started,
+    })
+
+
+def lora_config_for(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> LoraConfig:
+    """LoRA on every attention and MLP linear map of a zoo family; hub models fall back to 'all-linear'."""
+    family = model.config.model_type
+    targets: list[str] | str = LORA_TARGETS.get(family, "all-linear")
+    return LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+        fan_in_fan_out=family == "gpt2",
+    )
+
+
+def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
+    tokenizer = load_tokenizer(base)
+    model = load_model(base)
+    lora = config.lora
+    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
+    data = _task_data(config, [task], tokenizer, loss_on_prompt=False)
+    started = time.perf_counter()
+    seed = config.seed + 101 + config.expert_tasks.index(task)
+    losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
+    peft_model.save_pretrained(str(scratch), safe_serialization=True)
+    write_json_atomic(scratch / "lockbench.json", {
+        "kind": "expert_lora", "model": name, "task": task, "lora": lora, "seed": seed,
+        "final_loss": losses[-1], "train_seconds": time.perf_counter() - started,
+    })
+
+
+def build_zoo(config: ZooConfig, root: Path) -> Zoo:
+    """Train whatever is missing under `root/zoo/` and return the zoo."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    paths: dict[str, ZooPaths] = {}
+    for name, entry in config.models.items():
+        if entry.pretrained is not None:
+            base, base_id = Path(entry.pretrained), entry.pretrained
+        else:
+            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry, config.base_tasks,
+                                    config.base_training, config.seed, config.split_sizes)
+            base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
+                                    lambda scratch, n=name, e=entry: _build_base(config, n, e, scratch))
+            base_id = base_key
+        full: dict[str, Path] = {}
+        lora: dict[str, Path] = {}
+        for task in config.expert_tasks:
+            if task in entry.expert_paths:
+                full[task] = Path(entry.expert_paths[task])
+            else:
+                key = content_hash("expert", ZOO_FORMAT_VERSION, base_id, task, config.expert_training,
+                                   config.seed, config.split_sizes, config.expert_tasks)
+                full[task] = cached_directory(
+                    root / "zoo" / "experts" / f"{name}-{task}-{key}",
+                    lambda scratch, n=name, t=task, b=base: _build_full_expert(config, n, b, t, scratch),
+                )
+            key = content_hash("lora", ZOO_FORMAT_VERSION, base_id, task, config.lora, config.seed,
+                               config.split_sizes, config.expert_tasks)
+            lora[task] = cached_directory(
+                root / "zoo" / "lora" / f"{name}-{task}-{key}",
+                lambda scratch, n=name, t=task, b=base: _build_lora_expert(config, n, b, t, scratch),
+            )
+        paths[name] = ZooPaths(base=base, experts_full=full, experts_lora=lora)
+    return Zoo(config, root, paths)

@@ -1,0 +1,61 @@
+"""The zoo's configuration: which models exist, how the tiny ones are trained, on which tasks."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from bench.config import StrictModel
+from bench.zoo.architectures import ArchitectureConfig
+from tasks import SplitSizes
+
+
+class TrainingConfig(StrictModel):
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(64, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+
+
+class LoraConfigModel(StrictModel):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    training: TrainingConfig
+
+
+class ModelEntry(StrictModel):
+    """One architecture of the zoo: a tiny model trained here, or a pretrained one from a hub/path."""
+
+    architecture: ArchitectureConfig | None = None
+    pretrained: str | None = None
+    expert_paths: dict[str, str] = Field(default_factory=dict)
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelEntry:
+        if (self.architecture is None) == (self.pretrained is None):
+            raise ValueError("give exactly one of 'architecture' (a tiny model built here) or 'pretrained'")
+        return self
+
+
+class ZooConfig(StrictModel):
+    """Everything that determines the zoo's weights; its hash names the zoo on disk."""
+
+    seed: int = 0
+    models: dict[str, ModelEntry]
+    split_sizes: SplitSizes = Field(default_factory=SplitSizes)
+    base_tasks: list[str] = Field(min_length=1, description="skill mixture the generalist base is trained on")
+    base_training: TrainingConfig
+    expert_tasks: list[str] = Field(min_length=2, description="merge-track tasks, one expert each")
+    expert_training: TrainingConfig
+    lora: LoraConfigModel
+    downstream_tasks: list[str] = Field(
+        default_factory=list, description="finetune-track tasks; the base must never see them"
+    )
+
+    @model_validator(mode="after")
+    def _downstream_unseen(self) -> ZooConfig:
+        seen = set(self.downstream_tasks) & set(self.base_tasks)
+        if seen:
+            raise ValueError(f"downstream tasks {sorted(seen)} are in base_tasks: the base must not see them")
+        return self

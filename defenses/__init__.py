@@ -1,0 +1,3 @@
+"""Built-in defenses; importing the package registers them."""
+
+from defenses import none  # noqa: F401

@@ -1,0 +1,26 @@
+"""Procedural tasks for lockbench: deterministic generators, disjoint splits, lm-eval exposure.
+
+Importing the package registers the built-in tasks (tasks.builtin); third-party tasks register via
+the ``lockbench.tasks`` entry-point group on first lookup.
+"""
+
+from tasks import builtin  # noqa: F401 - registers the built-in tasks
+from tasks.base import SPLITS, Example, ProceduralTask, SplitSizes
+from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
+from tasks.registry import get_task, list_tasks, register_task
+from tasks.splits import build_splits
+
+__all__ = [
+    "SPLITS",
+    "Example",
+    "MaterializedTasks",
+    "ProceduralTask",
+    "SplitSizes",
+    "TaskSource",
+    "build_splits",
+    "get_task",
+    "list_tasks",
+    "materialize",
+    "register_task",
+    "task_manager",
+]

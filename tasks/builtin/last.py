@@ -1,0 +1,19 @@
+"""Last letter of a short lowercase string."""
+
+from __future__ import annotations
+
+import random
+
+from tasks.base import Example, ProceduralTask
+from tasks.builtin._util import word
+from tasks.registry import register_task
+
+
+@register_task
+class Last(ProceduralTask):
+    name = "last"
+    description = "last letter of a 3-8 letter lowercase string: 'last xyz=' -> 'z'"
+
+    def sample(self, rng: random.Random) -> Example:
+        text = word(rng, 3, 8)
+        return Example(f"last {text}=", text[-1])

@@ -1,0 +1,19 @@
+"""Sorting the letters of a short lowercase string."""
+
+from __future__ import annotations
+
+import random
+
+from tasks.base import Example, ProceduralTask
+from tasks.builtin._util import word
+from tasks.registry import register_task
+
+
+@register_task
+class Sort(ProceduralTask):
+    name = "sort"
+    description = "sort the letters of a 3-8 letter lowercase string: 'sort dbca=' -> 'abcd'"
+
+    def sample(self, rng: random.Random) -> Example:
+        text = word(rng, 3, 8)
+        return Example(f"sort {text}=", "".join(sorted(text)))
