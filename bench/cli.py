@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,9 @@ import typer
 from bench.offline import enable_offline
 
 enable_offline()
+# Deprecation chatter from the HF stack (e.g. peft calling transformers' renamed APIs) is not actionable
+# for users and would bury the progress display.
+warnings.filterwarnings("ignore", category=FutureWarning)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark release-time weight protections.")
 

@@ -19,8 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tasks.lmeval import MaterializedTasks, task_manager
 
-Form = Literal["loglikelihood", "generate"]
-METRIC_BY_FORM = {"loglikelihood": "acc,none", "generate": "exact_match,none"}
+Form = Literal["loglikelihood", "gen"]
+METRIC_BY_FORM = {"loglikelihood": "acc,none", "gen": "exact_match,none"}
 
 
 def _quiet_lm_eval() -> None:
@@ -33,6 +33,7 @@ def _quiet_lm_eval() -> None:
     import transformers
     from tqdm import tqdm
 
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()

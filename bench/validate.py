@@ -54,6 +54,7 @@ class ArchitectureReport:
     base: dict[str, float]
     experts: dict[str, dict[str, float]]
     merges: list[MergeCheck] = field(default_factory=list)
+    merge_attacks: dict[str, float] = field(default_factory=dict)
     finetunes: list[FinetuneCheck] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
@@ -88,26 +89,30 @@ def _check_merges(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks,
         members = {first: expert_states[first], second: expert_states[second]}
         pair = [first, second]
         candidates = [(1.0, "fixed")]
-        if form == "full":
-            best, best_val = 1.0, -1.0
-            for coefficient in rule.merge_coefficients:
-                val = score(_merged_model(base_model, base_state, members, coefficient), tokenizer, pair, tasks,
-                            split="attacker_val")
-                if sum(val.values()) > best_val:
-                    best, best_val = coefficient, sum(val.values())
-            candidates.append((best, "attacker_val"))
+        best, best_val = 1.0, -1.0
+        for coefficient in rule.merge_coefficients:
+            merged = _merged_model(base_model, base_state, members, coefficient)
+            val = score(merged, tokenizer, pair, tasks, split="attacker_val")
+            if sum(val.values()) > best_val:
+                best, best_val = coefficient, sum(val.values())
+        candidates.append((best, "attacker_val"))
         for coefficient, chosen_on in candidates:
             accuracy = score(_merged_model(base_model, base_state, members, coefficient), tokenizer, pair, tasks)
             kept = {task: _kept(accuracy[task], experts[task], report.base[task]) for task in pair}
             passes = all(value >= rule.min_kept_fraction for value in kept.values())
-            check = MergeCheck(form, (first, second), coefficient, chosen_on, accuracy, kept, passes)
-            report.merges.append(check)
-            if chosen_on == "fixed" and not passes:
-                report.failures.append(
-                    f"{name}: task arithmetic of {form} experts {first}+{second} at 1.0 keeps "
-                    + ", ".join(f"{task} {kept[task]:.2f}" for task in pair)
-                    + f" of the experts' gain (< {rule.min_kept_fraction})"
-                )
+            report.merges.append(MergeCheck(form, (first, second), coefficient, chosen_on, accuracy, kept, passes))
+    for chosen_on in ("fixed", "attacker_val"):
+        checks = [c for c in report.merges if c.form == form and c.chosen_on == chosen_on]
+        kept_values = [value for check in checks for value in check.kept_fraction.values()]
+        label = f"{form}/task_arithmetic@" + ("1.0" if chosen_on == "fixed" else "coefficient chosen on attacker_val")
+        report.merge_attacks[label] = sum(kept_values) / len(kept_values)
+    configs = {k: v for k, v in report.merge_attacks.items() if k.startswith(f"{form}/")}
+    if all(value < rule.min_kept_fraction for value in configs.values()):
+        report.failures.append(
+            f"{name}: no default merge attack on {form} experts keeps {rule.min_kept_fraction} of the experts' "
+            "gain on the protected task (mean over ordered pairs: "
+            + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in configs.items()) + ")"
+        )
 
 
 def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) -> ArchitectureReport:

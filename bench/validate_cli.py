@@ -35,6 +35,12 @@ def _render(console: Console, report: ArchitectureReport) -> None:
                        f"{check.kept_fraction[first]:.2f} / {check.kept_fraction[second]:.2f}",
                        "yes" if check.passes else "NO")
     console.print(merges)
+    summary = Table(title=f"{report.model}: default merge attacks against none (kept fraction of the gain on T_p)")
+    summary.add_column("attack")
+    summary.add_column("mean kept", justify="right")
+    for label, value in report.merge_attacks.items():
+        summary.add_row(label, f"{value:.2f}")
+    console.print(summary)
     if report.finetunes:
         tunes = Table(title=f"{report.model}: fine-tuning the base on downstream tasks (attacker split)")
         for column in ("attack", "task", "before", "after", "gain", "ok"):

@@ -7,7 +7,6 @@ with the same config loads from disk, and changing the expert recipe never retra
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
