@@ -51,19 +51,57 @@ def preset_names() -> list[str]:
     return sorted(Path(str(entry)).stem for entry in folder.iterdir() if str(entry).endswith(".yaml"))
 
 
+def _known_keys() -> list[str]:
+    """Every field name of every config model reachable from Preset, for typo suggestions."""
+    from pydantic import BaseModel
+
+    seen: set[type] = set()
+    names: set[str] = set()
+
+    def visit(model: type) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, info in model.model_fields.items():
+            names.add(info.alias or name)
+            for candidate in _types_in(info.annotation):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    visit(candidate)
+
+    visit(Preset)
+    return sorted(names)
+
+
+def _types_in(annotation) -> list:
+    from typing import get_args
+
+    args = get_args(annotation)
+    return [annotation] if not args else [t for arg in args for t in _types_in(arg)]
+
+
 def _format_validation_error(source: str, error: ValidationError) -> str:
     problems = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            problems.append(f"unknown key '{where}'")
+            close = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            problems.append(f"unknown key '{where}'{hint}")
         else:
             problems.append(f"{where}: {item['msg']}")
     return f"invalid preset {source}: " + "; ".join(problems)
 
 
-def load_preset(name_or_path: str) -> Preset:
-    """Load a packaged preset by name or any YAML file by path."""
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def _read_preset_data(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """Raw YAML data of a preset, with `extends: OTHER` resolved by deep-merging onto OTHER."""
     path = Path(name_or_path)
     if path.suffix in {".yaml", ".yml"} or path.exists():
         if not path.is_file():
@@ -81,6 +119,20 @@ def load_preset(name_or_path: str) -> Preset:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise PresetError(f"preset {source} is not valid YAML: {error}".splitlines()[0]) from error
+    if not isinstance(data, dict):
+        raise PresetError(f"preset {source} must be a YAML mapping")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if parent in seen:
+            raise PresetError(f"preset {source} extends itself through {' -> '.join(seen)}")
+        parent_data, _ = _read_preset_data(str(parent), (*seen, source))
+        data = _deep_merge(parent_data, data)
+    return data, source
+
+
+def load_preset(name_or_path: str) -> Preset:
+    """Load a packaged preset by name or any YAML file by path (`extends: NAME` inherits from another)."""
+    data, source = _read_preset_data(name_or_path)
     try:
         return Preset.model_validate(data)
     except ValidationError as error:

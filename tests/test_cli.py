@@ -24,7 +24,7 @@ def test_config_typo_names_the_bad_key(tmp_path):
                       .replace("base_training:", "base_trainig:"))
     result = runner.invoke(app, ["run", "--preset", str(preset)])
     assert result.exit_code == 2
-    assert "unknown key 'zoo.base_trainig'" in result.output
+    assert "unknown key 'zoo.base_trainig' (did you mean 'base_training'?)" in result.output
 
 
 def test_unknown_executor_is_refused():

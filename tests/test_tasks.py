@@ -413,22 +413,9 @@ def test_task_manager_indexes_and_is_cached(tmp_path):
 
 
 def _char_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from bench.zoo.tokenizer import build_tokenizer
 
-    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
-    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<unk>", *chars])}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        clean_up_tokenization_spaces=False,
-        model_max_length=64,
-    )
+    return build_tokenizer()
 
 
 def _gpt2(vocab_size: int, n_embd: int, seed: int = 0):

@@ -31,14 +31,14 @@ class HarnessContext:
     @property
     def all_tasks(self) -> list[str]:
         zoo = self.preset.zoo
-        return sorted(set(zoo.expert_tasks) | set(zoo.downstream_tasks))
+        return sorted(set(zoo.base_tasks) | set(zoo.expert_tasks) | set(zoo.downstream_tasks))
 
 
 @functools.lru_cache(maxsize=4)
 def _context(preset_json: str, root: str) -> HarnessContext:
     preset = Preset.model_validate_json(preset_json)
     zoo = build_zoo(preset.zoo, Path(root))
-    all_tasks = sorted(set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
+    all_tasks = sorted(set(preset.zoo.base_tasks) | set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
     tasks = materialize(all_tasks, preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
     return HarnessContext(preset, Path(root), zoo, tasks)
 

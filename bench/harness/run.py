@@ -23,7 +23,7 @@ from rich.progress import (
 from bench.harness.context import get_context
 from bench.harness.executors import ExecutorName, WorkItem, make_executor
 from bench.harness.grid import Cell, DefenseJob, expand
-from bench.harness.stages import cell_path, release_dir
+from bench.harness.stages import cell_identity, cell_path, release_dir
 from bench.presets import Preset
 from bench.storage import is_complete
 
@@ -81,12 +81,20 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     try:
         job_items = [WorkItem(i, "defend", job) for i, job in enumerate(jobs)]
         job_cached = {i for i, job in enumerate(jobs) if is_complete(release_dir(ctx, job))}
-        _run_items(executor, preset, root, [it for it in job_items if it.index not in job_cached], job_cached,
-                   f"releases ({len(jobs)})", fractions, console)
+        job_results = _run_items(executor, preset, root, [it for it in job_items if it.index not in job_cached],
+                                 job_cached, f"releases ({len(jobs)})", fractions, console)
+        # A release that failed fails all its cells at once: re-running a failing defense per cell would
+        # repeat minutes of training only to fail again.
+        job_errors = {jobs[i]: result["error"] for i, result in job_results.items() if result.get("status") == "failed"}
         cell_items = [WorkItem(i, "cell", cell) for i, cell in enumerate(cells)]
         cell_cached = {i for i, cell in enumerate(cells) if cell_path(ctx, cell).is_file()}
-        fresh = _run_items(executor, preset, root, [it for it in cell_items if it.index not in cell_cached],
+        doomed = {i for i, cell in enumerate(cells) if cell.defense in job_errors and i not in cell_cached}
+        fresh = _run_items(executor, preset, root,
+                           [it for it in cell_items if it.index not in cell_cached | doomed],
                            cell_cached, f"cells ({len(cells)})", fractions, console)
+        for index in doomed:
+            fresh[index] = {**cell_identity(ctx, cells[index]), "status": "failed",
+                            "error": job_errors[cells[index].defense]}
     finally:
         executor.shutdown()
     records = []

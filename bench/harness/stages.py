@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -82,7 +83,7 @@ def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedMode
     if job.track == "merge":
         assert job.task is not None
         return {"utility": score(model, tokenizer, [job.task], ctx.tasks)[job.task]}
-    capability = list(ctx.preset.zoo.expert_tasks)
+    capability = list(ctx.preset.zoo.base_tasks)  # the base's skills: what a protected base must keep
     scores = score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks), ctx.tasks)
     return {"utility": sum(scores[t] for t in capability) / len(capability),
             **{f"acc:{task}": value for task, value in scores.items()}}
@@ -118,6 +119,9 @@ def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
 
 
 def _write_private(ctx: HarnessContext, job: DefenseJob, private: dict[str, torch.Tensor]) -> None:
+    """Written afresh with every new release, so a release never pairs with an older run's mask or key."""
+    shutil.rmtree(private_dir(ctx, job), ignore_errors=True)
+
     def build(scratch: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in private.items()}, str(scratch / "private.safetensors"))
 
@@ -175,7 +179,7 @@ def cell_path(ctx: HarnessContext, cell: Cell) -> Path:
     return ctx.root / "cells" / f"{content_hash(cell.key, ctx.zoo.hash, CODE_VERSION)}.json"
 
 
-def _identity(ctx: HarnessContext, cell: Cell) -> dict[str, Any]:
+def cell_identity(ctx: HarnessContext, cell: Cell) -> dict[str, Any]:
     job = cell.defense
     return {
         "track": job.track, "defense": job.defense_label, "defense_config": job.defense_config,
@@ -192,7 +196,7 @@ def run_cell(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> dict[st
     path = cell_path(ctx, cell)
     if path.is_file():
         return json.loads(path.read_text())
-    record: dict[str, Any] = {**_identity(ctx, cell), "status": "ok", "error": ""}
+    record: dict[str, Any] = {**cell_identity(ctx, cell), "status": "ok", "error": ""}
     try:
         record.update(_attack_and_score(ctx, cell, fractions))
     except Exception as error:  # one failing cell must not stop the grid

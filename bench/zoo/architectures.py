@@ -54,6 +54,11 @@ def build_model(arch: ArchitectureConfig, vocab_size: int, seed: int, special_id
             n_head=arch.num_heads,
             n_inner=arch.intermediate_size,
             n_positions=arch.max_positions,
+            # GPT-2's default dropout of 0.1 cripples a model this small (it barely learned in 800 steps);
+            # Llama-style configs default to no dropout, so both families now train alike.
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
             tie_word_embeddings=False,
             **special_ids,
         )

@@ -25,7 +25,7 @@ from bench.zoo.training import TrainSettings, tokenise, train
 from tasks import build_splits
 
 #: Bump when training code changes in a way that changes weights, so stale caches are not reused.
-ZOO_FORMAT_VERSION = 1
+ZOO_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -98,14 +98,33 @@ def _settings(training: TrainingConfig, seed: int) -> TrainSettings:
     )
 
 
-def _task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase, loss_on_prompt: bool):
+def _owner_examples(config: ZooConfig, task_names: list[str], fractions: dict[str, float] | None = None
+                    ) -> tuple[list[str], list[str]]:
     prompts: list[str] = []
     answers: list[str] = []
     for task in task_names:
         owner = build_splits(task, config.seed, config.split_sizes)["owner_train"]
-        prompts += owner["prompt"]
-        answers += owner["answer"]
-    return tokenise(tokenizer, prompts, answers, loss_on_prompt=loss_on_prompt)
+        count = max(1, round((fractions or {}).get(task, 1.0) * len(owner)))
+        prompts += owner["prompt"][:count]
+        answers += owner["answer"][:count]
+    return prompts, answers
+
+
+def _task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase,
+               replay_fraction: float = 0.0, seed: int = 0, fractions: dict[str, float] | None = None):
+    """Owner-split examples of `task_names`, plus a replayed sample of the base's mixture.
+
+    Loss is on answers only: prompts of procedural tasks are random strings, and fitting them would
+    spend a tiny model's capacity on noise.
+    """
+    prompts, answers = _owner_examples(config, task_names, fractions)
+    if replay_fraction > 0:
+        mix_prompts, mix_answers = _owner_examples(config, config.base_tasks, config.base_task_fractions)
+        order = torch.randperm(len(mix_prompts), generator=torch.Generator().manual_seed(seed))
+        count = min(len(order), int(replay_fraction * len(prompts)))
+        prompts += [mix_prompts[i] for i in order[:count].tolist()]
+        answers += [mix_answers[i] for i in order[:count].tolist()]
+    return tokenise(tokenizer, prompts, answers)
 
 
 def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
@@ -131,12 +150,13 @@ def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) 
                "eos_token_id": tokenizer.eos_token_id}
     assert entry.architecture is not None
     model = build_model(entry.architecture, len(tokenizer), config.seed, special)
-    data = _task_data(config, config.base_tasks, tokenizer, loss_on_prompt=True)
+    data = _task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
     started = time.perf_counter()
-    losses = _train_with_bar(model, data, _settings(config.base_training, config.seed), f"{name} base")
+    training = entry.base_training or config.base_training
+    losses = _train_with_bar(model, data, _settings(training, config.seed), f"{name} base")
     _save(model, tokenizer, scratch, {
         "kind": "base", "model": name, "architecture": entry.architecture, "tasks": config.base_tasks,
-        "training": config.base_training, "seed": config.seed, "final_loss": losses[-1],
+        "training": training, "seed": config.seed, "final_loss": losses[-1],
         "train_seconds": time.perf_counter() - started, "lockbench": bench.__version__,
     })
 
@@ -144,9 +164,9 @@ def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) 
 def _build_full_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
     tokenizer = load_tokenizer(base)
     model = load_model(base)
-    data = _task_data(config, [task], tokenizer, loss_on_prompt=False)
-    started = time.perf_counter()
     seed = config.seed + 1 + config.expert_tasks.index(task)
+    data = _task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
+    started = time.perf_counter()
     losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
     _save(model, tokenizer, scratch, {
         "kind": "expert_full", "model": name, "task": task, "training": config.expert_training,
@@ -169,9 +189,9 @@ def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scra
     model = load_model(base)
     lora = config.lora
     peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
-    data = _task_data(config, [task], tokenizer, loss_on_prompt=False)
-    started = time.perf_counter()
     seed = config.seed + 101 + config.expert_tasks.index(task)
+    data = _task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
+    started = time.perf_counter()
     losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
     peft_model.save_pretrained(str(scratch), safe_serialization=True)
     write_json_atomic(scratch / "lockbench.json", {
@@ -188,7 +208,7 @@ def build_zoo(config: ZooConfig, root: Path) -> Zoo:
         if entry.pretrained is not None:
             base, base_id = Path(entry.pretrained), entry.pretrained
         else:
-            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry, config.base_tasks,
+            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry, config.base_tasks, config.base_task_fractions,
                                     config.base_training, config.seed, config.split_sizes)
             base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
                                     lambda scratch, n=name, e=entry: _build_base(config, n, e, scratch))

@@ -14,6 +14,9 @@ class TrainingConfig(StrictModel):
     lr: float = Field(gt=0)
     batch_size: int = Field(64, ge=1)
     warmup_steps: int = Field(0, ge=0)
+    replay_fraction: float = Field(
+        0.0, ge=0, description="extra examples from the base's public mixture, as a fraction of the task data "
+        "(experts only): tiny models have no spare capacity, and without replay an expert forgets every other skill")
 
 
 class LoraConfigModel(StrictModel):
@@ -30,6 +33,8 @@ class ModelEntry(StrictModel):
     pretrained: str | None = None
     expert_paths: dict[str, str] = Field(default_factory=dict)
     trust_remote_code: bool = False
+    base_training: TrainingConfig | None = Field(
+        None, description="overrides the zoo's base_training for this architecture (GPT-2-style models learn slower)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
@@ -45,6 +50,10 @@ class ZooConfig(StrictModel):
     models: dict[str, ModelEntry]
     split_sizes: SplitSizes = Field(default_factory=SplitSizes)
     base_tasks: list[str] = Field(min_length=1, description="skill mixture the generalist base is trained on")
+    base_task_fractions: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of a base task's owner split used in the mixture (default 1.0): a small share gives "
+        "the base the partial skill on the experts' tasks that DESIGN §6 asks for")
     base_training: TrainingConfig
     expert_tasks: list[str] = Field(min_length=2, description="merge-track tasks, one expert each")
     expert_training: TrainingConfig
@@ -52,6 +61,16 @@ class ZooConfig(StrictModel):
     downstream_tasks: list[str] = Field(
         default_factory=list, description="finetune-track tasks; the base must never see them"
     )
+
+    @model_validator(mode="after")
+    def _fractions_name_base_tasks(self) -> ZooConfig:
+        unknown = sorted(set(self.base_task_fractions) - set(self.base_tasks))
+        if unknown:
+            raise ValueError(f"base_task_fractions names {unknown}, which are not in base_tasks")
+        bad = {k: v for k, v in self.base_task_fractions.items() if not 0 < v <= 1}
+        if bad:
+            raise ValueError(f"base_task_fractions must lie in (0, 1]: {bad}")
+        return self
 
     @model_validator(mode="after")
     def _downstream_unseen(self) -> ZooConfig:
