@@ -152,7 +152,7 @@ def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) 
     model = build_model(entry.architecture, len(tokenizer), config.seed, special)
     data = _task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
     started = time.perf_counter()
-    training = entry.base_training or config.base_training
+    training = config.base_training
     losses = _train_with_bar(model, data, _settings(training, config.seed), f"{name} base")
     _save(model, tokenizer, scratch, {
         "kind": "base", "model": name, "architecture": entry.architecture, "tasks": config.base_tasks,
@@ -204,14 +204,16 @@ def build_zoo(config: ZooConfig, root: Path) -> Zoo:
     """Train whatever is missing under `root/zoo/` and return the zoo."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     paths: dict[str, ZooPaths] = {}
-    for name, entry in config.models.items():
+    zoo_config = config
+    for name, entry in zoo_config.models.items():
+        config = zoo_config.recipe(name)
         if entry.pretrained is not None:
             base, base_id = Path(entry.pretrained), entry.pretrained
         else:
-            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry, config.base_tasks, config.base_task_fractions,
-                                    config.base_training, config.seed, config.split_sizes)
+            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry.architecture, config.base_tasks,
+                                    config.base_task_fractions, config.base_training, config.seed, config.split_sizes)
             base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
-                                    lambda scratch, n=name, e=entry: _build_base(config, n, e, scratch))
+                                    lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
             base_id = base_key
         full: dict[str, Path] = {}
         lora: dict[str, Path] = {}
@@ -223,13 +225,13 @@ def build_zoo(config: ZooConfig, root: Path) -> Zoo:
                                    config.seed, config.split_sizes, config.expert_tasks)
                 full[task] = cached_directory(
                     root / "zoo" / "experts" / f"{name}-{task}-{key}",
-                    lambda scratch, n=name, t=task, b=base: _build_full_expert(config, n, b, t, scratch),
+                    lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch),
                 )
             key = content_hash("lora", ZOO_FORMAT_VERSION, base_id, task, config.lora, config.seed,
                                config.split_sizes, config.expert_tasks)
             lora[task] = cached_directory(
                 root / "zoo" / "lora" / f"{name}-{task}-{key}",
-                lambda scratch, n=name, t=task, b=base: _build_lora_expert(config, n, b, t, scratch),
+                lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch),
             )
         paths[name] = ZooPaths(base=base, experts_full=full, experts_lora=lora)
-    return Zoo(config, root, paths)
+    return Zoo(zoo_config, root, paths)

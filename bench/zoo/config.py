@@ -33,8 +33,12 @@ class ModelEntry(StrictModel):
     pretrained: str | None = None
     expert_paths: dict[str, str] = Field(default_factory=dict)
     trust_remote_code: bool = False
-    base_training: TrainingConfig | None = Field(
-        None, description="overrides the zoo's base_training for this architecture (GPT-2-style models learn slower)")
+    # Per-architecture overrides of the zoo's recipe: GPT-2-style models (learned absolute positions)
+    # learn positional skills several times slower than Llama-style ones at this scale.
+    base_training: TrainingConfig | None = None
+    base_task_fractions: dict[str, float] | None = None
+    expert_training: TrainingConfig | None = None
+    lora: LoraConfigModel | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
@@ -64,13 +68,21 @@ class ZooConfig(StrictModel):
 
     @model_validator(mode="after")
     def _fractions_name_base_tasks(self) -> ZooConfig:
-        unknown = sorted(set(self.base_task_fractions) - set(self.base_tasks))
-        if unknown:
-            raise ValueError(f"base_task_fractions names {unknown}, which are not in base_tasks")
-        bad = {k: v for k, v in self.base_task_fractions.items() if not 0 < v <= 1}
-        if bad:
-            raise ValueError(f"base_task_fractions must lie in (0, 1]: {bad}")
+        for fractions in [self.base_task_fractions] + [m.base_task_fractions or {} for m in self.models.values()]:
+            unknown = sorted(set(fractions) - set(self.base_tasks))
+            if unknown:
+                raise ValueError(f"base_task_fractions names {unknown}, which are not in base_tasks")
+            bad = {k: v for k, v in fractions.items() if not 0 < v <= 1}
+            if bad:
+                raise ValueError(f"base_task_fractions must lie in (0, 1]: {bad}")
         return self
+
+    def recipe(self, model: str) -> ZooConfig:
+        """This zoo's recipe with `model`'s overrides applied (what actually trains that model)."""
+        entry = self.models[model]
+        updates = {key: getattr(entry, key) for key in ("base_training", "base_task_fractions", "expert_training",
+                                                         "lora") if getattr(entry, key) is not None}
+        return self.model_copy(update=updates) if updates else self
 
     @model_validator(mode="after")
     def _downstream_unseen(self) -> ZooConfig:
