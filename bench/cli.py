@@ -24,19 +24,30 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _load(preset: str):
+    from bench.presets import PresetError, load_preset
+
+    try:
+        return load_preset(preset)
+    except PresetError as error:
+        _fail(str(error))
+
+
 @app.command()
 def validate(
     preset: Annotated[str, typer.Option(help="preset name or YAML path")] = "default",
     root: Annotated[Path | None, typer.Option(help="storage root (default $LOCKBENCH_HOME or .lockbench)")] = None,
+    models: Annotated[str | None, typer.Option(help="only these zoo models, e.g. llama,gpt2")] = None,
 ) -> None:
     """Build the zoo if needed and check DESIGN §6's validity rule; exit 1 when it fails."""
-    from bench.presets import PresetError, load_preset
-
-    try:
-        loaded = load_preset(preset)
-    except PresetError as error:
-        _fail(str(error))
-        return
+    loaded = _load(preset)
+    if models:
+        chosen = [name.strip() for name in models.split(",") if name.strip()]
+        unknown = sorted(set(chosen) - set(loaded.zoo.models))
+        if unknown:
+            _fail(f"--models names {unknown}; the preset's zoo has {sorted(loaded.zoo.models)}")
+        zoo = loaded.zoo.model_copy(update={"models": {name: loaded.zoo.models[name] for name in chosen}})
+        loaded = loaded.model_copy(update={"zoo": zoo})
     from bench.validate_cli import run_validate
 
     sys.exit(run_validate(loaded, root))
@@ -61,15 +72,6 @@ def build_zoo_command(
     zoo = build_zoo(loaded.zoo, storage_root(root))
     for name, paths in zoo.paths.items():
         typer.echo(f"{name}: base {paths.base}")
-
-
-def _load(preset: str):
-    from bench.presets import PresetError, load_preset
-
-    try:
-        return load_preset(preset)
-    except PresetError as error:
-        _fail(str(error))
 
 
 @app.command()
