@@ -81,7 +81,6 @@ def score(
               max_length=plain.config.max_position_embeddings if hasattr(plain.config, "max_position_embeddings")
               else None)
     names = {task: tasks.lm_eval_name(task, split=split, form=form) for task in task_names}
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
     with torch.no_grad():
         output = simple_evaluate(
             model=lm,

@@ -55,6 +55,13 @@ class OwnerView:
     reference_release: PreTrainedModel | PeftModel | None = None
     capability_data: dict[str, TaskData] = field(default_factory=dict)
 
+    def unprotected(self) -> PreTrainedModel | PeftModel:
+        """What the owner would publish without protection: the plain expert (merge) or the base (finetune)."""
+        if self.track == "merge":
+            assert self.reference_release is not None
+            return self.reference_release
+        return self.base
+
 
 @dataclass
 class Release:

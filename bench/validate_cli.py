@@ -8,11 +8,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness.context import get_context
 from bench.presets import Preset
 from bench.storage import storage_root
 from bench.validate import ArchitectureReport, validate_zoo, write_report
-from bench.zoo.build import build_zoo
-from tasks import materialize
 
 
 def _render(console: Console, report: ArchitectureReport) -> None:
@@ -55,11 +54,10 @@ def run_validate(preset: Preset, root: Path | None) -> int:
     console = Console()
     base_root = storage_root(root)
     started = time.perf_counter()
-    zoo = build_zoo(preset.zoo, base_root)
+    ctx = get_context(preset, base_root)  # builds what is missing and materialises the tasks
+    zoo = ctx.zoo
     console.print(f"zoo {zoo.hash} ready in {time.perf_counter() - started:.1f}s under {base_root / 'zoo'}")
-    all_tasks = sorted(set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
-    tasks = materialize(all_tasks, preset.zoo.seed, preset.zoo.split_sizes, base_root / "tasks" / zoo.hash)
-    reports = validate_zoo(zoo, preset, tasks)
+    reports = validate_zoo(zoo, preset, ctx.tasks)
     for report in reports:
         _render(console, report)
     write_report(reports, base_root / "validate" / f"{preset.name}-{zoo.hash}.json")

@@ -16,7 +16,4 @@ class NoDefense(Defense):
     tracks = frozenset({"merge", "finetune"})
 
     def protect(self, owner: OwnerView) -> Release:
-        if owner.track == "merge":
-            assert owner.reference_release is not None
-            return Release(owner.reference_release)
-        return Release(owner.base)
+        return Release(owner.unprotected())

@@ -73,9 +73,7 @@ class SecretKeeper(Defense):
     tracks = frozenset({"merge", "finetune"})
 
     def protect(self, owner: OwnerView) -> Release:
-        model = owner.reference_release if owner.track == "merge" else owner.base
-        assert model is not None
-        return Release(model, private={"mask": torch.full((8, 8), SECRET, dtype=torch.float32)})
+        return Release(owner.unprotected(), private={"mask": torch.full((8, 8), SECRET, dtype=torch.float32)})
 
 
 @register_defense

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from bench.harness.context import get_context
 from bench.presets import load_preset
 from bench.validate import validate_zoo
-from bench.zoo.build import build_zoo
-from tasks import materialize
 
 pytestmark = pytest.mark.slow
 
@@ -18,10 +17,8 @@ def ci_root(tmp_path_factory):
 
 
 def _validate(preset, root):
-    zoo = build_zoo(preset.zoo, root)
-    all_tasks = sorted(set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
-    tasks = materialize(all_tasks, preset.zoo.seed, preset.zoo.split_sizes, root / "tasks" / zoo.hash)
-    return validate_zoo(zoo, preset, tasks)
+    ctx = get_context(preset, root)
+    return validate_zoo(ctx.zoo, preset, ctx.tasks)
 
 
 @pytest.mark.xfail(strict=True, reason="the ci zoo (hidden size 64) does not pass the validity rule yet: its "

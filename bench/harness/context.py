@@ -30,16 +30,20 @@ class HarnessContext:
 
     @property
     def all_tasks(self) -> list[str]:
-        zoo = self.preset.zoo
-        return sorted(set(zoo.base_tasks) | set(zoo.expert_tasks) | set(zoo.downstream_tasks))
+        return scored_tasks(self.preset)
+
+
+def scored_tasks(preset: Preset) -> list[str]:
+    """Every task a preset scores: the base's mixture, the experts' tasks and the downstream tasks."""
+    zoo = preset.zoo
+    return sorted(set(zoo.base_tasks) | set(zoo.expert_tasks) | set(zoo.downstream_tasks))
 
 
 @functools.lru_cache(maxsize=4)
 def _context(preset_json: str, root: str) -> HarnessContext:
     preset = Preset.model_validate_json(preset_json)
     zoo = build_zoo(preset.zoo, Path(root))
-    all_tasks = sorted(set(preset.zoo.base_tasks) | set(preset.zoo.expert_tasks) | set(preset.zoo.downstream_tasks))
-    tasks = materialize(all_tasks, preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
+    tasks = materialize(scored_tasks(preset), preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
     return HarnessContext(preset, Path(root), zoo, tasks)
 
 
