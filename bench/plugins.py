@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import difflib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
@@ -41,7 +42,14 @@ class TaskData:
 
 @dataclass
 class OwnerView:
-    """What a model owner has when producing a release (DESIGN §2): never the attacker or test split."""
+    """What a model owner has when producing a release (DESIGN §2): never the attacker or test split.
+
+    Merge track: `owner_train` / `owner_val` are the protected task's owner split (the last tenth held
+    out for checkpoint selection), `replay` the public-mixture sample the zoo's experts replay, and
+    `reference_release` the plain expert. Finetune track: `capability_data` / `capability_val` are the
+    base's skill mixture exactly as the zoo pre-trained on it. `recipe` is the zoo's training recipe for
+    this model (a `bench.zoo.config.ZooConfig`), so a defense can match the reference's budget.
+    """
 
     track: Track
     release_format: ReleaseFormat
@@ -52,8 +60,11 @@ class OwnerView:
     task: str | None = None
     owner_train: TaskData | None = None
     owner_val: TaskData | None = None
+    replay: TaskData | None = None
     reference_release: PreTrainedModel | PeftModel | None = None
     capability_data: dict[str, TaskData] = field(default_factory=dict)
+    capability_val: dict[str, TaskData] = field(default_factory=dict)
+    recipe: Any = None
 
     def unprotected(self) -> PreTrainedModel | PeftModel:
         """What the owner would publish without protection: the plain expert (merge) or the base (finetune)."""
@@ -115,6 +126,8 @@ class PublicView:
     public_experts_val: dict[str, TaskData]
     seed: int
     budget_fractions: list[float] = field(default_factory=lambda: [1.0])
+    score_val: Callable[[PreTrainedModel | PeftModel, list[str]], dict[str, float]] | None = None
+    """lm-eval accuracy on the attacker's validation split (never test), for adaptive attacks' searches."""
 
 
 @dataclass

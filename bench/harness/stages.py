@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from bench.evaluate import score
 from bench.harness.context import HarnessContext
 from bench.harness.grid import Cell, DefenseJob
-from bench.plugins import ATTACKS, DEFENSES, OwnerView, PublicView, Release, load_builtin_plugins
+from bench.plugins import ATTACKS, DEFENSES, OwnerView, PublicView, Release, TaskData, load_builtin_plugins
 from bench.storage import cached_directory, content_hash, is_complete, write_json_atomic
 from bench.zoo.build import load_model
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
@@ -51,17 +51,43 @@ def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
 
 def _owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     zoo = ctx.zoo
+    recipe = ctx.preset.zoo.recipe(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
                      base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model), seed=job.seed,
-                     task=job.task)
+                     task=job.task, recipe=recipe)
     if job.track == "merge":
         assert job.task is not None
-        view.owner_train = ctx.split(job.task, "owner_train")
+        view.owner_train, view.owner_val = _hold_out(ctx.split(job.task, "owner_train"))
+        view.replay = _replay_sample(ctx, recipe, len(view.owner_train.prompts), job.seed)
         view.reference_release = (zoo.load_expert(job.model, job.task) if job.release_format == "full"
                                   else zoo.load_lora_expert(job.model, job.task))
     else:
-        view.capability_data = {task: ctx.split(task, "owner_train") for task in ctx.preset.zoo.base_tasks}
+        for task in recipe.base_tasks:
+            owner = ctx.split(task, "owner_train")
+            train, view.capability_val[task] = _hold_out(owner)
+            count = max(1, round(recipe.base_task_fractions.get(task, 1.0) * len(owner.prompts)))
+            view.capability_data[task] = TaskData(train.prompts[:count], train.answers[:count])
     return view
+
+
+def _hold_out(data: TaskData, fraction: float = 0.1) -> tuple[TaskData, TaskData]:
+    """Split an owner split into training and a held-out tail for the owner's checkpoint selection."""
+    held = max(1, round(fraction * len(data.prompts)))
+    return (TaskData(data.prompts[:-held], data.answers[:-held]),
+            TaskData(data.prompts[-held:], data.answers[-held:]))
+
+
+def _replay_sample(ctx: HarnessContext, recipe: Any, count: int, seed: int) -> TaskData:
+    """A sample of the public skill mixture, as the zoo's experts replay it (DESIGN §6)."""
+    prompts: list[str] = []
+    answers: list[str] = []
+    for task in recipe.base_tasks:
+        owner = ctx.split(task, "owner_train")
+        share = max(1, round(recipe.base_task_fractions.get(task, 1.0) * len(owner.prompts)))
+        prompts += owner.prompts[:share]
+        answers += owner.answers[:share]
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return TaskData([prompts[i] for i in order], [answers[i] for i in order])
 
 
 def _check_release(release: Any, job: DefenseJob) -> Release:
@@ -148,7 +174,20 @@ def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> Pub
                       release=load_release(ctx, job), base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model),
                       task=cell.task, attacker_train=ctx.split(cell.task, "attacker_train"),
                       attacker_val=ctx.split(cell.task, "attacker_val"), public_experts=experts,
-                      public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions)
+                      public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions,
+                      score_val=ValidationScorer(ctx.tasks, zoo.tokenizer(job.model)))
+
+
+class ValidationScorer:
+    """What an adaptive attack may measure: lm-eval accuracy on the attacker's validation split only."""
+
+    def __init__(self, tasks: Any, tokenizer: Any):
+        self._tasks, self._tokenizer = tasks, tokenizer
+        self.calls = 0
+
+    def __call__(self, model: PreTrainedModel | PeftModel, task_names: list[str]) -> dict[str, float]:
+        self.calls += 1
+        return score(model, self._tokenizer, task_names, self._tasks, split="attacker_val")
 
 
 def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
