@@ -12,9 +12,18 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: bench test test-fast lint setup clean
+.PHONY: bench test test-fast lint setup clean browser ci-baseline
 
-setup: $(STAMP)
+setup: $(STAMP) browser
+
+# Headless Chromium renders leaderboard/index.html in tests/test_html.py: Debian's package, installed only
+# when missing (apt-get as root, else sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends chromium || \
+	  { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; } || \
+	  { sudo -n apt-get update -q && sudo -n apt-get install -y -q --no-install-recommends chromium; } || \
+	  { echo "could not install chromium (tests/test_html.py needs it; LOCKBENCH_NO_BROWSER=1 skips it)" >&2; exit 1; }; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,11 +39,26 @@ bench: $(STAMP)
 	$(BIN)/lockbench run --preset $(PRESET) --executor ray --out runs/$(PRESET)
 	$(BIN)/lockbench leaderboard publish runs/$(PRESET)
 
-test: $(STAMP)
+# After the tests, the CI gate: re-run `smoke` and fail with a table when a defense's attack success rose
+# or its utility fell against the committed baseline, or attacks stopped working against `none`.
+# After an intended change of the numbers, regenerate the baseline with `make ci-baseline` and commit it.
+REGRESS_TOLERANCE ?= 0.05
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+	$(BIN)/lockbench regress --preset smoke --baseline leaderboard/ci-baseline.csv --tolerance $(REGRESS_TOLERANCE) --out runs/regress-smoke
+
+ci-baseline: $(STAMP)
+	$(BIN)/lockbench regress --preset smoke --out runs/regress-smoke --write-baseline leaderboard/ci-baseline.csv
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Performance figures against their targets -> perf/REPORT.md and perf/report.json (about 15 minutes on
+# 2 cores: cache figure on `micro`, the rest on `smoke`). PERF_ARGS=--full measures the cache figure on
+# `default` (its cold run alone takes 20+ minutes); see `python -m bench.perf --help`.
+.PHONY: perf
+perf: $(STAMP)
+	$(BIN)/python -m bench.perf $(PERF_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,3 +1,11 @@
 """Built-in attacks; importing the package registers them."""
 
-from attacks import lora_finetune, task_arithmetic  # noqa: F401
+from attacks import (  # noqa: F401
+    adapter_weighted,
+    adaptive_coefficient,
+    full_finetune,
+    lora_finetune,
+    merge_heal,
+    mergekit_methods,
+    per_member,
+)

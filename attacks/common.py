@@ -1,13 +1,29 @@
-"""Helpers shared by attacks: folding adapters and building a model from a merged state dict."""
+"""Helpers shared by attacks: folding adapters, merging the public members, scoring on the attacker's
+own validation split, and the knobs every merge cell records."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
 from peft import PeftModel
+from pydantic import Field, field_validator
 from transformers import PreTrainedModel
 
+from bench.config import StrictModel
 from bench.evaluate import as_plain_model
-from bench.merging import merge_state_dicts
-from bench.plugins import PublicView
+from bench.finetuning import sweep
+from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
+from bench.plugins import AttackOutput, PublicView
+
+RELEASE = "release"
+Objective = Literal["all", "protected"]
+
+
+class AttackNotApplicable(RuntimeError):
+    """The cell does not meet the attack's preconditions (an adapter-space merge of a full release, a
+    two-input method given four members). The cell should read `n/a`, not `failed`."""
 
 
 def full_weights(model: PreTrainedModel | PeftModel) -> dict:
@@ -23,6 +39,39 @@ def model_from_state(template: PreTrainedModel, state: dict) -> PreTrainedModel:
     return model.eval()
 
 
+def expert_name(task: str) -> str:
+    return f"expert:{task}"
+
+
+@dataclass
+class MergeInputs:
+    """The release and the cell's public experts as full weights, folded once per attack so that a
+    search over hundreds of merges does not fold adapters hundreds of times."""
+
+    template: PreTrainedModel
+    base: dict
+    members: dict[str, dict]  # release first, then the experts in the cell's order
+    seed: int
+
+    @classmethod
+    def from_view(cls, view: PublicView) -> MergeInputs:
+        members = {RELEASE: full_weights(view.release)}
+        members.update({expert_name(task): full_weights(model) for task, model in view.public_experts.items()})
+        return cls(view.base, {k: v.detach() for k, v in view.base.state_dict().items()}, members, view.seed)
+
+    def layout(self, method: str) -> Layout:
+        layout = layout_for(method, len(self.members))
+        if layout is None:
+            raise AttackNotApplicable(f"mergekit method '{method}' cannot merge {len(self.members)} models "
+                                      "(its input contract rejects that count)")
+        return layout
+
+    def merge(self, method: str, parameters: dict[str, Any], layout: Layout | None = None) -> PreTrainedModel:
+        merged = merge_state_dicts(self.base, self.members, method, parameters, seed=self.seed,
+                                   layout=layout or self.layout(method))
+        return model_from_state(self.template, merged)
+
+
 def merge_release(view: PublicView, method: str, parameters: dict, release_weight: float | None = None,
                   uses_base: bool = True) -> PreTrainedModel:
     """Merge the release with the public experts through mergekit (in memory).
@@ -30,11 +79,100 @@ def merge_release(view: PublicView, method: str, parameters: dict, release_weigh
     `parameters` are mergekit's; a scalar `weight` applies to every member unless `release_weight`
     pins the release's own weight (the per-member attacker of DESIGN §4).
     """
-    members = {"release": full_weights(view.release)}
-    members.update({f"expert:{task}": full_weights(model) for task, model in view.public_experts.items()})
+    inputs = MergeInputs.from_view(view)
     params = dict(parameters)
     if release_weight is not None:
-        other = params.get("weight", 1.0)
-        params["weight"] = {name: (release_weight if name == "release" else other) for name in members}
-    merged = merge_state_dicts(view.base.state_dict(), members, method, params, seed=view.seed, uses_base=uses_base)
-    return model_from_state(view.base, merged)
+        params["weight"] = member_weights(inputs.members, release_weight, params.get("weight", 1.0))
+    return inputs.merge(method, params, "base" if uses_base else "members")
+
+
+def member_weights(members: Sequence[str], release: float, others: float | dict[str, float]) -> dict[str, float]:
+    """Per-member weights keyed by member name: the release's and the others' (one value or per name)."""
+    return {name: release if name == RELEASE else (others[name] if isinstance(others, dict) else others)
+            for name in members}
+
+
+def objective_tasks(view: PublicView, objective: Objective) -> list[str]:
+    """What an adaptive attacker maximises on its own split: the protected task alone, or it together
+    with every merged member's task (the merge track's goal, DESIGN §1)."""
+    return [view.task] if objective == "protected" else [view.task, *view.public_experts]
+
+
+def validation_scorer(view: PublicView, objective: Objective) -> Callable[[PreTrainedModel], float]:
+    """Mean lm-eval accuracy on the attacker_val split of the objective's tasks (never test)."""
+    if view.score_val is None:
+        raise RuntimeError("this adaptive attack needs view.score_val (the attacker-val scorer)")
+    score_val, tasks = view.score_val, objective_tasks(view, objective)
+
+    def evaluate(model: PreTrainedModel) -> float:
+        scores = score_val(model, tasks)
+        return sum(scores[task] for task in tasks) / len(tasks)
+
+    return evaluate
+
+
+def merge_knobs(method: str, parameters: dict[str, Any], layout: Layout, seed: int, **extra: Any) -> dict[str, Any]:
+    """The knobs of DESIGN §4 (method, weights, normalize, lambda, density, rescale, seed) and the rest.
+
+    Density and rescale are recorded only for methods that sparsify (elsewhere they change nothing).
+    """
+    from mergekit import merge_methods
+    from mergekit.merge_methods.base import MISSING
+
+    registered = merge_methods.get(method)
+    sparse = sparsifies(method)
+    defaults = {p.name: p.default for p in registered.spec.parameters if p.default is not MISSING}
+    parameters = {**defaults, **parameters}  # what mergekit actually used, defaults included
+    normalize = parameters.get("normalize", parameters.get("normalize_weights"))
+    return {
+        "method": method,
+        "weights": parameters.get("weight"),
+        "normalize": normalize,
+        "lambda": parameters.get("lambda"),
+        "density": parameters.get("density") if sparse else None,
+        "rescale": parameters.get("rescale") if sparse else None,
+        "seed": seed,
+        "layout": layout,
+        "parameters": dict(parameters),
+        **extra,
+    }
+
+
+class SweepConfig(StrictModel):
+    """A sweep; a single number for `lr` or `steps` is a sweep of one."""
+
+    lr: list[float] = Field(min_length=1, description="learning rates tried")
+    steps: list[int] = Field(min_length=1, description="step budgets tried")
+    batch_size: int = Field(32, ge=1)
+    independent_runs: bool = Field(False, description="a run per (lr, steps); else one run per lr of the "
+                                   "largest budget, stopped early at each smaller one (about half the cost)")
+
+    @field_validator("lr", "steps", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("lr", "steps")
+    @classmethod
+    def _positive(cls, values: list) -> list:
+        if any(value <= 0 for value in values):
+            raise ValueError("must be positive")
+        return values
+
+
+def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, alpha: int = 16) -> AttackOutput:
+    """Shared by the LoRA and full fine-tuning attacks: sweep, choose on attacker_val, report."""
+    if view.score_val is None:
+        raise RuntimeError("fine-tuning sweeps choose on view.score_val (the attacker-val scorer)")
+    score_val, task = view.score_val, view.task
+    result = sweep(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
+                   method, config.lr, config.steps, view.seed, lambda model: score_val(model, [task])[task],
+                   view.budget_fractions, config.batch_size, r, alpha, config.independent_runs)
+    knobs = {"method": method, "lr": result.lr, "steps": result.steps, "batch_size": config.batch_size,
+             "val_score": result.val_score, "sweep_steps": result.trained_steps,
+             "independent_runs": config.independent_runs, "trials": result.trials,
+             "val_examples": len(view.attacker_val.prompts)}
+    if method == "lora":
+        knobs["r"] = r
+    return AttackOutput(models=result.checkpoints, knobs=knobs, steps=result.steps,
+                        examples=len(view.attacker_train.prompts))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from bench.offline import enable_offline
 
@@ -16,7 +19,72 @@ enable_offline()
 # for users and would bury the progress display.
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark release-time weight protections.")
+DEBUG_ENV = "LOCKBENCH_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def describe_error(error: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for an exception that reached the command line.
+
+    2: the input or the environment is wrong (config, plugin names, paths, damaged user files), so the
+    message alone must say what to fix. 1: anything else, i.e. a bug or a failure inside the run,
+    named by its type; the traceback is one `--debug` away.
+    """
+    from pydantic import ValidationError
+
+    from bench.harness.grid import ConfigError
+    from bench.presets import PresetError
+
+    if isinstance(error, KeyError) and error.args and str(error.args[0]).startswith("unknown "):
+        return 2, str(error.args[0])  # a registry lookup (unknown defense or attack)
+    if isinstance(error, PresetError | ConfigError):
+        return 2, _one_line(str(error))
+    if isinstance(error, ValidationError):
+        problems = [f"{'.'.join(map(str, item['loc'])) or item['type']}: {item['msg']}" for item in error.errors()]
+        return 2, _one_line(f"invalid {error.title}: " + "; ".join(problems))
+    if isinstance(error, OSError) and error.strerror:
+        where = f" {error.filename}" if error.filename else ""
+        return 2, _one_line(f"{error.strerror}:{where}" if where else error.strerror)
+    detail = _one_line(str(error)) or "(no message)"
+    return 1, f"{type(error).__name__}: {detail} (run with --debug or {DEBUG_ENV}=1 for the traceback)"
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    line = " | ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class _Commands(TyperGroup):
+    """Top-level error handler: an exception becomes one `error: …` line on stderr and exit code 2 or 1
+    (see `describe_error`), not a traceback; `--debug` or LOCKBENCH_DEBUG=1 re-raises it instead."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as error:
+            if _debug():
+                raise
+            code, message = describe_error(error)
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code) from None
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Benchmark release-time weight protections.",
+                  cls=_Commands)
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"show tracebacks (same as {DEBUG_ENV}=1)")] = False,
+) -> None:
+    """Benchmark release-time weight protections."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def _fail(message: str) -> None:
@@ -112,8 +180,58 @@ def run(
                f"{summary.seconds:.1f}s -> {summary.out_dir}")
     for problem in summary.problems:
         typer.secho(f"VALIDITY: {problem}", fg=typer.colors.RED, err=True)
+    if summary.failed:
+        typer.secho(f"error: {summary.failed} of {summary.cells} cells failed (first: "
+                    f"{_one_line(summary.first_error, 300)}); details in {summary.out_dir / 'cells.csv'}",
+                    fg=typer.colors.RED, err=True)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    defense: Annotated[str, typer.Argument(help="a .py file, an installed 'lockbench.defenses' entry point, or "
+                                                "MODULE; append :ClassName to pick one class")],
+    name: Annotated[str | None, typer.Option(help="folder under leaderboard/submissions (default: its name)")] = None,
+    preset: Annotated[str, typer.Option(help="preset name or YAML path")] = "default",
+    config: Annotated[str | None, typer.Option(help="the defense's Config as a JSON object")] = None,
+    executor: Annotated[str, typer.Option(help="serial or ray")] = "serial",
+    root: Annotated[Path | None, typer.Option(help="storage root")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/submissions/NAME)")] = None,
+    leaderboard_dir: Annotated[Path, typer.Option(help="where results are filed")] = Path("leaderboard"),
+    dry_run: Annotated[bool, typer.Option(help="call protect once per track on the micro zoo first")] = True,
+    check: Annotated[bool, typer.Option("--check", help="only validate (and dry-run); run nothing")] = False,
+    allow_invalid: Annotated[bool, typer.Option(help="file results of a run that breaks the validity rule, "
+                                                     "marked NOT VALID (plumbing presets such as micro)")] = False,
+    fresh: Annotated[bool, typer.Option(help="recompute the submission's cells even if its code is unchanged")] = False,
+) -> None:
+    """Validate a defense, run a preset for it beside the cached references, file leaderboard/submissions/NAME."""
+    from bench.submit import submit_command
+
+    code = submit_command(defense, name, preset, config, executor, root, out, leaderboard_dir, dry_run, check,
+                          allow_invalid, fresh)
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command()
+def regress(
+    baseline: Annotated[Path | None, typer.Option(help="baseline cells CSV to compare with")] = None,
+    preset: Annotated[str, typer.Option(help="preset name or YAML path")] = "smoke",
+    tolerance: Annotated[float, typer.Option(help="allowed rise of attack success / fall of utility")] = 0.05,
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/regress-PRESET)")] = None,
+    root: Annotated[Path | None, typer.Option(help="storage root")] = None,
+    executor: Annotated[str, typer.Option(help="serial or ray")] = "serial",
+    run_dir: Annotated[Path | None, typer.Option(help="compare this finished run instead of running")] = None,
+    write_baseline: Annotated[Path | None, typer.Option(help="write the run's cells as a new baseline")] = None,
+    allow_invalid: Annotated[bool, typer.Option(help="report validity failures without failing")] = False,
+) -> None:
+    """CI gate: re-run a preset; exit 1 with a table when attacks got stronger or utility fell vs a baseline."""
+    from bench.regress import regress_command
+
+    code = regress_command(baseline, preset, tolerance, out, root, executor, run_dir, write_baseline, allow_invalid)
+    if code:
+        raise typer.Exit(code)
 
 
 leaderboard_app = typer.Typer(help="Publish run directories into leaderboard/.")
@@ -180,5 +298,10 @@ def list_presets_command() -> None:
         typer.echo(f"{name:10s} {load_preset(name).description}")
 
 
-if __name__ == "__main__":  # pragma: no cover
+def main() -> None:
+    """Console entry point: `app` with its top-level error handler (`_Commands`)."""
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -13,14 +15,93 @@ from bench.config import StrictModel
 from bench.zoo.config import TrainingConfig
 from bench.zoo.training import TrainSettings, tokenise, train
 
+Method = Literal["lora", "full"]
+
 
 class FinetuneRecipe(StrictModel):
     """One fine-tuning configuration: LoRA (peft) or full, with its training budget."""
 
-    method: Literal["lora", "full"]
+    method: Method
     training: TrainingConfig
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
+
+
+def _trainable(model: PreTrainedModel | PeftModel, method: Method, r: int, alpha: int) -> PreTrainedModel | PeftModel:
+    """A trainable copy: a fresh peft LoRA over a folded copy, or a plain copy for full fine-tuning."""
+    from bench.evaluate import as_plain_model
+    from bench.zoo.build import lora_config_for
+
+    plain = copy.deepcopy(as_plain_model(model))
+    if method == "lora":
+        return get_peft_model(plain, lora_config_for(plain, r, alpha, 0.0))
+    return plain
+
+
+def _folded(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """An eval-mode plain copy of the model being trained (LoRA folded in); training continues untouched."""
+    snapshot = copy.deepcopy(model)
+    if isinstance(snapshot, PeftModel):
+        snapshot = snapshot.merge_and_unload()
+    return snapshot.eval()
+
+
+def checkpoint_step(steps: int, fraction: float) -> int:
+    """The step (1-based) at which `fraction` of a `steps`-step budget is reached."""
+    return min(steps, max(1, round(fraction * steps)))
+
+
+def train_snapshots(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    answers: list[str],
+    method: Method,
+    lr: float,
+    steps: int,
+    seed: int,
+    at_steps: Sequence[int],
+    batch_size: int = 32,
+    warmup_steps: int = 0,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+) -> dict[int, PreTrainedModel]:
+    """Fine-tune a copy of `model` for `steps` steps; a folded snapshot after each step in `at_steps`."""
+    trained = _trainable(model, method, lora_r, lora_alpha)
+    marks = set(at_steps)
+    snapshots: dict[int, PreTrainedModel] = {}
+
+    def on_step(step: int, loss: float) -> None:
+        if step + 1 in marks:
+            snapshots[step + 1] = _folded(trained)
+            trained.train()
+
+    train(trained, tokenise(tokenizer, prompts, answers),
+          TrainSettings(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, seed=seed),
+          on_step=on_step)
+    return snapshots
+
+
+def finetune_checkpoints(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    answers: list[str],
+    method: Method,
+    lr: float,
+    steps: int,
+    seed: int,
+    fractions: Sequence[float] = (1.0,),
+    batch_size: int = 32,
+    warmup_steps: int = 0,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+) -> dict[float, PreTrainedModel]:
+    """Fine-tune a copy of `model` and return a folded snapshot at each budget fraction of `steps`."""
+    snapshots = train_snapshots(model, tokenizer, prompts, answers, method, lr, steps, seed,
+                                [checkpoint_step(steps, f) for f in fractions], batch_size, warmup_steps,
+                                lora_r, lora_alpha)
+    return {fraction: snapshots[checkpoint_step(steps, fraction)] for fraction in fractions}
 
 
 def finetune(
@@ -32,16 +113,67 @@ def finetune(
     seed: int,
 ) -> PreTrainedModel:
     """Return a fine-tuned copy of `model` (LoRA adapters are folded back in); `model` is untouched."""
-    from bench.zoo.build import lora_config_for
+    training = recipe.training
+    return finetune_checkpoints(model, tokenizer, prompts, answers, recipe.method, training.lr, training.steps,
+                                seed, (1.0,), training.batch_size, training.warmup_steps, recipe.lora_r,
+                                recipe.lora_alpha)[1.0]
 
-    trained = copy.deepcopy(model)
-    if recipe.method == "lora":
-        trained = get_peft_model(trained, lora_config_for(trained, recipe.lora_r, recipe.lora_alpha, 0.0))
-    data = tokenise(tokenizer, prompts, answers)
-    settings = TrainSettings(steps=recipe.training.steps, lr=recipe.training.lr,
-                             batch_size=recipe.training.batch_size,
-                             warmup_steps=recipe.training.warmup_steps, seed=seed)
-    train(trained, data, settings)
-    if recipe.method == "lora":
-        trained = trained.merge_and_unload()
-    return trained.eval()
+
+@dataclass
+class SweepResult:
+    """The configuration chosen on the attacker's validation split, its checkpoints, and every trial."""
+
+    lr: float
+    steps: int
+    val_score: float
+    checkpoints: dict[float, PreTrainedModel]
+    trials: list[dict[str, float]] = field(default_factory=list)
+    trained_steps: int = 0  # optimiser steps over the whole sweep
+
+
+def sweep(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    answers: list[str],
+    method: Method,
+    lrs: Sequence[float],
+    step_counts: Sequence[int],
+    seed: int,
+    evaluate: Callable[[PreTrainedModel], float],
+    fractions: Sequence[float] = (1.0,),
+    batch_size: int = 32,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    independent_runs: bool = False,
+) -> SweepResult:
+    """Try every (lr, steps) from `model`, pick the best by `evaluate` (the attacker's own split), and keep
+    only the winner's budget-fraction checkpoints. Ties go to fewer steps, then the lower lr; trials are
+    listed in the order they ran (lr-major).
+
+    With `independent_runs` each pair is its own run (its own cosine schedule). Otherwise one run per lr
+    of the largest step count is stopped early at each candidate count (checkpoints of the same run):
+    half the cost for two counts, and the full-length candidates are exactly the independent ones.
+    """
+    counts = sorted(set(step_counts))
+    keep = sorted({*fractions, 1.0})
+    best: SweepResult | None = None
+    trials: list[dict[str, float]] = []
+    for lr in sorted(set(lrs)):
+        for stops in ([[steps] for steps in counts] if independent_runs else [counts]):
+            length = max(stops)
+            snapshots = train_snapshots(model, tokenizer, prompts, answers, method, lr, length, seed,
+                                        [checkpoint_step(stop, f) for stop in stops for f in keep], batch_size,
+                                        0, lora_r, lora_alpha)
+            for stop in stops:
+                value = evaluate(snapshots[checkpoint_step(stop, 1.0)])
+                trials.append({"lr": lr, "steps": stop, "val": value})
+                better = best is None or value > best.val_score or (
+                    value == best.val_score and (stop, lr) < (best.steps, best.lr))
+                if better:  # only the winner's checkpoints stay in memory
+                    best = SweepResult(lr, stop, value, {f: snapshots[checkpoint_step(stop, f)] for f in fractions})
+            del snapshots
+    assert best is not None, "the sweep needs at least one learning rate and one step count"
+    best.trials = trials
+    best.trained_steps = len(set(lrs)) * (sum(counts) if independent_runs else max(counts))
+    return best

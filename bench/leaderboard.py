@@ -331,7 +331,8 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Path:
     """Copy a complete, valid run into `leaderboard_dir/<name>/` (atomically, replacing an earlier copy)
-    and regenerate `leaderboard_dir/README.md`. Returns the published folder."""
+    and regenerate `leaderboard_dir/README.md` and the static page `leaderboard_dir/index.html`.
+    Returns the published folder."""
     run_dir, leaderboard_dir = Path(run_dir), Path(leaderboard_dir)
     name = name or run_dir.resolve().name
     _check_name(name)
@@ -352,6 +353,9 @@ def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Pa
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
     write_index(leaderboard_dir)
+    from bench.html_report import write_html_index  # imports this module: deferred
+
+    write_html_index(leaderboard_dir)
     return target
 
 

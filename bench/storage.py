@@ -2,25 +2,46 @@
 
 Every stage writes into a temporary sibling directory and renames it into place, so a run killed at
 any moment leaves either a complete artefact or none, and a re-run resumes from what is complete.
+
+The completion marker is a manifest (size and SHA-256 of every file), so an artefact damaged after it
+was written — a truncated copy, a full disk, bit rot — is not trusted: a cheap check (sizes, and the
+safetensors header against the file's length) runs on every lookup, and the driver of a run checks the
+hashes once (`deep_verification`). A damaged artefact counts as missing and is rebuilt.
+
+`fault_point(name)` lets the reliability tests SIGKILL a process at a named moment
+(`LOCKBENCH_FAULT=name` or `name@N` for the N-th time it is reached); it does nothing otherwise.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
+import signal
 import socket
+import struct
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 DEFAULT_ROOT_ENV = "LOCKBENCH_HOME"
 COMPLETE_MARKER = ".complete"
+FAULT_ENV = "LOCKBENCH_FAULT"
+VERIFY_LIMIT_ENV = "LOCKBENCH_VERIFY_MAX_MB"
+MANIFEST_VERSION = 1
+#: A safetensors header larger than this is not a header but damage (real ones are kilobytes to a few MB).
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+logger = logging.getLogger(__name__)
+_fault_hits: Counter[str] = Counter()
+_deep = False
 
 
 def storage_root(explicit: Path | None = None) -> Path:
@@ -48,8 +69,168 @@ def content_hash(*parts: Any, length: int = 16) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:length]
 
 
-def is_complete(directory: Path) -> bool:
-    return (directory / COMPLETE_MARKER).is_file()
+def fault_point(name: str) -> None:
+    """SIGKILL this process when $LOCKBENCH_FAULT names this point (tests of crash safety only).
+
+    `name@N` fires on the N-th time the point is reached in this process (default the first).
+    """
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted:
+        return
+    point, _, count = wanted.partition("@")
+    if point != name:
+        return
+    _fault_hits[name] += 1
+    if _fault_hits[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+EntryState = Literal["complete", "missing", "corrupt"]
+
+
+def entry_state(directory: Path, deep: bool | None = None) -> EntryState:
+    """Whether `directory` is a complete artefact, absent/unfinished, or complete but damaged since.
+
+    `deep` (default: inside `deep_verification()`) also compares every file's SHA-256 with the manifest.
+    """
+    marker = Path(directory) / COMPLETE_MARKER
+    if not marker.is_file():
+        return "missing"
+    problem = verify_directory(Path(directory), _deep if deep is None else deep)
+    if problem:
+        logger.warning("cached artefact %s is damaged (%s); it will be rebuilt", directory, problem)
+        return "corrupt"
+    return "complete"
+
+
+def is_complete(directory: Path, deep: bool | None = None) -> bool:
+    """A complete, undamaged artefact (see `entry_state`)."""
+    return entry_state(directory, deep) == "complete"
+
+
+@contextmanager
+def deep_verification() -> Iterator[None]:
+    """Within the block, `is_complete` also checks file hashes: once per run, in the driver."""
+    global _deep
+    previous, _deep = _deep, True
+    try:
+        yield
+    finally:
+        _deep = previous
+
+
+def invalidate(directory: Path) -> None:
+    """Remove a damaged artefact so no process trusts it again (it is rebuilt on next use)."""
+    directory = Path(directory)
+    if not directory.exists():
+        return
+    trash = directory.with_name(f"{_scratch_prefix(directory)}invalid")
+    try:
+        os.replace(directory, trash)  # atomic: readers see the artefact or nothing
+    except OSError:
+        trash = directory
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _deep_limit() -> int:
+    """Files above $LOCKBENCH_VERIFY_MAX_MB (default 512) skip the hash check: re-reading a hub model's
+    gigabytes on every run would cost more than the rare bit flip it could find (size and safetensors
+    structure are still checked)."""
+    try:
+        return int(float(os.environ.get(VERIFY_LIMIT_ENV, "512")) * 2**20)
+    except ValueError:
+        return 512 * 2**20
+
+
+def _manifest(directory: Path) -> dict[str, Any]:
+    files = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+        files[path.relative_to(directory).as_posix()] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    return {"version": MANIFEST_VERSION, "files": files}
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is unreadable (bad header, truncated or padded data), else None.
+
+    Reads only the header, so it costs microseconds whatever the model size.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            prefix = stream.read(8)
+            if len(prefix) < 8:
+                return f"{path.name}: {size} bytes, shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", prefix)
+            if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+                return f"{path.name}: header length {length} does not fit a {size}-byte file"
+            header = json.loads(stream.read(length))
+    except (OSError, ValueError) as error:
+        return f"{path.name}: unreadable header ({type(error).__name__})"
+    if not isinstance(header, dict):
+        return f"{path.name}: header is not a JSON object"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, stop = (int(v) for v in info["data_offsets"])
+            count = 1
+            for dim in info["shape"]:
+                count *= int(dim)
+            width = _DTYPE_BYTES.get(info["dtype"])
+        except (KeyError, TypeError, ValueError):
+            return f"{path.name}: malformed entry for tensor {name!r}"
+        if width is not None and stop - start != count * width:
+            return f"{path.name}: tensor {name!r} has {stop - start} bytes for shape {info['shape']}"
+        end = max(end, stop)
+    if 8 + length + end != size:
+        return f"{path.name}: data should end at byte {8 + length + end}, file has {size} (truncated or padded)"
+    return None
+
+
+def verify_directory(directory: Path, deep: bool = False) -> str | None:
+    """Why a completed artefact can no longer be trusted, else None.
+
+    Always: every manifest file present with its size, every safetensors file structurally sound.
+    `deep`: every file's SHA-256 as well. An empty marker (written before manifests existed) gets the
+    structural checks only.
+    """
+    marker = directory / COMPLETE_MARKER
+    try:
+        text = marker.read_text()
+        manifest = json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return "unreadable completion marker"
+    if manifest is not None:
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            return "malformed completion marker"
+        for name, info in manifest["files"].items():
+            path = directory / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                return f"{name} is missing"
+            if size != info.get("size"):
+                return f"{name} has {size} bytes, {info.get('size')} when written"
+            if deep and size <= _deep_limit() and _sha256(path) != info.get("sha256"):
+                return f"{name} changed since it was written (SHA-256 differs)"
+    for path in sorted(directory.rglob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            return problem
+    return None
 
 
 def _scratch_prefix(target: Path) -> str:
@@ -65,6 +246,26 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete hidden temporary files and directories in `folder` left by dead processes of this host."""
+    removed: list[Path] = []
+    if not Path(folder).is_dir():
+        return removed
+    host = socket.gethostname()
+    for entry in Path(folder).iterdir():
+        if not entry.name.startswith("."):
+            continue
+        at = entry.name.find(f".{host}-")
+        pid = entry.name[at + len(host) + 2:].split(".")[0] if at >= 0 else ""
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def remove_stale_scratch(target: Path) -> list[Path]:
@@ -100,8 +301,9 @@ def atomic_directory(target: Path) -> Iterator[Path]:
     scratch = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target), dir=target.parent))
     try:
         yield scratch
-        (scratch / COMPLETE_MARKER).write_text("")
-        if not is_complete(target):
+        (scratch / COMPLETE_MARKER).write_text(json.dumps(_manifest(scratch), indent=1, sort_keys=True))
+        fault_point(f"publish:{target.parent.name}")
+        if not is_complete(target, deep=False):
             if target.exists():
                 shutil.rmtree(target)
             try:
@@ -115,8 +317,11 @@ def atomic_directory(target: Path) -> Iterator[Path]:
 
 
 def cached_directory(target: Path, build: Callable[[Path], None]) -> Path:
-    """Return `target`, building it with `build(scratch)` first unless a complete copy exists."""
-    if not is_complete(target):
+    """Return `target`, building it with `build(scratch)` first unless a complete, undamaged copy exists."""
+    state = entry_state(target)
+    if state != "complete":
+        if state == "corrupt":
+            invalidate(target)  # else the publish step below would take it for a racing builder's result
         remove_stale_scratch(target)
         with atomic_directory(target) as scratch:
             build(scratch)
@@ -124,12 +329,17 @@ def cached_directory(target: Path, build: Callable[[Path], None]) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary sibling (named after this host and pid) and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    text = json.dumps(_canonical(data), indent=2, sort_keys=True) + "\n"
+    handle, scratch = tempfile.mkstemp(prefix=_scratch_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(handle, "w") as stream:
-            json.dump(_canonical(data), stream, indent=2, sort_keys=True)
-            stream.write("\n")
+            half = len(text) // 2
+            stream.write(text[:half])
+            stream.flush()
+            fault_point(f"write-json:{path.parent.name}")  # a kill here leaves a half-written temp file
+            stream.write(text[half:])
         os.replace(scratch, path)
     except BaseException:
         Path(scratch).unlink(missing_ok=True)  # e.g. data that is not JSON-able: no stray temp file

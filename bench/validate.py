@@ -5,13 +5,19 @@ DESIGN §6's rule: each expert beats the base on its task by `min_expert_gain`; 
 each member's gain; the base scores at most `max_downstream_base` on each downstream task; each default
 fine-tuning attack gains at least `min_finetune_gain` there. A zoo that breaks the rule would make every
 normalised attack-success number noise, so validation fails loudly instead.
+
+`check_attacks` applies the same rule to every attack of a preset's grid: it runs the grid against
+`none` only, through the harness (so the cells are cached and reused by the benchmark run), and says per
+attack configuration whether it keeps enough of the expert's gain (merge) or gains enough (finetune).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel
 
@@ -165,3 +171,154 @@ def write_report(reports: list[ArchitectureReport], path: Path) -> None:
     from bench.storage import write_json_atomic
 
     write_json_atomic(path, [report.to_json() for report in reports])
+
+
+# ----------------------------------------------------------------------------- attacks against none
+
+#: A cell whose attack raised this is not applicable (until the harness records such cells as n/a).
+NOT_APPLICABLE_ERROR = "AttackNotApplicable"
+
+
+@dataclass
+class AttackCheck:
+    """One attack configuration of the grid against `none`, over its cells of one model and format.
+
+    `score` is the mean kept fraction of the expert's gain on the protected task (merge track) or the
+    mean gain on the downstream task (finetune track), over every cell of the configuration (DESIGN §6
+    applies the rule per attack configuration); `threshold` is what it must reach. `by_members` splits
+    the merge score by the number of merged models, since four-expert merges can break where pairs hold.
+    """
+
+    attack: str
+    attack_key: str
+    config: str
+    track: str
+    model: str
+    release_format: str
+    cells: int
+    weak_cells: int
+    not_applicable: int
+    failed: int
+    score: float
+    threshold: float
+    seconds_per_cell: float
+    by_members: dict[int, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.cells == self.not_applicable:
+            return "n/a"
+        return "pass" if self.score >= self.threshold else "weak"
+
+    @property
+    def passes(self) -> bool:
+        return self.status in ("pass", "n/a")
+
+    @property
+    def weak_member_counts(self) -> list[int]:
+        """Member counts at which the configuration alone would be weak (its cells there are left out)."""
+        return [n for n, score in sorted(self.by_members.items()) if not score >= self.threshold]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "status": self.status, "passes": self.passes}
+
+
+def none_only(preset: Preset) -> Preset:
+    """The preset with its grid reduced to the unprotected reference: what `check_attacks` runs."""
+    from bench.harness.grid import PluginSpec
+
+    if preset.grid is None:
+        raise ValueError(f"preset '{preset.name}' has no grid: no attacks to check")
+    grid = preset.grid.model_copy(update={"defenses": [PluginSpec(name="none")]})
+    return preset.model_copy(update={"grid": grid})
+
+
+def _kept_fraction(row: Any) -> float:
+    gain = row.utility - row.base_acc
+    return (row.merged_acc - row.base_acc) / gain if gain > 0 else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    finite = [value for value in values if not math.isnan(value)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def summarise_attack_cells(cells: Any, preset: Preset) -> list[AttackCheck]:
+    """Per (attack configuration, model, format) checks from the cells of a `none`-only run."""
+    rule = preset.validity
+    checks = []
+    keys = ["track", "model", "release_format", "attack", "attack_key"]
+    for (track, model, release_format, attack, key), group in cells.groupby(keys, sort=True):
+        not_applicable = group["status"].eq("n/a") | (group["status"].eq("failed")
+                                                     & group["error"].str.startswith(NOT_APPLICABLE_ERROR))
+        failed = group["status"].eq("failed") & ~not_applicable
+        ok = group[group["status"].eq("ok")]
+        by_members: dict[int, float] = {}
+        if track == "merge":
+            kept = [_kept_fraction(row) for row in ok.itertuples()]
+            score, threshold = _mean(kept), rule.min_kept_fraction
+            for n_members in sorted(set(ok["n_members"].tolist())):
+                by_members[int(n_members)] = _mean([k for k, n in zip(kept, ok["n_members"], strict=True)
+                                                    if n == n_members])
+        else:
+            score, threshold = _mean(ok["gain_b1"].tolist()), rule.min_finetune_gain
+        checks.append(AttackCheck(
+            attack=attack, attack_key=key, config=group["attack_config"].iloc[0], track=track, model=model,
+            release_format=release_format, cells=len(group), weak_cells=int(ok["weak"].sum()),
+            not_applicable=int(not_applicable.sum()), failed=int(failed.sum()),
+            score=score, threshold=threshold, seconds_per_cell=_mean(ok["attack_seconds"].tolist()),
+            by_members=by_members, errors=sorted(set(group.loc[failed, "error"].tolist()))[:3],
+        ))
+    return checks
+
+
+def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None) -> tuple[list[AttackCheck], list[str]]:
+    """Run every attack of the preset's grid against `none` and check it (DESIGN §6, per attack).
+
+    Returns the checks and the run-level problems (a track × architecture with no passing attack).
+    """
+    from bench.harness.run import run_benchmark
+    from bench.leaderboard import CELLS_FILE
+    from bench.scoring import read_csv
+
+    summary = run_benchmark(none_only(preset), root, out_dir, "serial", console=console)
+    cells = read_csv(out_dir / CELLS_FILE, "cells")
+    return summarise_attack_cells(cells, preset), list(summary.problems)
+
+
+def _where(check: AttackCheck) -> str:
+    return f"{check.model}/{check.release_format}: attack {check.attack} {check.config}"
+
+
+def attack_failures(checks: list[AttackCheck], problems: list[str], weak_attacks: str = "fail") -> list[str]:
+    """Messages for attacks that break the rule. Weak attacks are failures unless the preset says
+    `weak_attacks: warn` (a preset like `full` that lists every attack, weak ones included)."""
+    failures = list(problems)
+    for check in checks:
+        if check.status == "failed":
+            failures.append(f"{_where(check)} failed in {check.failed} of {check.cells} cells "
+                            f"({'; '.join(check.errors)})")
+        elif check.status == "weak" and weak_attacks == "fail":
+            measure = "keeps" if check.track == "merge" else "gains"
+            value = "nothing measurable (no ok cell, or the expert does not beat the base)" if math.isnan(
+                check.score) else f"{check.score:.2f} (< {check.threshold})"
+            failures.append(f"{_where(check)} {measure} {value} against none")
+    return failures
+
+
+def attack_warnings(checks: list[AttackCheck]) -> list[str]:
+    """Passing configurations that are weak at some member counts: those cells are marked weak and left
+    out of the aggregates, the rest count."""
+    return [f"{_where(check)} keeps only "
+            + ", ".join(f"{check.by_members[n]:.2f} with {n} models" for n in check.weak_member_counts)
+            + f" (< {check.threshold}; those cells are left out of the aggregates)"
+            for check in checks if check.status == "pass" and check.weak_member_counts]
+
+
+def write_attack_report(checks: list[AttackCheck], path: Path) -> None:
+    from bench.storage import write_json_atomic
+
+    write_json_atomic(path, [check.to_json() for check in checks])

@@ -11,7 +11,16 @@ from rich.table import Table
 from bench.harness.context import get_context
 from bench.presets import Preset
 from bench.storage import storage_root
-from bench.validate import ArchitectureReport, validate_zoo, write_report
+from bench.validate import (
+    ArchitectureReport,
+    AttackCheck,
+    attack_failures,
+    attack_warnings,
+    check_attacks,
+    validate_zoo,
+    write_attack_report,
+    write_report,
+)
 
 
 def _render(console: Console, report: ArchitectureReport) -> None:
@@ -50,6 +59,37 @@ def _render(console: Console, report: ArchitectureReport) -> None:
         console.print(tunes)
 
 
+def _short_config(attack: str, config: str) -> str:
+    """The config's non-default values (`-` for the attack's defaults), so the table fits a terminal."""
+    import json
+
+    from bench.plugins import ATTACKS
+
+    values = json.loads(config)
+    try:
+        defaults = ATTACKS.get(attack).Config().model_dump(mode="json", by_alias=True)
+    except Exception:  # a labelled attack or one without defaults: show everything
+        defaults = {}
+    changed = {key: value for key, value in values.items() if defaults.get(key, object()) != value}
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in changed.items()) or "-"
+
+
+def _render_attacks(console: Console, checks: list[AttackCheck]) -> None:
+    table = Table(title="attacks of the grid against none — score: mean kept fraction of the expert's gain "
+                        "on T_p (merge; per number of merged models in brackets) or mean gain (finetune)")
+    for column in ("model", "attack", "config", "cells", "weak", "score", "s/cell", "status"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        colour = {"pass": "green", "n/a": "dim", "weak": "red", "failed": "red"}[check.status]
+        cells = f"{check.cells}" + (f" ({check.not_applicable} n/a)" if check.not_applicable else "")
+        split = " ".join(f"[{n}: {value:.2f}]" for n, value in sorted(check.by_members.items()))
+        table.add_row(f"{check.model}/{check.release_format}", check.attack,
+                      _short_config(check.attack, check.config), cells, str(check.weak_cells),
+                      f"{check.score:.2f} / {check.threshold:g} {split}".strip(), f"{check.seconds_per_cell:.1f}",
+                      f"[{colour}]{check.status}[/]")
+    console.print(table)
+
+
 def run_validate(preset: Preset, root: Path | None) -> int:
     console = Console()
     base_root = storage_root(root)
@@ -62,6 +102,16 @@ def run_validate(preset: Preset, root: Path | None) -> int:
         _render(console, report)
     write_report(reports, base_root / "validate" / f"{preset.name}-{zoo.hash}.json")
     failures = [failure for report in reports for failure in report.failures]
+    if preset.grid is not None:
+        console.print("running every attack of the grid against none (cells are cached for `lockbench run`)")
+        out_dir = base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks"
+        checks, problems = check_attacks(preset, base_root, out_dir)
+        _render_attacks(console, checks)
+        write_attack_report(checks, base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks.json")
+        # `weak_attacks` is a proposed ValidityConfig field ("fail" | "warn"); until it exists, weak fails.
+        failures += attack_failures(checks, problems, getattr(preset.validity, "weak_attacks", "fail"))
+        for warning in attack_warnings(checks):
+            console.print(f"[yellow]note:[/] {warning}")
     console.print(f"validation took {time.perf_counter() - started:.1f}s")
     if failures:
         console.print(f"[bold red]VALIDITY RULE FAILED ({len(failures)}):[/]")

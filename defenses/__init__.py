@@ -1,3 +1,3 @@
 """Built-in defenses; importing the package registers them."""
 
-from defenses import none  # noqa: F401
+from defenses import anti_finetune, merge_lock, none, params, pmp, trap2  # noqa: F401

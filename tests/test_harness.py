@@ -439,7 +439,12 @@ def _nodes_that_ran_tasks(temp_dir: Path) -> set[str]:
 def test_two_node_ray_cluster_matches_serial(micro_root: Path, serial_run: Path, tmp_path: Path) -> None:
     """`--executor ray` joining a real (two-raylet) cluster through RAY_ADDRESS gives the serial cells."""
     _reset_stages(micro_root)
-    env = _env()
+    # Ray keeps an auth token under ~/.ray that a local `ray.init` elsewhere may have written; a private
+    # HOME keeps this cluster's token state its own, whatever ran on the machine before.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in _env().items() if not key.startswith("RAY_AUTH")}
+    env["HOME"] = str(home)
     with _two_node_ray(env) as (address, temp_dir):
         result = _cli_run(micro_root, tmp_path, "--executor", "ray", env={**env, "RAY_ADDRESS": address})
         nodes = _nodes_that_ran_tasks(temp_dir)

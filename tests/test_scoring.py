@@ -472,4 +472,4 @@ def test_publish_copies_a_full_run_and_indexes_it(tmp_path: Path, cells: pd.Data
     assert "[second](second/README.md)" in index
     assert "synthetic run" in index and "trap2" in index
     assert sorted(p.name for p in (tmp_path / "leaderboard").iterdir()) == ["2026-01-01-default", "README.md",
-                                                                          "second"]
+                                                                          "index.html", "second"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.plugins import TaskData
 from bench.presets import Preset
@@ -39,13 +40,41 @@ def scored_tasks(preset: Preset) -> list[str]:
     return sorted(set(zoo.base_tasks) | set(zoo.expert_tasks) | set(zoo.downstream_tasks))
 
 
+#: lm-eval's own functions, kept so `make perf` can measure scoring without the trim.
+LM_EVAL_ORIGINALS: dict[str, Any] = {}
+
+
+@functools.cache
+def trim_lm_eval_overheads() -> None:
+    """Remove two per-call costs of lm-eval that profiling the harness found (once per process).
+
+    `simple_evaluate` fills an environment block (torch's collect_env: about ten subprocesses such as
+    `pip list`, ~1 s) that `bench.evaluate.score` discards, on every call; and lm-eval compiles each
+    Jinja template anew for every document. With hundreds of small evaluations per run these were
+    most of the scoring time (`make perf`, lm-eval figure). Scores are unchanged: the environment block
+    is never read, and a compiled template renders exactly as a fresh one.
+    """
+    import lm_eval.evaluator
+    import lm_eval.utils
+
+    LM_EVAL_ORIGINALS.update(add_env_info=lm_eval.evaluator.add_env_info, apply_template=lm_eval.utils.apply_template)
+    compiled = functools.lru_cache(maxsize=256)(lm_eval.utils.env.from_string)
+    lm_eval.evaluator.add_env_info = lambda results: None
+    lm_eval.utils.apply_template = lambda template, doc: compiled(template).render(**doc)
+
+
 @functools.lru_cache(maxsize=4)
 def _context(preset_json: str, root: str) -> HarnessContext:
     preset = Preset.model_validate_json(preset_json)
-    zoo = build_zoo(preset.zoo, Path(root))
+    zoo = build_zoo(preset.zoo, Path(root), preset.grid.models if preset.grid else None)
     tasks = materialize(scored_tasks(preset), preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
     return HarnessContext(preset, Path(root), zoo, tasks)
 
 
 def get_context(preset: Preset, root: Path) -> HarnessContext:
     return _context(preset.model_dump_json(), str(root))
+
+
+def clear_contexts() -> None:
+    """Forget this process's contexts, so the next `get_context` re-checks the zoo on disk."""
+    _context.cache_clear()

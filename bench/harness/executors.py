@@ -17,6 +17,24 @@ from bench.offline import offline_env
 from bench.presets import Preset
 
 ExecutorName = Literal["serial", "ray"]
+#: Comma-separated modules imported by the driver and every worker before a run, so plugins that are
+#: neither built in nor installed with an entry point (a notebook's, a test's) register everywhere.
+PLUGIN_MODULES_ENV = "LOCKBENCH_PLUGINS"
+
+
+def import_plugin_modules() -> list[str]:
+    """Import the modules named in $LOCKBENCH_PLUGINS (their decorators register the plugins)."""
+    import importlib
+
+    from bench.harness.grid import ConfigError
+
+    names = [name.strip() for name in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if name.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError(f"{PLUGIN_MODULES_ENV} names module '{name}', which cannot be imported: {error}") from error
+    return names
 
 
 @dataclass(frozen=True)
@@ -32,10 +50,12 @@ def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float]
     import torch
 
     torch.set_num_threads(threads)
-    from bench.harness.context import get_context
+    import_plugin_modules()
+    from bench.harness.context import get_context, trim_lm_eval_overheads
     from bench.harness.stages import run_cell, run_defense_job
     from bench.presets import Preset as PresetModel
 
+    trim_lm_eval_overheads()  # here, not in the driver: a fully cached run never imports lm-eval
     ctx = get_context(PresetModel.model_validate_json(preset_json), Path(root))
     if item.kind == "defend":
         try:
@@ -50,7 +70,10 @@ class SerialExecutor:
     name = "serial"
 
     def __init__(self, threads: int | None = None):
-        self.threads = threads or max(1, os.cpu_count() or 1)
+        import torch
+
+        # torch's default: the physical cores, or OMP_NUM_THREADS when set (e.g. on a shared machine)
+        self.threads = threads or max(1, torch.get_num_threads())
 
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
@@ -69,10 +92,12 @@ class RayExecutor:
         import ray
 
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
-        address = os.environ.get("RAY_ADDRESS")
+        address = os.environ.get("RAY_ADDRESS") or None
         env = {**offline_env(), "PYTHONPATH": _project_pythonpath()}
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
+            # "local": without RAY_ADDRESS, always a private cluster. ray.init(address=None) would join
+            # whatever cluster `ray start` last left on this machine (someone else's, possibly).
+            ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
         self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_execute)
 

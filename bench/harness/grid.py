@@ -6,11 +6,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bench.config import StrictModel
 from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track, load_builtin_plugins
 from bench.storage import content_hash
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (unknown model or task, empty grid, …); the message is one line."""
 
 
 class PluginSpec(StrictModel):
@@ -36,6 +40,20 @@ class GridConfig(StrictModel):
     protected_tasks: list[str] | None = Field(None, description="merge track; default all expert tasks")
     downstream_tasks: list[str] | None = Field(None, description="finetune track; default the zoo's")
     budget_fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+
+    @field_validator("budget_fractions")
+    @classmethod
+    def _fractions_of_the_budget(cls, fractions: list[float]) -> list[float]:
+        if not fractions or any(not 0 < fraction <= 1 for fraction in fractions) or 1.0 not in fractions:
+            raise ValueError(f"budget_fractions must lie in (0, 1] and include 1.0, got {fractions}")
+        return fractions
+
+    @field_validator("n_members")
+    @classmethod
+    def _at_least_one_member(cls, counts: list[int]) -> list[int]:
+        if any(count < 1 for count in counts):
+            raise ValueError(f"n_members counts the merged models including the release: each must be >= 1, got {counts}")
+        return counts
 
 
 @dataclass(frozen=True)
@@ -79,11 +97,14 @@ class Cell:
 
 def _canonical_config(registry, spec: PluginSpec) -> str:
     """Validate a plugin's config against its schema and return it as canonical JSON."""
-    cls = registry.get(spec.name)
+    try:
+        cls = registry.get(spec.name)
+    except KeyError as error:
+        raise ConfigError(str(error.args[0])) from error
     try:
         config = cls.Config.model_validate(spec.config)
     except Exception as error:
-        raise ValueError(f"{registry.kind} '{spec.name}': {error}".splitlines()[0] + " " +
+        raise ConfigError(f"{registry.kind} '{spec.name}': {error}".splitlines()[0] + " " +
                          "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())) from error
     return json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
 
@@ -95,13 +116,18 @@ def expand(grid: GridConfig, models: dict[str, str], expert_tasks: list[str],
     chosen_models = grid.models or list(models)
     unknown = sorted(set(chosen_models) - set(models))
     if unknown:
-        raise ValueError(f"grid names models {unknown} that the zoo does not have ({sorted(models)})")
+        raise ConfigError(f"grid names models {unknown} that the zoo does not have ({sorted(models)})")
     protected = grid.protected_tasks or expert_tasks
     downstream = grid.downstream_tasks or downstream_tasks
+    for label, chosen, known in (("protected_tasks", protected, expert_tasks),
+                                 ("downstream_tasks", downstream, downstream_tasks)):
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            raise ConfigError(f"grid {label} names {unknown}, which are not the zoo's ({sorted(known)})")
     cells: list[Cell] = []
     for defense_spec in grid.defenses:
         defense_config = _canonical_config(DEFENSES, defense_spec)
-        defense_cls = DEFENSES.get(defense_spec.name)
+        defense_cls = DEFENSES.get(defense_spec.name)  # known: _canonical_config checked it
         for model in chosen_models:
             for seed in grid.seeds:
                 if "merge" in defense_cls.tracks:

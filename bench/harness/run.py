@@ -1,10 +1,20 @@
-"""`lockbench run`: expand the grid, produce releases, attack them, score, write the run directory."""
+"""`lockbench run`: expand the grid, produce releases, attack them, score, write the run directory.
+
+Crash safety: every stage result is an atomic, verified cache entry (bench.storage), so a re-run after a
+kill resumes; the run directory's files are first written to a hidden staging folder and then moved in
+one by one with README.md (the "complete run" marker, see bench.leaderboard) removed first and restored
+last, so a killed run never leaves a half-written CSV or a README over mixed files.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +30,19 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.harness.context import get_context
-from bench.harness.executors import ExecutorName, WorkItem, make_executor
-from bench.harness.grid import Cell, DefenseJob, expand
-from bench.harness.stages import cell_identity, cell_path, release_dir
+from bench.harness.context import clear_contexts, get_context
+from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
+from bench.harness.grid import Cell, ConfigError, DefenseJob, expand
+from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.presets import Preset
-from bench.storage import is_complete
+from bench.storage import (
+    deep_verification,
+    entry_state,
+    fault_point,
+    invalidate,
+    remove_stale_temp_files,
+    safetensors_problem,
+)
 
 
 @dataclass
@@ -36,6 +53,7 @@ class RunSummary:
     cached: int
     seconds: float
     problems: list[str] = field(default_factory=list)
+    first_error: str = ""
 
     @property
     def ok(self) -> bool:
@@ -69,25 +87,38 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
 
     console = console or Console(stderr=True)
     if preset.grid is None:
-        raise ValueError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
+        raise ConfigError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
     started = time.perf_counter()
+    check_zoo_inputs(preset)
+    import_plugin_modules()
+    # Expanding needs only the zoo's model names, so every grid error surfaces before the zoo is built.
+    cells = expand(preset.grid, dict.fromkeys(preset.zoo.models, ""), list(preset.zoo.expert_tasks),
+                   list(preset.zoo.downstream_tasks))
+    if not cells:
+        raise ConfigError(f"the grid of preset '{preset.name}' expands to no cells: give merge_attacks or "
+                          "finetune_attacks for the tracks its defenses support")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = get_context(preset, root)  # builds the zoo in the driver, before any worker needs it
-    families = {name: ctx.zoo.family(name) for name in ctx.zoo.model_names}
-    cells = expand(preset.grid, families, list(preset.zoo.expert_tasks), list(preset.zoo.downstream_tasks))
+    for folder in (root / "cells", root / "scores", out_dir):
+        remove_stale_temp_files(folder)
+    clear_contexts()  # this process may hold a context from before a file was damaged
+    with deep_verification():  # the driver checks every cached zoo file's hash once; damaged ones are rebuilt
+        ctx = get_context(preset, root)  # builds the zoo in the driver, before any worker needs it
     jobs: list[DefenseJob] = list(dict.fromkeys(cell.defense for cell in cells))
     fractions = list(preset.grid.budget_fractions)
-    executor = make_executor(executor_name, **executor_kwargs)
+    job_cached = {i for i, job in enumerate(jobs) if _release_ready(ctx, job)}
+    cached_records = {i: record for i, cell in enumerate(cells) if (record := cached_cell(ctx, cell)) is not None}
+    # A fully cached re-run starts no executor (a Ray cluster alone takes seconds to start and stop).
+    needs_work = len(job_cached) < len(jobs) or len(cached_records) < len(cells)
+    executor = make_executor(executor_name, **executor_kwargs) if needs_work else _NoExecutor()
     try:
         job_items = [WorkItem(i, "defend", job) for i, job in enumerate(jobs)]
-        job_cached = {i for i, job in enumerate(jobs) if is_complete(release_dir(ctx, job))}
         job_results = _run_items(executor, preset, root, [it for it in job_items if it.index not in job_cached],
                                  job_cached, f"releases ({len(jobs)})", fractions, console)
         # A release that failed fails all its cells at once: re-running a failing defense per cell would
         # repeat minutes of training only to fail again.
         job_errors = {jobs[i]: result["error"] for i, result in job_results.items() if result.get("status") == "failed"}
         cell_items = [WorkItem(i, "cell", cell) for i, cell in enumerate(cells)]
-        cell_cached = {i for i, cell in enumerate(cells) if cell_path(ctx, cell).is_file()}
+        cell_cached = set(cached_records)
         doomed = {i for i, cell in enumerate(cells) if cell.defense in job_errors and i not in cell_cached}
         fresh = _run_items(executor, preset, root,
                            [it for it in cell_items if it.index not in cell_cached | doomed],
@@ -97,17 +128,117 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
                             "error": job_errors[cells[index].defense]}
     finally:
         executor.shutdown()
-    records = []
-    for index, cell in enumerate(cells):
-        record = json.loads(cell_path(ctx, cell).read_text()) if index in cell_cached else fresh[index]
-        records.append(to_raw_row(record, cell, ctx.zoo.hash))
-    raw = pd.DataFrame.from_records(records)
+    records = [to_raw_row(cached_records[index] if index in cell_cached else fresh[index], cell, ctx.zoo.hash)
+               for index, cell in enumerate(cells)]
+    raw = _checked_frame(ctx, records, cells)
     scored = score_cells(raw, preset.validity.rule())
     board = aggregate(scored)
-    write_run_outputs(out_dir, scored, board, title=f"lockbench — preset {preset.name}")
-    failed = int((raw["status"] == "failed").sum())
+    _write_outputs(out_dir, lambda staging: write_run_outputs(staging, scored, board,
+                                                             title=f"lockbench — preset {preset.name}"))
+    failed_rows = raw[raw["status"] == "failed"]
     problems = validity_failures(scored)
-    return RunSummary(out_dir, len(cells), failed, len(cell_cached), time.perf_counter() - started, problems)
+    first_error = str(failed_rows["error"].iloc[0]) if len(failed_rows) else ""
+    return RunSummary(out_dir, len(cells), len(failed_rows), len(cell_cached), time.perf_counter() - started,
+                      problems, first_error)
+
+
+class _NoExecutor:
+    """Stands in for an executor when every item is cached: nothing to map, nothing to shut down."""
+
+    def map(self, *args: Any) -> list[Any]:
+        return []
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _release_ready(ctx: Any, job: DefenseJob) -> bool:
+    """A complete, hash-verified release; a damaged one (or its private part) is removed to be rebuilt."""
+    state = entry_state(release_dir(ctx, job), deep=True)
+    if state == "complete" and entry_state(private_dir(ctx, job), deep=True) == "corrupt":
+        state = "corrupt"  # the release and its private material are produced together
+    if state == "corrupt":
+        invalidate(release_dir(ctx, job))
+        invalidate(private_dir(ctx, job))
+    return state == "complete"
+
+
+def _write_outputs(out_dir: Path, write: Callable[[Path], None]) -> None:
+    """Write the run files into a hidden staging folder, then move them into `out_dir`.
+
+    README.md marks a complete run (bench.leaderboard), so it goes first and comes back last: a kill in
+    between leaves no README, never one over a mix of this run's and an older run's files.
+    """
+    from bench.leaderboard import README_FILE
+
+    staging = out_dir / f".staging.{socket.gethostname()}-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        write(staging)
+        (out_dir / README_FILE).unlink(missing_ok=True)
+        names = sorted((p.name for p in staging.iterdir() if not p.name.startswith(".")),
+                       key=lambda name: (name == README_FILE, name))
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+            fault_point(f"outputs:{name}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_zoo_inputs(preset: Preset) -> None:
+    """Refuse user-supplied model folders that cannot be loaded safely, before any compute is spent.
+
+    Weights are read through safetensors only (a pickle file is never loaded), and a model that needs
+    custom code is refused unless its zoo entry sets trust_remote_code.
+    """
+    for name, entry in preset.zoo.models.items():
+        paths = ([("pretrained", entry.pretrained)] if entry.pretrained else []) + [
+            (f"expert_paths.{task}", path) for task, path in entry.expert_paths.items()]
+        for field_name, raw in paths:
+            where = f"zoo model '{name}' {field_name}"
+            folder = Path(raw).expanduser()
+            if not folder.is_dir():
+                raise ConfigError(f"{where}: {folder} is not a directory with a Hugging Face model")
+            config_file = folder / "config.json"
+            if not config_file.is_file():
+                raise ConfigError(f"{where}: {folder} has no config.json")
+            try:
+                config = json.loads(config_file.read_text())
+            except ValueError as error:
+                raise ConfigError(f"{where}: {config_file} is not valid JSON ({error})") from error
+            weights = sorted(folder.glob("*.safetensors"))
+            if not weights:
+                pickles = sorted(p.name for p in folder.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".ckpt"})
+                detail = f" (only {', '.join(pickles)}: pickle files, which lockbench never loads)" if pickles else ""
+                raise ConfigError(f"{where}: {folder} holds no .safetensors weights{detail}")
+            for weight in weights:
+                problem = safetensors_problem(weight)
+                if problem:
+                    raise ConfigError(f"{where}: damaged weights: {problem}")
+            if isinstance(config, dict) and config.get("auto_map") and not entry.trust_remote_code:
+                raise ConfigError(f"{where}: {folder} needs custom model code (auto_map in config.json); set "
+                                  "trust_remote_code: true in its zoo entry only if you trust that code")
+
+
+def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> pd.DataFrame:
+    """The raw frame, with a row turned into a failed cell when what its plugins reported breaks the
+    schema (e.g. an unknown fine-tuning method): one bad plugin fails its cells, not the whole run at
+    the end. Rows are checked one by one only when the whole frame does not conform (a check costs ~0.1 s)."""
+    from bench.scoring import SchemaError, conform_frame
+
+    frame = pd.DataFrame.from_records(rows)
+    try:
+        conform_frame(frame, "raw")
+        return frame
+    except SchemaError:
+        pass
+    for index, (row, cell) in enumerate(zip(rows, cells, strict=True)):
+        try:
+            conform_frame(pd.DataFrame.from_records([row]), "raw")
+        except SchemaError as error:
+            failed = {**cell_identity(ctx, cell), "status": "failed", "error": f"SchemaError: {error}"[:500]}
+            rows[index] = to_raw_row(failed, cell, ctx.zoo.hash)
+    return pd.DataFrame.from_records(rows)
 
 
 GAIN_COLUMNS = {0.125: "gain_b0125", 0.25: "gain_b025", 0.5: "gain_b05", 1.0: "gain_b1"}

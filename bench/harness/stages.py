@@ -26,7 +26,7 @@ from bench.evaluate import score
 from bench.harness.context import HarnessContext
 from bench.harness.grid import Cell, DefenseJob
 from bench.plugins import ATTACKS, DEFENSES, OwnerView, PublicView, Release, TaskData, load_builtin_plugins
-from bench.storage import cached_directory, content_hash, is_complete, write_json_atomic
+from bench.storage import cached_directory, content_hash, fault_point, is_complete, write_json_atomic
 from bench.zoo.build import load_model
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
@@ -135,6 +135,7 @@ def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
         seconds = time.perf_counter() - started
         release.model.save_pretrained(str(scratch / "public"), safe_serialization=True)
         ctx.zoo.tokenizer(job.model).save_pretrained(scratch / "public")
+        fault_point("defense:saved")
         if release.private:
             _write_private(ctx, job, release.private)
         metrics = _release_metrics(ctx, job, release.model)
@@ -192,8 +193,9 @@ class ValidationScorer:
 
 def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
     path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION)}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    cached = read_json_record(path)
+    if isinstance(cached, dict):
+        return cached
     value = compute()
     write_json_atomic(path, value)
     return value
@@ -212,6 +214,25 @@ def _expert_score(ctx: HarnessContext, model: str, release_format: str, task: st
 
     return _cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
                           compute)[task]
+
+
+def read_json_record(path: Path) -> Any | None:
+    """A cached JSON record, or None when it is absent or damaged (then it is recomputed, not trusted)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def cached_cell(ctx: HarnessContext, cell: Cell) -> dict[str, Any] | None:
+    """The cell's cached record if it is intact and belongs to this cell, else None."""
+    record = read_json_record(cell_path(ctx, cell))
+    if not isinstance(record, dict) or record.get("status") in (None, "failed"):
+        return None
+    return record if record.get("attack_key") == cell.attack_key else None
 
 
 def cell_path(ctx: HarnessContext, cell: Cell) -> Path:
@@ -233,8 +254,9 @@ def run_cell(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> dict[st
     """Attack one release and score it; returns the raw record (cached when it succeeded)."""
     load_builtin_plugins()
     path = cell_path(ctx, cell)
-    if path.is_file():
-        return json.loads(path.read_text())
+    cached = cached_cell(ctx, cell)
+    if cached is not None:
+        return cached
     record: dict[str, Any] = {**cell_identity(ctx, cell), "status": "ok", "error": ""}
     try:
         record.update(_attack_and_score(ctx, cell, fractions))
@@ -259,6 +281,7 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
     started = time.perf_counter()
     output = attack.run(view)
     seconds = time.perf_counter() - started
+    fault_point("cell:attacked")
     tokenizer = ctx.zoo.tokenizer(job.model)
     base_scores = _base_scores(ctx, job.model)
     result: dict[str, Any] = {

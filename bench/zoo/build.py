@@ -74,7 +74,13 @@ def zoo_hash(config: ZooConfig) -> str:
 
 
 def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load weights through safetensors only (never pickle) and put the model in eval mode."""
+    """Load weights through safetensors only (never pickle) and put the model in eval mode.
+
+    transformers' per-load progress bar is switched off: a run loads thousands of tiny models, and the
+    bars would bury the harness's own progress display."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
     )
@@ -200,12 +206,17 @@ def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scra
     })
 
 
-def build_zoo(config: ZooConfig, root: Path) -> Zoo:
-    """Train whatever is missing under `root/zoo/` and return the zoo."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) -> Zoo:
+    """Train whatever is missing under `root/zoo/` and return the zoo (only `models`, when given: a grid
+    on one architecture need not train the others)."""
+    unknown = sorted(set(models or []) - set(config.models))
+    if unknown:
+        raise ValueError(f"unknown zoo models {unknown}; the zoo has {sorted(config.models)}")
     paths: dict[str, ZooPaths] = {}
     zoo_config = config
     for name, entry in zoo_config.models.items():
+        if models is not None and name not in models:
+            continue
         config = zoo_config.recipe(name)
         if entry.pretrained is not None:
             base, base_id = Path(entry.pretrained), entry.pretrained

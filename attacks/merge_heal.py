@@ -1,0 +1,58 @@
+"""Merge-then-heal (DESIGN §4): merge the release with the public experts through mergekit, then give the
+merged model a short LoRA fine-tune (peft) on the attacker's own data for the protected task.
+
+A defense that breaks the merge only slightly (a damaged but nearby model) is undone by a few steps of
+training; the step budget makes the attack cheap enough that an owner cannot dismiss it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from attacks.common import MergeInputs, merge_knobs
+from bench.config import StrictModel
+from bench.finetuning import finetune_checkpoints
+from bench.merging import method_spec
+from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+
+
+class MergeHealConfig(StrictModel):
+    method: str = Field("task_arithmetic", description="mergekit method of the merge step")
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"weight": 1.0},
+                                       description="mergekit parameters of the merge step")
+    steps: int = Field(50, ge=1, description="LoRA steps of the heal (the attacker's budget)")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+
+    @model_validator(mode="after")
+    def _known_parameters(self) -> MergeHealConfig:
+        known = {parameter.name for parameter in method_spec(self.method).parameters}
+        unknown = sorted(set(self.parameters) - known)
+        if unknown:
+            raise ValueError(f"mergekit method '{self.method}' has no parameter(s) {unknown}; it takes {sorted(known)}")
+        return self
+
+
+@register_attack
+class MergeHeal(Attack):
+    name = "merge_heal"
+    description = "mergekit merge, then a short peft LoRA fine-tune of the merged model on the attacker's data"
+    track = "merge"
+    Config = MergeHealConfig
+
+    def run(self, view: PublicView) -> AttackOutput:
+        config: MergeHealConfig = self.config  # type: ignore[assignment]
+        inputs = MergeInputs.from_view(view)
+        layout = inputs.layout(config.method)
+        merged = inputs.merge(config.method, dict(config.parameters), layout)
+        healed = finetune_checkpoints(merged, view.tokenizer, view.attacker_train.prompts,
+                                      view.attacker_train.answers, "lora", config.lr, config.steps, view.seed,
+                                      (1.0,), config.batch_size, 0, config.r, config.alpha)[1.0]
+        knobs = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal="lora",
+                            heal_steps=config.steps, heal_lr=config.lr, heal_r=config.r)
+        return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps,
+                            examples=len(view.attacker_train.prompts))

@@ -1,0 +1,90 @@
+"""Per-member adaptive merging (DESIGN §4): keep the protected release at weight 1.0 and search the other
+members' weights on the attacker's validation split.
+
+A scale trap (Trap²) punishes re-scaling the protected update; an attacker who knows that never
+re-scales it and tunes only the public experts. First one shared weight for all others, then (with
+`refine`) one coordinate-ascent pass per member. Only `view.score_val` is consulted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from attacks.common import RELEASE, MergeInputs, Objective, member_weights, merge_knobs, validation_scorer
+from bench.config import StrictModel
+from bench.merging import method_spec, sparsifies
+from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+
+
+class PerMemberConfig(StrictModel):
+    method: str = Field("task_arithmetic", description="mergekit method with a per-member weight")
+    release_weight: float = Field(1.0, gt=0, description="the protected update's pinned weight")
+    weights: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5], min_length=1,
+                                 description="candidate weights of the other members")
+    refine: bool = Field(False, description="after the shared weight, one coordinate-ascent pass per member "
+                         "(n − 1 more searches: off by default for cost, on in the `full` preset)")
+    density: float = Field(1.0, gt=0, le=1, description="for sparsifying methods")
+    objective: Objective = Field("all", description="with the release pinned, 'protected' would just drop the "
+                                 "others; 'all' keeps them (the merge track's goal)")
+
+    @field_validator("method")
+    @classmethod
+    def _weighted_method(cls, method: str) -> str:
+        if "weight" not in {parameter.name for parameter in method_spec(method).parameters}:
+            raise ValueError(f"mergekit method '{method}' has no per-member 'weight' to search")
+        return method
+
+
+@register_attack
+class PerMember(Attack):
+    name = "per_member"
+    description = ("pins the release at weight 1.0 and searches the other members' weights on the "
+                   "attacker's validation split")
+    track = "merge"
+    Config = PerMemberConfig
+
+    def run(self, view: PublicView) -> AttackOutput:
+        config: PerMemberConfig = self.config  # type: ignore[assignment]
+        inputs = MergeInputs.from_view(view)
+        layout = inputs.layout(config.method)
+        evaluate = validation_scorer(view, config.objective)
+        names = {parameter.name for parameter in method_spec(config.method).parameters}
+        others = [name for name in inputs.members if name != RELEASE]
+        trace: list[dict[str, Any]] = []
+
+        def parameters(weights: dict[str, float]) -> dict[str, Any]:
+            chosen: dict[str, Any] = {"weight": member_weights(list(inputs.members), config.release_weight, weights)}
+            if "normalize" in names:
+                chosen["normalize"] = False  # normalising would re-scale the pinned release
+            if sparsifies(config.method):
+                chosen["density"] = config.density
+            return chosen
+
+        seen: set[tuple[float, ...]] = set()
+        best: tuple[float, Any, dict[str, float]] = (-1.0, None, {})
+
+        def trial(weights: dict[str, float]) -> None:
+            """Merge and score one weighting (each at most once); keep only the best model in memory."""
+            nonlocal best
+            key = tuple(weights[name] for name in others)
+            if key in seen:
+                return
+            seen.add(key)
+            model = inputs.merge(config.method, parameters(weights), layout)
+            value = evaluate(model)
+            trace.append({"weights": dict(weights), "val": value})
+            if value > best[0]:
+                best = (value, model, dict(weights))
+
+        for weight in config.weights:
+            trial({name: weight for name in others})
+        if config.refine and len(others) > 1:
+            for name in others:
+                for weight in config.weights:
+                    trial({**best[2], name: weight})
+        value, model, best_weights = best
+        knobs = merge_knobs(config.method, parameters(best_weights), layout, view.seed,
+                            objective=config.objective, val_score=value, evaluations=len(trace), trace=trace)
+        return AttackOutput(models={1.0: model}, knobs=knobs)

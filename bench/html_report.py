@@ -1,0 +1,309 @@
+"""`leaderboard/index.html`: one static page for the published runs and submissions.
+
+The page needs no server and no network: the tables are plain HTML (readable without JavaScript), a
+few lines of inline JavaScript sort them when a header is clicked (or from `#sort=COLUMN:asc|desc` in
+the address), the plots are the runs' own PNGs linked by relative path, and the formulas and versions
+are those of the runs' READMEs.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.leaderboard import LEADERBOARD_FILE, PLOT_FILE, README_FILE, _formulas, _write_text_atomic
+from bench.scoring import PROVENANCE_COLUMNS, REFERENCE_DEFENSE, SchemaError, ValidityRule, read_csv
+
+INDEX_FILE = "index.html"
+SUBMISSIONS_DIR = "submissions"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    numeric: bool = False
+    ci: bool = False  # show "mean ± ci95" from `<key>_ci95`
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("run", "run"),
+    Column("defense", "defense"),
+    Column("track", "track"),
+    Column("model", "model"),
+    Column("family", "architecture"),
+    Column("release_format", "format"),
+    Column("utility", "utility", True, True),
+    Column("utility_retention", "utility retention", True, True),
+    Column("worst_attack_success", "worst-case attack success", True, True),
+    Column("bounded_worst_attack_success", "bounded worst case", True, True),
+    Column("mean_attack_success", "mean attack success", True, True),
+    Column("protection_worst", "protection (worst case)", True, True),
+    Column("worst_attack_success_auc", "worst-case AUC success", True, True),
+    Column("worst_attack", "worst attack"),
+    Column("n_seeds", "seeds", True),
+    Column("n_attacks_valid", "attacks valid", True),
+    Column("n_attacks_weak", "attacks weak", True),
+    Column("n_cells_failed", "failed cells", True),
+    Column("zoo_hash", "zoo hash"),
+)
+
+_SCRIPT = """
+(function () {
+  function value(cell, numeric) {
+    var raw = cell.getAttribute('data-value');
+    if (numeric) { return raw === null || raw === '' ? null : parseFloat(raw); }
+    return cell.textContent.trim().toLowerCase();
+  }
+  function sortTable(table, index, direction) {
+    var body = table.tBodies[0];
+    var header = table.tHead.rows[0].cells[index];
+    var numeric = header.getAttribute('data-numeric') === '1';
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.forEach(function (row, i) { row.setAttribute('data-order', i); });
+    rows.sort(function (a, b) {
+      var x = value(a.cells[index], numeric), y = value(b.cells[index], numeric);
+      if (x === null && y === null) { return a.getAttribute('data-order') - b.getAttribute('data-order'); }
+      if (x === null) { return 1; }   /* missing numbers last, whichever the direction */
+      if (y === null) { return -1; }
+      var c = numeric ? x - y : x.localeCompare(y);
+      if (c === 0) { return a.getAttribute('data-order') - b.getAttribute('data-order'); }
+      return direction === 'asc' ? c : -c;
+    });
+    rows.forEach(function (row) { body.appendChild(row); });
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) { th.removeAttribute('aria-sort'); });
+    header.setAttribute('aria-sort', direction === 'asc' ? 'ascending' : 'descending');
+    table.setAttribute('data-sort-key', header.getAttribute('data-key'));
+    table.setAttribute('data-sort-dir', direction);
+  }
+  var tables = document.querySelectorAll('table.sortable');
+  Array.prototype.forEach.call(tables, function (table) {
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
+      th.addEventListener('click', function () {
+        var same = table.getAttribute('data-sort-key') === th.getAttribute('data-key');
+        var next = same && table.getAttribute('data-sort-dir') === 'desc' ? 'asc' : 'desc';
+        if (!same && th.getAttribute('data-numeric') !== '1') { next = 'asc'; }
+        sortTable(table, index, next);
+      });
+    });
+  });
+  var match = /sort=([A-Za-z0-9_]+)(?::(asc|desc))?/.exec(window.location.hash);
+  if (match) {
+    Array.prototype.forEach.call(tables, function (table) {
+      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
+        if (th.getAttribute('data-key') === match[1]) { sortTable(table, index, match[2] || 'desc'); }
+      });
+    });
+  }
+  document.body.setAttribute('data-ready', '1');
+})();
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 110em; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { background: #f2f2f2; cursor: pointer; user-select: none; }
+th[aria-sort=ascending]::after { content: " \\25B2"; }
+th[aria-sort=descending]::after { content: " \\25BC"; }
+tr.reference td { color: #666; }
+figure { display: inline-block; margin: 0.5em; }
+figure img { max-width: 48em; border: 1px solid #ddd; }
+code { background: #f6f6f6; padding: 0 0.2em; }
+.scroll { overflow-x: auto; }
+.note { color: #555; }
+"""
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
+def _number(mean: object, ci: object = None) -> tuple[str, str]:
+    """(data-value, shown text); numbers with three decimals, counts as integers, '–' for none."""
+    if mean is None or pd.isna(mean):
+        return "", "–"
+    value = float(mean)  # type: ignore[arg-type]
+    if value.is_integer() and ci is None:
+        return repr(value), str(int(value))
+    shown = f"{value:.3f}"
+    if ci is not None and not pd.isna(ci):
+        shown += f" ± {float(ci):.3f}"  # type: ignore[arg-type]
+    return repr(value), shown
+
+
+def _table(table_id: str, rows: list[dict[str, object]]) -> str:
+    head = "".join(
+        f'<th data-key="{c.key}" data-numeric="{1 if c.numeric else 0}" scope="col">{html.escape(c.label)}</th>'
+        for c in COLUMNS)
+    body = []
+    for row in rows:
+        cells = []
+        for c in COLUMNS:
+            if c.numeric:
+                raw, shown = _number(row.get(c.key), row.get(f"{c.key}_ci95") if c.ci else None)
+                cells.append(f'<td class="num" data-value="{raw}">{html.escape(shown)}</td>')
+            else:
+                cells.append(f"<td>{html.escape(_text(row.get(c.key)))}</td>")
+        css = ' class="reference"' if row.get("defense") == REFERENCE_DEFENSE else ""
+        body.append(f"<tr{css}>{''.join(cells)}</tr>")
+    return (f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>'
+            f"<tbody>\n{chr(10).join(body)}\n</tbody></table></div>")
+
+
+def _inline_markdown(text: str) -> str:
+    escaped = html.escape(text)
+    escaped = re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped)
+    escaped = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", escaped)
+    return re.sub(r"(?<![*\w])\*([^*\s][^*]*)\*(?![*\w])", r"<em>\1</em>", escaped)
+
+
+def markdown_to_html(lines: list[str]) -> str:
+    """Just enough Markdown for the formulas: headings, paragraphs, bullet and numbered lists, code, bold."""
+    out: list[str] = []
+    block: list[str] = []
+    kind = ""
+
+    def flush() -> None:
+        nonlocal block, kind
+        if not block:
+            return
+        if kind in ("ul", "ol"):
+            items = "".join(f"<li>{_inline_markdown(item)}</li>" for item in block)
+            out.append(f"<{kind}>{items}</{kind}>")
+        else:
+            out.append(f"<p>{_inline_markdown(' '.join(block))}</p>")
+        block, kind = [], ""
+
+    for line in lines:
+        stripped = line.strip()
+        bullet = re.match(r"^(?:- |\d+\. )(.*)", stripped)
+        if line.startswith("#"):
+            flush()
+            level = min(len(line) - len(line.lstrip("#")) + 1, 6)
+            out.append(f"<h{level}>{_inline_markdown(line.lstrip('#').strip())}</h{level}>")
+        elif not stripped:
+            flush()
+        elif bullet and not line.startswith("  "):
+            new_kind = "ul" if stripped.startswith("- ") else "ol"
+            if kind != new_kind:
+                flush()
+            kind = new_kind
+            block.append(bullet.group(1))
+        elif kind in ("ul", "ol") and line.startswith("  "):
+            block[-1] += " " + stripped
+        else:
+            if kind in ("ul", "ol"):
+                flush()
+            kind = "p"
+            block.append(stripped)
+    flush()
+    return "\n".join(out)
+
+
+def _board(folder: Path) -> pd.DataFrame | None:
+    try:
+        return read_csv(folder / LEADERBOARD_FILE, "leaderboard")
+    except SchemaError:
+        return None
+
+
+def _folders(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return sorted(path for path in directory.iterdir() if path.is_dir() and not path.name.startswith(".")
+                  and path.name != SUBMISSIONS_DIR and (path / LEADERBOARD_FILE).is_file())
+
+
+def _submitted_name(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "submission.json").read_text())["name"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _versions_rows(entries: list[tuple[str, pd.DataFrame]]) -> str:
+    header = "".join(f"<th>{html.escape(name.removesuffix('_version').replace('_', ' '))}</th>"
+                     for name in PROVENANCE_COLUMNS)
+    rows = []
+    for run, board in entries:
+        values = [", ".join(sorted({part for v in board[name] for part in str(v).split(";") if part})) or "unknown"
+                  for name in PROVENANCE_COLUMNS]
+        rows.append(f"<tr><td>{html.escape(run)}</td>{''.join(f'<td>{html.escape(v)}</td>' for v in values)}</tr>")
+    return f'<table id="versions"><thead><tr><th>run</th>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def render_index(leaderboard_dir: Path) -> str:
+    """The page's HTML for the runs published in `leaderboard_dir` and its `submissions/`."""
+    leaderboard_dir = Path(leaderboard_dir)
+    published: list[tuple[str, pd.DataFrame]] = []
+    unreadable: list[str] = []
+    for folder in _folders(leaderboard_dir):
+        board = _board(folder)
+        (published.append((folder.name, board)) if board is not None else unreadable.append(folder.name))
+    submitted: list[tuple[str, pd.DataFrame]] = []
+    for folder in _folders(leaderboard_dir / SUBMISSIONS_DIR):
+        board, name = _board(folder), _submitted_name(folder)
+        if board is None:
+            unreadable.append(f"{SUBMISSIONS_DIR}/{folder.name}")
+        else:
+            submitted.append((f"{SUBMISSIONS_DIR}/{folder.name}", board[board["defense"] == name] if name else board))
+
+    def rows(entries: list[tuple[str, pd.DataFrame]]) -> list[dict[str, object]]:
+        return [{"run": run, **record} for run, board in entries for record in board.to_dict("records")]
+
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<title>lockbench leaderboard</title>", f"<style>{_STYLE}</style></head><body>",
+        "<h1>lockbench leaderboard</h1>",
+        '<p class="note">Release-time protections of model weights against merging and fine-tuning attacks. '
+        "Lower attack success and higher protection are better; numbers are means over seeds ± the half-width of "
+        "a 95% Student-t interval. Click a column header to sort. Each run's folder holds <code>cells.csv</code> "
+        "(every cell with its knobs and raw metrics), <code>leaderboard.csv</code> and a README.</p>",
+        "<h2>Published runs</h2>",
+    ]
+    if published:
+        parts.append(_table("results", rows(published)))
+        links = " · ".join(f'<a href="{html.escape(run)}/{README_FILE}">{html.escape(run)}</a>' for run, _ in published)
+        parts.append(f"<p>READMEs: {links}</p>")
+    else:
+        parts.append('<p id="results-empty">No runs published yet.</p>')
+    parts.append("<h2>Submissions</h2>")
+    if submitted:
+        parts.append(_table("submissions", rows(submitted)))
+    else:
+        parts.append('<p id="submissions-empty">No submissions yet (<code>lockbench submit</code>).</p>')
+    if unreadable:
+        parts.append(f"<p class=\"note\">Unreadable (schema check failed): {html.escape(', '.join(unreadable))}</p>")
+    plots = [(run, f"{run}/{PLOT_FILE}") for run, _ in [*published, *submitted]
+             if (leaderboard_dir / run / PLOT_FILE).is_file()]
+    if plots:
+        parts.append("<h2>Utility retention vs worst-case attack success</h2>")
+        parts += [f'<figure><a href="{html.escape(src)}"><img src="{html.escape(src)}" alt="{html.escape(run)}: '
+                  f'utility vs attack success"></a><figcaption>{html.escape(run)}</figcaption></figure>'
+                  for run, src in plots]
+    parts.append('<section id="formulas">')
+    parts.append(markdown_to_html(_formulas(ValidityRule())))
+    parts.append("<p class=\"note\">The thresholds above are the defaults; each run's README states those its "
+                 "preset used.</p></section>")
+    parts.append("<h2>Versions</h2>")
+    parts.append(_versions_rows([*published, *submitted]) if published or submitted else "<p>–</p>")
+    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_html_index(leaderboard_dir: Path) -> Path:
+    """Regenerate `leaderboard_dir/index.html` (atomically)."""
+    path = Path(leaderboard_dir) / INDEX_FILE
+    _write_text_atomic(path, render_index(Path(leaderboard_dir)))
+    path.chmod(0o644)  # a page to serve or open by anyone, unlike the 0600 of a temporary file
+    return path

@@ -1,0 +1,528 @@
+"""The attack suite (issue 5): merge attacks generated from mergekit's registry, adapter-space merging,
+adaptive merging that searches on the attacker's own split only, fine-tuning sweeps, and the validity
+check of a preset's attacks against `none`.
+
+The micro zoo's models score ≈ 0, so tests on it check plumbing and selection logic with scripted
+validation scores; in-memory merges are checked bit for bit against `mergekit-yaml` on tiny models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from peft import PeftModel
+from pydantic import ValidationError
+from safetensors.torch import load_file
+from transformers import PreTrainedModel
+
+from attacks.common import AttackNotApplicable, MergeInputs
+from attacks.mergekit_methods import MERGE_ATTACKS, SKIPPED_METHODS
+from bench.harness.grid import GridConfig, PluginSpec, expand
+from bench.merging import layout_for, merge_state_dicts, method_spec
+from bench.plugins import ATTACKS, Attack, PublicView, load_builtin_plugins
+from bench.presets import Preset, load_preset
+from bench.zoo.build import load_model
+
+load_builtin_plugins()
+BIN = Path(sys.executable).parent
+#: What DESIGN §4 names; each must exist as a registry-generated attack.
+NAMED_METHODS = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
+                 "della_linear", "linear", "model_stock", "sce", "slerp"}
+MERGE_KNOBS = {"method", "weights", "normalize", "lambda", "density", "rescale", "seed"}
+
+
+# ----------------------------------------------------------------------------- registry and presets (fast)
+
+
+def test_every_registry_method_is_an_attack_or_skipped_for_a_reason() -> None:
+    from mergekit.merge_methods import registered_methods
+
+    registered = {method.spec.name for method in registered_methods()}
+    assert registered == set(MERGE_ATTACKS) | set(SKIPPED_METHODS)
+    assert NAMED_METHODS <= set(MERGE_ATTACKS)
+    assert set(SKIPPED_METHODS) == {"passthrough"}, SKIPPED_METHODS  # one input only: nothing to merge
+    for name, cls in MERGE_ATTACKS.items():
+        assert ATTACKS.get(name) is cls and cls.track == "merge"
+        fields = {info.alias or field for field, info in cls.Config.model_fields.items()}
+        assert fields == {parameter.name for parameter in method_spec(name).parameters}, name
+        assert cls.default_grid, name
+        for entry in cls.default_grid:
+            cls.Config.model_validate(entry)
+    with pytest.raises(ValidationError):
+        ATTACKS.get("ties").Config.model_validate({"densty": 0.5})
+    assert MERGE_ATTACKS["slerp"].member_counts == (2,) and MERGE_ATTACKS["model_stock"].member_counts[0] == 2
+    assert (layout_for("slerp", 2), layout_for("slerp", 3)) == ("anchor", None)
+    assert (layout_for("ties", 4), layout_for("linear", 4), layout_for("nuslerp", 2)) == ("base", "members", "base")
+
+
+def test_lockbench_list_attacks_shows_one_line_descriptions() -> None:
+    from typer.testing import CliRunner
+
+    from bench.cli import app
+
+    result = CliRunner().invoke(app, ["list", "attacks"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    for name in ATTACKS.names():
+        description = ATTACKS.get(name).description
+        assert description and "\n" not in description
+        assert any(line.startswith(f"{name} ") and description in line for line in lines), name
+    for name in ("adaptive_coefficient", "per_member", "merge_heal", "adapter_weighted", "lora_finetune",
+                 "full_finetune", *NAMED_METHODS):
+        assert name in ATTACKS.names()
+
+
+def _expand(preset: Preset):
+    families = {name: entry.architecture.family for name, entry in preset.zoo.models.items() if entry.architecture}
+    assert preset.grid is not None
+    return expand(preset.grid, families, list(preset.zoo.expert_tasks), list(preset.zoo.downstream_tasks))
+
+
+@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full"])
+def test_preset_grids_validate_and_never_repeat_a_member(name: str) -> None:
+    """Every attack config validates, and no cell merges a task's own expert back in (n_members larger
+    than the zoo's expert tasks would wrap around to the protected task)."""
+    preset = load_preset(name)
+    cells = _expand(preset)
+    assert cells
+    for cell in cells:
+        assert cell.task not in cell.members and len(set(cell.members)) == len(cell.members), (name, cell)
+
+
+def test_default_and_full_presets_hold_the_attack_suite() -> None:
+    default, full = load_preset("default"), load_preset("full")
+    assert default.grid is not None and full.grid is not None
+    names = {spec.name for spec in default.grid.merge_attacks + default.grid.finetune_attacks}
+    assert {"adaptive_coefficient", "per_member", "merge_heal", "lora_finetune", "full_finetune"} <= names
+    assert 2 in default.grid.n_members and {2, 4} <= set(full.grid.n_members)
+    for spec in default.grid.finetune_attacks + full.grid.finetune_attacks:
+        config = ATTACKS.get(spec.name).Config.model_validate(spec.config)
+        assert len(config.lr) >= 3 and len(config.steps) >= 2, spec  # DESIGN §4: lr × steps sweep
+    in_full = {(spec.name, json.dumps(ATTACKS.get(spec.name).Config.model_validate(spec.config).model_dump(
+        mode="json", by_alias=True), sort_keys=True)) for spec in full.grid.merge_attacks + full.grid.finetune_attacks}
+    builtin = {name for name in ATTACKS.names() if ATTACKS.get(name).__module__.startswith("attacks.")}
+    assert builtin <= {name for name, _ in in_full}  # other test modules register their own fakes
+    for name, cls in MERGE_ATTACKS.items():  # full expands every method's default grid
+        for entry in cls.default_grid:
+            key = json.dumps(cls.Config.model_validate(entry).model_dump(mode="json", by_alias=True), sort_keys=True)
+            assert (name, key) in in_full, (name, entry)
+
+
+def test_sweep_configs_take_a_single_value_as_a_sweep_of_one() -> None:
+    config = ATTACKS.get("lora_finetune").Config.model_validate({"lr": 2e-3, "steps": 200})
+    assert (config.lr, config.steps) == ([2e-3], [200])
+    with pytest.raises(ValidationError):
+        ATTACKS.get("full_finetune").Config.model_validate({"lr": [-1.0]})
+    with pytest.raises(ValidationError):
+        ATTACKS.get("adaptive_coefficient").Config.model_validate({"method": "slerp"})  # no weight to search
+
+
+# ----------------------------------------------------------------------------- in memory == mergekit-yaml
+
+
+def _tiny_models(directory: Path, family: str) -> dict[str, Path]:
+    """A base and two experts (base + seeded updates of different sizes), saved as safetensors."""
+    from bench.zoo.architectures import ArchitectureConfig, build_model
+
+    arch = ArchitectureConfig(family=family, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
+    base = build_model(arch, 40, seed=0, special_ids={"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2})
+    paths = {}
+    for index, name in enumerate(["base", "first", "second"]):
+        model = base
+        if index:
+            generator = torch.Generator().manual_seed(index)
+            model = type(base)(base.config)
+            model.load_state_dict({key: value + (0.02 * index) * torch.randn(value.shape, generator=generator)
+                                   for key, value in base.state_dict().items()})
+        paths[name] = directory / f"{family}-{name}"
+        model.save_pretrained(paths[name], safe_serialization=True)
+    return paths
+
+
+WEIGHTS = {"first": 1.0, "second": 0.6}
+DENSITIES = {"first": 0.5, "second": 0.7}
+CASES = [  # (family, method, shared parameters, per-member parameters)
+    ("llama", "task_arithmetic", {"normalize": False, "lambda": 1.3}, {"weight": WEIGHTS}),
+    ("llama", "ties", {"normalize": True}, {"weight": WEIGHTS, "density": DENSITIES}),
+    ("llama", "dare_ties", {}, {"weight": WEIGHTS, "density": DENSITIES}),
+    ("gpt2", "dare_ties", {}, {"weight": WEIGHTS, "density": DENSITIES}),
+]
+SEED = 7
+
+
+@pytest.mark.slow
+def test_in_memory_merge_equals_mergekit_yaml_on_disk(tmp_path: Path) -> None:
+    """bench.merging gives the very tensors `mergekit-yaml --random-seed` writes, DARE's random drops included."""
+    paths = {family: _tiny_models(tmp_path, family) for family in ("llama", "gpt2")}
+    runs = []
+    for index, (family, method, shared, per_member) in enumerate(CASES):
+        members = [{"model": str(paths[family][name]),
+                    "parameters": {key: values[name] for key, values in per_member.items()}}
+                   for name in ("first", "second")]
+        config = {"merge_method": method, "base_model": str(paths[family]["base"]), "models": members,
+                  "parameters": shared, "dtype": "float32"}
+        (tmp_path / f"{index}.yaml").write_text(yaml.safe_dump(config))
+        out = tmp_path / f"out-{index}"
+        command = [str(BIN / "mergekit-yaml"), str(tmp_path / f"{index}.yaml"), str(out), "--random-seed",
+                   str(SEED), "--quiet", "--no-copy-tokenizer", "--no-write-model-card"]
+        runs.append((out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    for (family, method, shared, per_member), (out, process) in zip(CASES, runs, strict=True):
+        output, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, output[-3000:]
+        on_disk = load_file(str(out / "model.safetensors"))
+        states = {name: load_model(paths[family][name]).state_dict() for name in ("base", "first", "second")}
+        parameters = {**shared, **per_member}
+        in_memory = merge_state_dicts(states["base"], {"first": states["first"], "second": states["second"]},
+                                      method, parameters, seed=SEED)
+        assert set(in_memory) == set(on_disk), (family, method)
+        different = [name for name in on_disk if not torch.equal(in_memory[name], on_disk[name])]
+        assert not different, f"{family}/{method}: in memory differs from mergekit-yaml in {different[:4]}"
+        assert any(not torch.equal(in_memory[name], states["base"][name]) for name in in_memory), "merge did nothing"
+        if method.startswith("dare"):  # the seed matters, so equality above is not luck
+            reseeded = merge_state_dicts(states["base"], {"first": states["first"], "second": states["second"]},
+                                         method, parameters, seed=SEED + 1)
+            assert any(not torch.equal(reseeded[name], on_disk[name]) for name in on_disk)
+
+
+# ----------------------------------------------------------------------------- micro zoo
+
+
+@pytest.fixture(scope="module")
+def micro_ctx(micro_zoo, micro_preset):
+    from bench.harness.context import get_context
+
+    return get_context(micro_preset, Path(micro_zoo.root))
+
+
+class ScriptedScores:
+    """A stand-in for view.score_val returning scripted values in call order, recording what it saw."""
+
+    def __init__(self, values: list[float]):
+        self.values, self.calls = list(values), []
+
+    def __call__(self, model: Any, task_names: list[str]) -> dict[str, float]:
+        self.calls.append((model, list(task_names)))
+        value = self.values[len(self.calls) - 1]
+        return dict.fromkeys(task_names, value)
+
+
+def _view(ctx, release_format: str = "full", track: str = "merge", experts: dict[str, str] | None = None,
+          score_val: Callable | None = None, fractions: list[float] | None = None) -> PublicView:
+    """A public view of llama's micro zoo: merge track protects `sort`; `experts` maps member name → task
+    whose expert plays it (a second name for one expert gives a third member on a two-expert zoo)."""
+    from bench.harness.stages import ValidationScorer
+
+    zoo, tokenizer = ctx.zoo, ctx.zoo.tokenizer("llama")
+    load = zoo.load_expert if release_format == "full" else zoo.load_lora_expert
+    task = "sort" if track == "merge" else "successor"
+    experts = experts if experts is not None else ({"max": "max"} if track == "merge" else {})
+    return PublicView(
+        track=track, release_format=release_format if track == "merge" else "full", model_name="llama",
+        release=load("llama", "sort") if track == "merge" else zoo.load_base("llama"),
+        base=zoo.load_base("llama"), tokenizer=tokenizer, task=task,
+        attacker_train=ctx.split(task, "attacker_train"), attacker_val=ctx.split(task, "attacker_val"),
+        public_experts={name: load("llama", source) for name, source in experts.items()},
+        public_experts_val={name: ctx.split(name, "attacker_val") for name in experts}, seed=0,
+        budget_fractions=fractions or [0.5, 1.0], score_val=score_val or ValidationScorer(ctx.tasks, tokenizer))
+
+
+#: Small configurations of the searching attacks, so that every registered attack runs in seconds.
+SMALL = {
+    "adaptive_coefficient": {"coefficients": [0.5, 1.0], "densities": [0.5]},
+    "per_member": {"weights": [0.5, 1.0]},
+    "merge_heal": {"steps": 3},
+    "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
+    "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
+}
+
+
+def _config(cls: type[Attack]):
+    entry = SMALL.get(cls.name, (getattr(cls, "default_grid", None) or [{}])[0])
+    return cls.Config.model_validate(entry)
+
+
+def _assert_plain_copy_of(model: Any, base: PreTrainedModel) -> None:
+    assert isinstance(model, PreTrainedModel) and not isinstance(model, PeftModel)
+    state = model.state_dict()
+    assert set(state) == set(base.state_dict())
+    assert all(torch.isfinite(tensor).all() for tensor in state.values() if tensor.is_floating_point())
+
+
+@pytest.mark.slow
+def test_every_registered_attack_runs_on_the_micro_zoo(micro_ctx) -> None:
+    """Each attack (its default config, searches shortened) on a full and an adapter release of llama."""
+    ran = []
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        if cls.__module__.startswith("tests."):
+            continue  # other test files' plugins
+        for release_format in ("full", "adapter") if cls.track == "merge" else ("full",):
+            # scripted validation scores: lm-eval on attacker_val is exercised through the harness below
+            view = _view(micro_ctx, release_format, cls.track, score_val=ScriptedScores([0.0] * 50))
+            attack = cls(_config(cls))
+            if name == "adapter_weighted" and release_format == "full":
+                with pytest.raises(AttackNotApplicable):
+                    attack.run(view)
+                continue
+            output = attack.run(view)
+            expected = [1.0] if cls.track == "merge" else view.budget_fractions
+            assert sorted(output.models) == expected, name
+            for model in output.models.values():
+                _assert_plain_copy_of(model, view.base)
+            if cls.track == "merge":
+                assert MERGE_KNOBS <= set(output.knobs), (name, output.knobs)
+                assert output.knobs["seed"] == view.seed
+            else:
+                assert {"method", "lr", "steps"} <= set(output.knobs) and output.steps > 0 and output.examples > 0
+            ran.append((name, release_format))
+    assert len({name for name, _ in ran}) == len([n for n in ATTACKS.names()
+                                                 if not ATTACKS.get(n).__module__.startswith("tests.")])
+
+
+@pytest.mark.slow
+def test_member_count_limits_are_not_applicable_not_crashes(micro_ctx) -> None:
+    """Three models: the two-input methods are n/a, the others merge all three."""
+    view = _view(micro_ctx, experts={"max": "max", "upper": "max"}, score_val=ScriptedScores([0.0] * 50))
+    for cls in MERGE_ATTACKS.values():
+        attack = cls(_config(cls))
+        if 3 in cls.member_counts:
+            _assert_plain_copy_of(attack.run(view).models[1.0], view.base)
+        else:
+            with pytest.raises(AttackNotApplicable, match="cannot merge 3 models"):
+                attack.run(view)
+
+
+@pytest.mark.slow
+def test_peft_cat_combination_equals_task_arithmetic_of_the_folded_adapters(micro_ctx) -> None:
+    """peft's exact combination in adapter space and mergekit's task arithmetic on folded weights agree."""
+    view = _view(micro_ctx, "adapter")
+    in_adapter_space = ATTACKS.get("adapter_weighted")().run(view).models[1.0].state_dict()
+    folded = ATTACKS.get("task_arithmetic")().run(view).models[1.0].state_dict()
+    base = view.base.state_dict()
+    assert any(not torch.allclose(folded[name], base[name]) for name in base), "the adapters change nothing"
+    for name in base:
+        torch.testing.assert_close(in_adapter_space[name], folded[name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_adaptive_coefficient_stops_early_then_searches_density(micro_ctx) -> None:
+    """Ascending coefficients until `patience` score below the best (ties are no misses), then densities."""
+    scores = ScriptedScores([0.2, 0.2, 0.4, 0.6, 0.5, 0.55, 0.7, 0.65])  # 6 coefficients, then 2 densities
+    view = _view(micro_ctx, score_val=scores)
+    config = {"coefficients": [0.1, 0.5, 1.0, 2.0, 4.0, 8.0, 9.9], "patience": 2, "densities": [0.5, 0.9],
+              "objective": "all"}
+    output = ATTACKS.get("adaptive_coefficient")(
+        ATTACKS.get("adaptive_coefficient").Config.model_validate(config)).run(view)
+    trace = output.knobs["trace"]
+    assert [(t["weight"], t["density"]) for t in trace] == [(0.1, 1.0), (0.5, 1.0), (1.0, 1.0), (2.0, 1.0),
+                                                             (4.0, 1.0), (8.0, 1.0), (2.0, 0.5), (2.0, 0.9)]
+    assert (output.knobs["weights"], output.knobs["density"], output.knobs["val_score"]) == (2.0, 0.5, 0.7)
+    assert all(tasks == ["sort", "max"] for _, tasks in scores.calls)  # objective "all": T_p and the member
+    expected = MergeInputs.from_view(view).merge("dare_ties", {"weight": 2.0, "density": 0.5, "normalize": False})
+    chosen = output.models[1.0].state_dict()
+    assert all(torch.equal(chosen[k], v) for k, v in expected.state_dict().items()), "returned model ≠ chosen merge"
+
+
+@pytest.mark.slow
+def test_per_member_pins_the_release_and_searches_each_member(micro_ctx) -> None:
+    """Shared weight for both others first, then one coordinate pass per member; repeats are not re-scored."""
+    scores = ScriptedScores([0.1, 0.3, 0.2, 0.4, 0.35, 0.45])
+    view = _view(micro_ctx, experts={"max": "max", "upper": "max"}, score_val=scores)
+    config = ATTACKS.get("per_member").Config.model_validate({"weights": [0.5, 1.0, 2.0], "refine": True})
+    output = ATTACKS.get("per_member")(config).run(view)
+    assert [tuple(t["weights"].values()) for t in output.knobs["trace"]] == [
+        (0.5, 0.5), (1.0, 1.0), (2.0, 2.0),  # shared: 1.0 best
+        (0.5, 1.0), (2.0, 1.0),              # max: 0.5 best ((1.0, 1.0) already seen)
+        (0.5, 2.0),                          # upper: 2.0 best ((0.5, 0.5) and (0.5, 1.0) seen)
+    ]
+    assert output.knobs["weights"] == {"release": 1.0, "expert:max": 0.5, "expert:upper": 2.0}
+    assert output.knobs["evaluations"] == len(scores.calls) == 6 and output.knobs["val_score"] == 0.45
+    assert output.knobs["normalize"] is False  # normalising would re-scale the pinned release
+    assert all(tasks == ["sort", "max", "upper"] for _, tasks in scores.calls)
+
+
+@pytest.mark.slow
+def test_finetune_sweep_chooses_on_attacker_val_and_keeps_its_checkpoints(micro_ctx) -> None:
+    # trials run lr-major: (1e-4, 2) (1e-4, 4) (1e-3, 2) (1e-3, 4) (1e-2, 2) (1e-2, 4)
+    scores = ScriptedScores([0.1, 0.5, 0.2, 0.9, 0.3, 0.4])
+    view = _view(micro_ctx, track="finetune", score_val=scores, fractions=[0.25, 0.5, 1.0])
+    config = ATTACKS.get("full_finetune").Config.model_validate({"lr": [1e-2, 1e-4, 1e-3], "steps": [4, 2]})
+    output = ATTACKS.get("full_finetune")(config).run(view)
+    assert (output.knobs["lr"], output.knobs["steps"], output.steps) == (1e-3, 4, 4)
+    assert [(t["lr"], t["steps"]) for t in output.knobs["trials"]] == [
+        (1e-4, 2), (1e-4, 4), (1e-3, 2), (1e-3, 4), (1e-2, 2), (1e-2, 4)]
+    assert output.knobs["sweep_steps"] == 12  # one 4-step run per lr, stopped early at 2 as well
+    assert output.examples == len(view.attacker_train.prompts)
+    assert sorted(output.models) == [0.25, 0.5, 1.0]
+    scored = scores.calls[3][0].state_dict()
+    assert all(torch.equal(output.models[1.0].state_dict()[k], v) for k, v in scored.items())
+    first, last = output.models[0.25].state_dict(), output.models[1.0].state_dict()
+    assert any(not torch.equal(first[k], last[k]) for k in first), "checkpoints along the run are identical"
+    assert all(tasks == ["successor"] for _, tasks in scores.calls)
+
+    # A full-length candidate of the shared runs is exactly the independent run of that length.
+    independent = ATTACKS.get("full_finetune")(config.model_copy(update={"independent_runs": True})).run(
+        _view(micro_ctx, track="finetune", score_val=ScriptedScores([0.1, 0.5, 0.2, 0.9, 0.3, 0.4]),
+              fractions=[0.25, 0.5, 1.0]))
+    assert independent.knobs["sweep_steps"] == 18 and (independent.knobs["lr"], independent.knobs["steps"]) == (1e-3, 4)
+    assert all(torch.equal(independent.models[1.0].state_dict()[k], v) for k, v in last.items())
+
+
+@pytest.mark.slow
+def test_merge_heal_trains_the_merge_within_its_budget(micro_ctx) -> None:
+    view = _view(micro_ctx, "adapter")
+    output = ATTACKS.get("merge_heal")(ATTACKS.get("merge_heal").Config.model_validate({"steps": 3})).run(view)
+    merged = ATTACKS.get("task_arithmetic")().run(view).models[1.0].state_dict()
+    healed = output.models[1.0].state_dict()
+    assert (output.steps, output.examples) == (3, len(view.attacker_train.prompts))
+    assert output.knobs["heal_steps"] == 3 and output.knobs["method"] == "task_arithmetic"
+    assert any(not torch.allclose(healed[k], merged[k]) for k in merged), "healing changed nothing"
+
+
+# ----------------------------------------------------------------------------- through the harness
+
+
+@pytest.fixture
+def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
+    """A fresh storage root sharing the micro zoo (read-only), so harness runs here leave other tests alone."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "zoo").symlink_to(Path(micro_zoo.root) / "zoo", target_is_directory=True)
+    return root
+
+
+@dataclasses.dataclass
+class Spy:
+    """Records every lm-eval evaluation and whether it happened inside an attack's `run`."""
+
+    calls: list[tuple[str, str, list[str]]] = dataclasses.field(default_factory=list)
+    views: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
+    inside: str = ""
+
+
+@pytest.fixture
+def spy(monkeypatch) -> Iterator[Spy]:
+    import lm_eval
+
+    record = Spy()
+    original = lm_eval.simple_evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> Any:
+        record.calls.append((record.inside or "harness", "", list(kwargs.get("tasks") or [])))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", evaluate)
+    for name in ATTACKS.names():
+        cls = ATTACKS.get(name)
+        if cls.__module__.startswith("tests."):
+            continue
+
+        def run(self, view, _original=cls.run, _name=name):
+            record.views.append((_name, view))
+            record.inside = _name
+            try:
+                return _original(self, view)
+            finally:
+                record.inside = ""
+
+        monkeypatch.setattr(cls, "run", run)
+    yield record
+
+
+@pytest.mark.slow
+def test_attacks_see_only_the_public_view_and_never_score_test(micro_run_root: Path, micro_preset: Preset,
+                                                               micro_ctx, spy: Spy, tmp_path: Path) -> None:
+    """Through the harness: each searching attack gets a PublicView (no private or test field, attacker
+    splits disjoint from test) and every lm-eval call inside `run` scores attacker_val, never test."""
+    from bench.harness.run import run_benchmark
+
+    grid = GridConfig(
+        defenses=[PluginSpec(name="none")], models=["llama"], protected_tasks=["sort"], seeds=[0],
+        merge_attacks=[PluginSpec(name=name, config=SMALL[name]) for name in
+                       ("adaptive_coefficient", "per_member", "merge_heal")],
+        finetune_attacks=[PluginSpec(name="lora_finetune", config=SMALL["lora_finetune"])])
+    summary = run_benchmark(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
+    assert summary.failed == 0
+
+    public_fields = {field.name for field in dataclasses.fields(PublicView)}
+    assert not {name for name in public_fields if "private" in name or "test" in name}
+    assert {name for name, _ in spy.views} == {"adaptive_coefficient", "per_member", "merge_heal", "lora_finetune"}
+    tasks = micro_ctx.tasks
+    for name, view in spy.views:
+        assert type(view) is PublicView, name
+        assert {field.name for field in dataclasses.fields(view)} == public_fields
+        test_prompts = set(micro_ctx.split(view.task, "test").prompts)
+        assert not test_prompts & (set(view.attacker_train.prompts) | set(view.attacker_val.prompts)), name
+
+    test_names = {tasks.lm_eval_name(task, "test") for task in tasks.tasks}
+    val_names = {tasks.lm_eval_name(task, "attacker_val") for task in tasks.tasks}
+    inside = [call for call in spy.calls if call[0] != "harness"]
+    assert {call[0] for call in inside} == {"adaptive_coefficient", "per_member", "lora_finetune"}
+    for attack, _, names in inside:
+        assert names and set(names) <= val_names, (attack, names)
+        assert not set(names) & test_names, (attack, names)
+    # The spy sees test scoring when it happens: the harness scores every attacked model on test.
+    assert any(set(names) & test_names for phase, _, names in spy.calls if phase == "harness")
+
+
+@pytest.mark.slow
+def test_check_attacks_reports_each_attack_against_none(micro_run_root: Path, micro_preset: Preset,
+                                                        tmp_path: Path) -> None:
+    """`lockbench validate`'s attack stage: n/a cells are n/a, micro's ≈0 scores make attacks weak, and
+    weak attacks fail validation unless the preset only warns about them."""
+    from bench.validate import attack_failures, check_attacks
+
+    grid = GridConfig(defenses=[PluginSpec(name="none")], models=["llama"], protected_tasks=["sort"], seeds=[0],
+                      merge_attacks=[PluginSpec(name="task_arithmetic"), PluginSpec(name="adapter_weighted")],
+                      finetune_attacks=[])
+    checks, problems = check_attacks(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "v")
+    status = {(check.attack, check.release_format): check.status for check in checks}
+    assert status[("adapter_weighted", "full")] == "n/a"
+    assert status[("task_arithmetic", "full")] == "weak" and status[("adapter_weighted", "adapter")] == "weak"
+    assert all(check.cells == 1 and check.seconds_per_cell >= 0 for check in checks if check.status != "n/a")
+    failures = attack_failures(checks, problems)
+    assert len([f for f in failures if "keeps" in f]) == 3 and not any("n/a" in f for f in failures)
+    assert not [f for f in attack_failures(checks, [], "warn") if "keeps" in f]
+
+
+@pytest.mark.slow
+def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """DESIGN §6 per attack: each attack of the `default` preset, run against `none` on the ci zoo
+    (Llama-style, seed 0, the preset's member counts), keeps half of the expert's gain (merge) or gains 0.3
+    (finetune). When the zoo itself breaks the rule (an expert gaining < 0.3 or a downstream task the base
+    already solves), no attack can be judged on it: the test then xfails with the measured numbers."""
+    from bench.leaderboard import CELLS_FILE
+    from bench.scoring import read_csv
+    from bench.validate import check_attacks
+
+    ci, default = load_preset("ci"), load_preset("default")
+    assert default.grid is not None
+    zoo = ci.zoo.model_copy(update={"models": {"llama": ci.zoo.models["llama"]}})
+    grid = default.grid.model_copy(update={"defenses": [PluginSpec(name="none")], "seeds": [0], "models": None,
+                                           "protected_tasks": None, "downstream_tasks": None})
+    root = tmp_path_factory.mktemp("ci-attacks")
+    checks, problems = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), root, root / "run")
+    cells = read_csv(root / "run" / CELLS_FILE, "cells")
+    ok = cells[cells["status"] == "ok"]
+    merge, finetune = ok[ok["track"] == "merge"], ok[ok["track"] == "finetune"]
+    expert_gain = (merge["utility"] - merge["base_acc"]).groupby([merge["release_format"], merge["task"]]).min()
+    rule = ci.validity
+    broken = [f"{form} expert {task} gains {gain:.2f}" for (form, task), gain in expert_gain.items()
+              if gain < rule.min_expert_gain]
+    broken += [f"base scores {before:.2f} on {task}" for task, before in
+               zip(finetune["task"], finetune["acc_before"], strict=True) if before > rule.max_downstream_base]
+    if broken:
+        pytest.xfail("the ci zoo itself breaks DESIGN §6: " + "; ".join(sorted(set(broken))))
+    assert {check.attack for check in checks} == {spec.name for spec in default.grid.merge_attacks
+                                                  + default.grid.finetune_attacks}
+    failing = [f"{c.attack} {c.release_format}: {c.status} {c.score:.2f} {c.by_members}" for c in checks if not c.passes]
+    assert not failing and not problems, (failing, problems)

@@ -1,0 +1,196 @@
+"""`leaderboard/index.html`: written by publish, complete without a server or network, sortable in a real
+browser (headless Chromium, installed by `make setup`/`make test` when missing).
+
+The runs are test_scoring's synthetic run (hand-checked numbers, passes the validity rule) published
+under two names, the second with its defenses renamed and weaker, plus one filed submission.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_scoring import raw_frame
+
+from bench.html_report import INDEX_FILE, write_html_index
+from bench.leaderboard import PLOT_FILE, RUN_FILES, publish, write_run_outputs
+from bench.scoring import ValidityRule, aggregate, read_csv, score_cells
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage")
+
+
+class Tables(HTMLParser):
+    """Rows of every <table id=…>: each cell as (text, data-value or None); plus <body> attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[tuple[str, str | None]]]] = {}
+        self.table_attrs: dict[str, dict[str, str | None]] = {}
+        self.headers: dict[str, list[str]] = {}
+        self.body: dict[str, str | None] = {}
+        self._table: str | None = None
+        self._row: list[tuple[str, str | None]] | None = None
+        self._cell: list[str] | None = None
+        self._value: str | None = None
+        self._in_head = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        if tag == "body":
+            self.body = attributes
+        elif tag == "table" and attributes.get("id"):
+            self._table = attributes["id"]
+            self.tables[self._table] = []
+            self.headers[self._table] = []
+            self.table_attrs[self._table] = attributes
+        elif self._table and tag == "thead":
+            self._in_head = True
+        elif self._table and tag == "th" and self._in_head:
+            self.headers[self._table].append(attributes.get("data-key") or "")
+        elif self._table and tag == "tr" and not self._in_head:
+            self._row = []
+        elif self._row is not None and tag == "td":
+            self._cell, self._value = [], attributes.get("data-value")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "thead":
+            self._in_head = False
+        elif tag == "td" and self._cell is not None and self._row is not None:
+            self._row.append(("".join(self._cell).strip(), self._value))
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def records(self, table: str) -> list[dict[str, tuple[str, str | None]]]:
+        return [dict(zip(self.headers[table], row, strict=True)) for row in self.tables[table]]
+
+
+def parse(text: str) -> Tables:
+    parser = Tables()
+    parser.feed(text)
+    return parser
+
+
+def _weaker_copy() -> pd.DataFrame:
+    """The synthetic run with trap2 → trap2_v2 and pmp → pmp_v2, each attacked more successfully."""
+    raw = raw_frame()
+    raw.loc[raw["defense"] == "trap2", "merged_acc"] = raw.loc[raw["defense"] == "trap2", "merged_acc"].map(
+        lambda v: v if pd.isna(v) else min(1.0, v + 0.1))
+    raw["defense"] = raw["defense"].replace({"trap2": "trap2_v2", "pmp": "pmp_v2"})
+    return raw
+
+
+@pytest.fixture(scope="module")
+def leaderboard(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two published runs and one submission (whose folder also holds the reference rows)."""
+    root = tmp_path_factory.mktemp("html")
+    board_dir = root / "leaderboard"
+    for name, raw in (("alpha", raw_frame()), ("beta", _weaker_copy())):
+        cells = score_cells(raw, ValidityRule())
+        write_run_outputs(root / "runs" / name, cells, aggregate(cells), f"synthetic {name}")
+        publish(root / "runs" / name, board_dir)
+    submission = board_dir / "submissions" / "my_pmp"
+    submission.mkdir(parents=True)
+    for file in RUN_FILES:
+        shutil.copy2(root / "runs" / "alpha" / file, submission / file)
+    (submission / "submission.json").write_text(json.dumps({"name": "pmp"}))
+    write_html_index(board_dir)
+    return board_dir
+
+
+def _expected(board_dir: Path) -> list[tuple[str, ...]]:
+    keys = ["defense", "track", "model", "release_format"]
+    rows = []
+    for run in ("alpha", "beta"):
+        board = read_csv(board_dir / run / "leaderboard.csv", "leaderboard")
+        rows += [(run, *(str(v) for v in values)) for values in board[keys].itertuples(index=False)]
+    return sorted(rows)
+
+
+def _identity(record: dict[str, tuple[str, str | None]]) -> tuple[str, ...]:
+    return tuple(record[key][0] for key in ("run", "defense", "track", "model", "release_format"))
+
+
+def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
+    """Static HTML (before any script runs) already lists every published row; nothing is fetched from
+    the network; plots, formulas and versions are on the page."""
+    page = (leaderboard / INDEX_FILE).read_text()
+    tables = parse(page)
+    assert sorted(_identity(r) for r in tables.records("results")) == _expected(leaderboard)
+    assert len(tables.tables["results"]) == 10  # 5 groups per run: none/trap2 merge, none/pmp finetune, pmp mamba n/a
+    submitted = tables.records("submissions")
+    assert {r["defense"][0] for r in submitted} == {"pmp"}, "a submission shows its own rows only"
+    assert {r["run"][0] for r in submitted} == {"submissions/my_pmp"}
+
+    assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", page), "the page must work offline"
+    for run in ("alpha", "beta", "submissions/my_pmp"):
+        assert f'src="{run}/{PLOT_FILE}"' in page
+        assert (leaderboard / run / PLOT_FILE).is_file()
+    for formula in ("protection = utility_retention × (1 − attack_success)",
+                    "attack_success = clip((merged_acc − base_acc) / reference_gain, 0, 1)",
+                    "t(0.975, n − 1) · s / √n"):
+        assert formula in page.replace("<code>", "").replace("</code>", ""), formula
+    versions = {row[0][0]: [cell[0] for cell in row[1:]] for row in tables.tables["versions"]}
+    assert sorted(versions) == ["alpha", "beta", "submissions/my_pmp"]
+    assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123"]
+    trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2")
+    assert trap2["worst_attack_success"][0].startswith("0.700 ± "), trap2["worst_attack_success"]
+    assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), 0.7)
+    assert oct((leaderboard / INDEX_FILE).stat().st_mode & 0o777) == "0o644"
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("LOCKBENCH_NO_BROWSER"):
+            pytest.skip("LOCKBENCH_NO_BROWSER is set and chromium is missing")
+        pytest.fail("chromium is not installed: `make setup` installs Debian's chromium package "
+                    "(set LOCKBENCH_NO_BROWSER=1 to skip this test)")
+    return found
+
+
+def _render(page: Path, fragment: str) -> Tables:
+    """The DOM after the page's scripts ran, as headless Chromium dumps it."""
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                                 f"{page.as_uri()}{fragment}"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return parse(result.stdout)
+
+
+def test_chromium_renders_and_sorts_the_table(leaderboard: Path) -> None:
+    page = leaderboard / INDEX_FILE
+    by_protection = _render(page, "#sort=protection_worst:desc")
+    assert by_protection.body.get("data-ready") == "1", "the page's script did not run"
+    records = by_protection.records("results")
+    assert sorted(_identity(r) for r in records) == _expected(leaderboard)
+    attrs = by_protection.table_attrs["results"]
+    assert (attrs.get("data-sort-key"), attrs.get("data-sort-dir")) == ("protection_worst", "desc")
+    values = [float(r["protection_worst"][1]) if r["protection_worst"][1] else None for r in records]
+    numbers = [v for v in values if v is not None]
+    assert numbers == sorted(numbers, reverse=True) and len(numbers) >= 4, values
+    assert values[len(numbers):] == [None] * (len(values) - len(numbers)), "unscored rows must sort last"
+    static = [_identity(r) for r in parse(page.read_text()).records("results")]
+    assert [_identity(r) for r in records] != static, "sorting changed nothing: the test would prove nothing"
+
+    by_defense = _render(page, "#sort=defense:asc").records("results")
+    names = [r["defense"][0] for r in by_defense]
+    assert names == sorted(names), names

@@ -1,0 +1,203 @@
+"""`lockbench regress`, the CI gate: passes on a baseline of the same run, fails with a table naming the
+cell when a baseline makes a defense look stronger than it now is, when an attack stops working against
+`none`, and when the run breaks the validity rule.
+
+Unit tests compare test_scoring's synthetic run (hand-checked numbers, valid) with edited copies; the CLI
+tests run it on a finished synthetic run directory (`--run-dir`) and end to end on a slice of micro
+(plumbing only: micro scores 0, so there only utility edits and the validity rule can be seen).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_scoring import raw_frame
+from typer.testing import CliRunner
+
+from bench.cli import app
+from bench.leaderboard import write_run_outputs
+from bench.regress import compare
+from bench.scoring import ValidityRule, aggregate, read_csv, score_cells, write_csv
+from bench.zoo.build import Zoo
+
+runner = CliRunner()
+WIDE = {"COLUMNS": "250"}
+
+
+def _scored(raw: pd.DataFrame | None = None, rule: ValidityRule | None = None) -> pd.DataFrame:
+    return score_cells(raw_frame() if raw is None else raw, rule or ValidityRule())
+
+
+def _where(cells: pd.DataFrame, **values: object) -> pd.Series:
+    mask = pd.Series(True, index=cells.index)
+    for key, value in values.items():
+        mask &= cells[key] == value
+    assert mask.sum() == 1, f"{values} matches {int(mask.sum())} rows"
+    return mask
+
+
+TRAP2_TA_0 = {"defense": "trap2", "attack": "ta", "seed": 0}  # success (0.3 − 0.2) / (0.6 − 0.2) = 0.25
+
+
+def test_same_run_passes() -> None:
+    cells = _scored()
+    result = compare(cells, cells.copy(), tolerance=0.0)
+    assert result.ok and result.regressions == [], result.regressions
+
+
+def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() -> None:
+    current = _scored()
+    baseline = current.copy()
+    row = _where(baseline, **TRAP2_TA_0)
+    assert current.loc[row, "attack_success"].item() == pytest.approx(0.25)
+    baseline.loc[row, "attack_success"] = 0.05
+    result = compare(baseline, current, tolerance=0.05)
+    cells = [r for r in result.regressions if r.level == "cell"]
+    assert len(cells) == 1, result.regressions
+    found = cells[0]
+    assert (found.check, found.defense, found.track, found.model, found.family, found.release_format, found.task,
+            found.attack, found.seed) == ("attack success rose", "trap2", "merge", "llama", "llama", "adapter",
+                                          "add", "ta", "0")
+    assert found.baseline == 0.05 and found.current == pytest.approx(0.25)
+    # within the tolerance it passes
+    baseline.loc[row, "attack_success"] = 0.25 - 0.04
+    assert compare(baseline, current, tolerance=0.05).ok
+
+
+def test_defense_level_worst_case_and_utility() -> None:
+    """A stronger attack in the current run raises trap2's aggregate worst case; a lower utility is caught
+    per cell and per defense."""
+    raw = raw_frame()
+    # seed 1: ta 0.4 was trap2's worst (ties 0); success 1 now lifts the seed mean of the worst case
+    raw.loc[_where(raw, defense="trap2", attack="ta", seed=1), "merged_acc"] = 0.65
+    raw.loc[raw["defense"] == "pmp", "utility"] -= 0.2
+    result = compare(_scored(), _scored(raw), tolerance=0.05)
+    checks = {(r.check, r.level, r.defense) for r in result.regressions}
+    assert ("attack success rose", "cell", "trap2") in checks
+    assert ("attack success rose", "defense", "trap2") in checks
+    assert ("utility fell", "cell", "pmp") in checks and ("utility fell", "defense", "pmp") in checks
+    assert not any(r.defense == "none" for r in result.regressions)
+
+
+def test_an_attack_that_stops_working_against_none_fails() -> None:
+    raw = raw_frame()
+    raw.loc[_where(raw, defense="none", attack="ta", seed=0), "merged_acc"] = 0.3  # keeps 0.1 of 0.6: weak
+    result = compare(_scored(), _scored(raw), tolerance=0.05)
+    stopped = [r for r in result.regressions if r.check.startswith("attack stopped working")]
+    assert [(r.defense, r.attack, r.seed, r.track, r.model) for r in stopped] == [("none", "ta", "0", "merge", "llama")]
+
+
+def test_validity_failures_fail_unless_allowed() -> None:
+    weak = _scored(rule=ValidityRule(min_finetune_gain=0.9))
+    baseline = weak.copy()
+    result = compare(baseline, weak)
+    assert [(r.check, r.track, r.model) for r in result.regressions] == [("validity rule broken", "finetune", "llama")]
+    allowed = compare(baseline, weak, allow_invalid=True)
+    assert allowed.ok and any("validity rule broken (allowed)" in note for note in allowed.notes)
+
+
+def test_failed_missing_and_new_cells() -> None:
+    baseline = _scored()
+    raw = raw_frame()
+    broken = _where(raw, defense="pmp", attack="full", seed=0, model="llama")
+    raw.loc[broken, ["status", "error"]] = ["failed", "RuntimeError: out of memory"]
+    raw.loc[broken, ["utility", "acc_before", "acc_after", "gain_b0125", "gain_b025", "gain_b05", "gain_b1"]] = None
+    gone = _where(raw, defense="trap2", attack="ties", seed=1)
+    extra = raw[_where(raw, defense="pmp", attack="lora", seed=0, model="llama")].assign(attack_key="k_new", attack="new")
+    current = _scored(pd.concat([raw[~gone], extra], ignore_index=True))
+    result = compare(baseline, current)
+    checks = {(r.check, r.defense, r.attack, r.seed) for r in result.regressions}
+    assert ("cell failed", "pmp", "full", "0") in checks
+    assert ("cell missing from this run", "trap2", "ties", "1") in checks
+    assert not any(r.attack == "new" for r in result.regressions)
+    assert any("1 cells of this run are not in the baseline" in note for note in result.notes)
+
+
+def test_cli_on_a_finished_run(tmp_path: Path) -> None:
+    """`--run-dir`: the table names the regressed cell; the regressions are also written as CSV."""
+    cells = _scored()
+    run = tmp_path / "run"
+    write_run_outputs(run, cells, aggregate(cells), "synthetic")
+    same, edited = tmp_path / "same.csv", tmp_path / "edited.csv"
+    result = runner.invoke(app, ["regress", "--run-dir", str(run), "--write-baseline", str(same)])
+    assert result.exit_code == 0 and same.is_file(), result.output
+    result = runner.invoke(app, ["regress", "--run-dir", str(run), "--baseline", str(same)], env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "no regression" in result.output
+
+    stronger = read_csv(same, "cells")
+    stronger.loc[_where(stronger, **TRAP2_TA_0), "attack_success"] = 0.0
+    write_csv(stronger, edited, "cells")
+    result = runner.invoke(app, ["regress", "--run-dir", str(run), "--baseline", str(edited), "--tolerance", "0.1"],
+                           env=WIDE)
+    assert result.exit_code == 1, result.output
+    table = [line for line in result.output.splitlines() if "attack success rose" in line]
+    assert len(table) == 1, result.output
+    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.250"):
+        assert expected in table[0], (expected, table[0])
+    assert "1 regression(s)" in result.output
+    saved = pd.read_csv(run / "regressions.csv", dtype=str, keep_default_na=False)
+    assert saved[["check", "defense", "attack", "seed"]].values.tolist() == [["attack success rose", "trap2", "ta", "0"]]
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.csv"
+    result = runner.invoke(app, ["regress", "--baseline", str(missing), "--preset", "micro"])
+    assert result.exit_code == 2
+    assert f"baseline {missing} does not exist; make one with `lockbench regress --preset PRESET --write-baseline" \
+        in " ".join(result.output.split())
+    result = runner.invoke(app, ["regress", "--preset", "micro"])
+    assert result.exit_code == 2 and "give --baseline CSV to compare, or --write-baseline" in result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("track,defense\nmerge,none\n")
+    result = runner.invoke(app, ["regress", "--baseline", str(bad), "--preset", "micro"])
+    assert result.exit_code == 2 and "missing columns" in result.output
+
+
+MICRO_SLICE = """\
+extends: micro
+name: micro-llama
+description: micro's zoo; llama only, one protected task (plumbing, not a valid benchmark)
+grid:
+  models: [llama]
+  protected_tasks: [sort]
+"""
+
+
+@pytest.mark.slow
+def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
+    """Baseline from a micro run; the re-run passes on it, fails on the validity rule without
+    --allow-invalid, and fails naming the cell when the baseline claims `none` kept more utility."""
+    preset = tmp_path / "micro-llama.yaml"
+    preset.write_text(MICRO_SLICE)
+    common = ["--preset", str(preset), "--root", str(micro_zoo.root)]
+    baseline = tmp_path / "baseline.csv"
+    refused = runner.invoke(app, ["regress", *common, "--out", str(tmp_path / "a"), "--write-baseline", str(baseline)])
+    assert refused.exit_code == 1 and "refusing to write a baseline" in refused.output, refused.output
+    made = runner.invoke(app, ["regress", *common, "--run-dir", str(tmp_path / "a"), "--write-baseline", str(baseline),
+                               "--allow-invalid"])
+    assert made.exit_code == 0, made.output
+    assert len(read_csv(baseline, "cells")) == 3
+
+    again = ["regress", *common, "--out", str(tmp_path / "b"), "--baseline", str(baseline)]
+    passed = runner.invoke(app, [*again, "--allow-invalid"], env=WIDE)
+    assert passed.exit_code == 0, passed.output
+    assert "no regression" in passed.output
+    invalid = runner.invoke(app, again, env=WIDE)
+    assert invalid.exit_code == 1, invalid.output
+    assert "validity rule broken" in invalid.output and "every attack is weak" in invalid.output
+
+    stronger = read_csv(baseline, "cells")
+    row = _where(stronger, defense="none", track="merge", release_format="full")
+    assert stronger.loc[row, "utility"].item() < 0.45, "micro's utility is ~0: the edit must be a real change"
+    stronger.loc[row, "utility"] = 0.5
+    write_csv(stronger, tmp_path / "stronger.csv", "cells")
+    failed = runner.invoke(app, ["regress", *common, "--run-dir", str(tmp_path / "b"), "--baseline",
+                                 str(tmp_path / "stronger.csv"), "--allow-invalid"], env=WIDE)
+    assert failed.exit_code == 1, failed.output
+    lines = [line for line in failed.output.splitlines() if "utility fell" in line]
+    assert len(lines) == 1, failed.output
+    for expected in ("cell", "none", "merge", "llama", "full", "sort", "task_arithmetic", "0.500"):
+        assert expected in lines[0], (expected, lines[0])
