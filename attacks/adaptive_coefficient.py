@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from attacks.common import MergeInputs, Objective, merge_knobs, validation_scorer
+from attacks.common import MergeInputs, Objective, merge_knobs, objective_examples, validation_scorer
 from bench.config import StrictModel
 from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
@@ -107,4 +107,4 @@ class AdaptiveCoefficient(Attack):
         chosen = parameters(best_weight, best_density)
         knobs = merge_knobs(config.method, chosen, layout, view.seed, objective=config.objective,
                             val_score=best[0], evaluations=len(trace), trace=trace)
-        return AttackOutput(models={1.0: best[1]}, knobs=knobs)
+        return AttackOutput(models={1.0: best[1]}, knobs=knobs, examples=objective_examples(view, config.objective))

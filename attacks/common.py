@@ -15,15 +15,12 @@ from bench.config import StrictModel
 from bench.evaluate import as_plain_model
 from bench.finetuning import sweep
 from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
-from bench.plugins import AttackOutput, PublicView
+from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
 
 RELEASE = "release"
 Objective = Literal["all", "protected"]
 
 
-class AttackNotApplicable(RuntimeError):
-    """The cell does not meet the attack's preconditions (an adapter-space merge of a full release, a
-    two-input method given four members). The cell should read `n/a`, not `failed`."""
 
 
 def full_weights(model: PreTrainedModel | PeftModel) -> dict:
@@ -96,6 +93,12 @@ def objective_tasks(view: PublicView, objective: Objective) -> list[str]:
     """What an adaptive attacker maximises on its own split: the protected task alone, or it together
     with every merged member's task (the merge track's goal, DESIGN §1)."""
     return [view.task] if objective == "protected" else [view.task, *view.public_experts]
+
+
+def objective_examples(view: PublicView, objective: Objective) -> int:
+    """How many of its own validation examples the adaptive attacker consults (its data budget)."""
+    return sum(len(view.attacker_val.prompts) if task == view.task else len(view.public_experts_val[task].prompts)
+               for task in objective_tasks(view, objective))
 
 
 def validation_scorer(view: PublicView, objective: Objective) -> Callable[[PreTrainedModel], float]:

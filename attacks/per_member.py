@@ -12,7 +12,15 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from attacks.common import RELEASE, MergeInputs, Objective, member_weights, merge_knobs, validation_scorer
+from attacks.common import (
+    RELEASE,
+    MergeInputs,
+    Objective,
+    member_weights,
+    merge_knobs,
+    objective_examples,
+    validation_scorer,
+)
 from bench.config import StrictModel
 from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
@@ -87,4 +95,4 @@ class PerMember(Attack):
         value, model, best_weights = best
         knobs = merge_knobs(config.method, parameters(best_weights), layout, view.seed,
                             objective=config.objective, val_score=value, evaluations=len(trace), trace=trace)
-        return AttackOutput(models={1.0: model}, knobs=knobs)
+        return AttackOutput(models={1.0: model}, knobs=knobs, examples=objective_examples(view, config.objective))

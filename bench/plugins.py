@@ -140,6 +140,11 @@ class AttackOutput:
     examples: int = 0
 
 
+class AttackNotApplicable(RuntimeError):
+    """Raised by an attack whose preconditions the cell does not meet (an adapter-space merge of a full
+    release, a two-input method given four members): the harness records the cell as `n/a`, not `failed`."""
+
+
 class Attack(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]

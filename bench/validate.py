@@ -275,16 +275,18 @@ def summarise_attack_cells(cells: Any, preset: Preset) -> list[AttackCheck]:
     return checks
 
 
-def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None) -> tuple[list[AttackCheck], list[str]]:
+def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None, executor: Any = "serial",
+                  **executor_kwargs: Any) -> tuple[list[AttackCheck], list[str]]:
     """Run every attack of the preset's grid against `none` and check it (DESIGN §6, per attack).
 
     Returns the checks and the run-level problems (a track × architecture with no passing attack).
+    The cells are the benchmark's own (same storage root, same keys), so `lockbench run` reuses them.
     """
     from bench.harness.run import run_benchmark
     from bench.leaderboard import CELLS_FILE
     from bench.scoring import read_csv
 
-    summary = run_benchmark(none_only(preset), root, out_dir, "serial", console=console)
+    summary = run_benchmark(none_only(preset), root, out_dir, executor, console=console, **executor_kwargs)
     cells = read_csv(out_dir / CELLS_FILE, "cells")
     return summarise_attack_cells(cells, preset), list(summary.problems)
 

@@ -82,7 +82,8 @@ def _render_attacks(console: Console, checks: list[AttackCheck]) -> None:
     for check in checks:
         colour = {"pass": "green", "n/a": "dim", "weak": "red", "failed": "red"}[check.status]
         cells = f"{check.cells}" + (f" ({check.not_applicable} n/a)" if check.not_applicable else "")
-        split = " ".join(f"[{n}: {value:.2f}]" for n, value in sorted(check.by_members.items()))
+        split = " ".join(f"[{n}: {value:.2f}]" for n, value in sorted(check.by_members.items())
+                         ) if len(check.by_members) > 1 else ""
         table.add_row(f"{check.model}/{check.release_format}", check.attack,
                       _short_config(check.attack, check.config), cells, str(check.weak_cells),
                       f"{check.score:.2f} / {check.threshold:g} {split}".strip(), f"{check.seconds_per_cell:.1f}",

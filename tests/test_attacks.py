@@ -327,6 +327,7 @@ def test_adaptive_coefficient_stops_early_then_searches_density(micro_ctx) -> No
                                                              (4.0, 1.0), (8.0, 1.0), (2.0, 0.5), (2.0, 0.9)]
     assert (output.knobs["weights"], output.knobs["density"], output.knobs["val_score"]) == (2.0, 0.5, 0.7)
     assert all(tasks == ["sort", "max"] for _, tasks in scores.calls)  # objective "all": T_p and the member
+    assert output.examples == len(view.attacker_val.prompts) + len(view.public_experts_val["max"].prompts)
     expected = MergeInputs.from_view(view).merge("dare_ties", {"weight": 2.0, "density": 0.5, "normalize": False})
     chosen = output.models[1.0].state_dict()
     assert all(torch.equal(chosen[k], v) for k, v in expected.state_dict().items()), "returned model ≠ chosen merge"

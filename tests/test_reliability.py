@@ -51,7 +51,6 @@ TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 MODULE = Path(__file__).stem  # what LOCKBENCH_PLUGINS imports in subprocesses and Ray workers
 TIMEOUT_S = 600
-STAGE_DIRS = ("releases", "private", "cells", "scores")
 
 
 # ----------------------------------------------------------------------------- plugins (fast, deterministic)
@@ -648,8 +647,7 @@ def test_weights_load_only_through_safetensors_and_no_remote_code_by_default() -
             tree = ast.parse(path.read_text(), str(path))
             for call, name in _calls(tree):
                 where = f"{path.relative_to(REPO)}:{call.lineno} {name}"
-                if name in ("torch.load", "load") and _keyword(call, "weights_only") is not True and (
-                        name == "torch.load"):
+                if name == "torch.load" and _keyword(call, "weights_only") is not True:
                     problems.append(f"{where} without weights_only=True")
                 if name.split(".")[0] in ("pickle", "dill", "joblib", "cloudpickle") and name.endswith(("load", "loads")):
                     problems.append(f"{where}: unpickling")

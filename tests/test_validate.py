@@ -21,13 +21,19 @@ def _validate(preset, root):
     return validate_zoo(ctx.zoo, preset, ctx.tasks)
 
 
-@pytest.mark.xfail(strict=True, reason="the ci zoo (hidden size 64) does not pass the validity rule yet: its "
-                   "experts gain < 0.3 and merges keep < 0.5 of the gain (issue 3 stays open)")
-def test_ci_zoo_is_valid(ci_root):
-    reports = _validate(load_preset("ci"), ci_root)
-    assert {report.model for report in reports} == {"llama", "gpt2"}
-    failures = [failure for report in reports for failure in report.failures]
-    assert failures == []
+@pytest.fixture(scope="module")
+def ci_reports(ci_root):
+    return {report.model: report for report in _validate(load_preset("ci"), ci_root)}
+
+
+@pytest.mark.parametrize("model", [
+    "llama",
+    pytest.param("gpt2", marks=pytest.mark.xfail(
+        strict=True, reason="the GPT-2-style ci zoo does not pass yet: its `last` experts gain < 0.3 and its "
+        "task-arithmetic merges keep < 0.5 of the gain (issue 3 stays open)")),
+])
+def test_ci_zoo_is_valid(ci_reports, model):
+    assert ci_reports[model].failures == []
 
 
 def test_destructive_experts_break_the_rule(ci_root):

@@ -54,13 +54,54 @@ def trim_lm_eval_overheads() -> None:
     most of the scoring time (`make perf`, lm-eval figure). Scores are unchanged: the environment block
     is never read, and a compiled template renders exactly as a fresh one.
     """
+    import lm_eval.api.task
     import lm_eval.evaluator
     import lm_eval.utils
 
-    LM_EVAL_ORIGINALS.update(add_env_info=lm_eval.evaluator.add_env_info, apply_template=lm_eval.utils.apply_template)
+    task_class = lm_eval.api.task.ConfigurableTask
+    LM_EVAL_ORIGINALS.update(add_env_info=lm_eval.evaluator.add_env_info, apply_template=lm_eval.utils.apply_template,
+                             download=task_class.download)
     compiled = functools.lru_cache(maxsize=256)(lm_eval.utils.env.from_string)
     lm_eval.evaluator.add_env_info = lambda results: None
     lm_eval.utils.apply_template = lambda template, doc: compiled(template).render(**doc)
+    task_class.download = _cached_download(task_class.download)
+
+
+def _cached_download(download: Any) -> Any:
+    """lm-eval's `Task.download` re-reads a task's dataset (datasets.load_dataset over its JSONL) every
+    time a task is built, i.e. on every `score` call. Keep the loaded dataset per process, keyed by the
+    dataset arguments and the size and mtime of every local data file, so a rewritten file is re-read.
+    Datasets are immutable Arrow tables: sharing one between evaluations changes nothing."""
+    import json
+    import os
+    from collections import OrderedDict
+
+    cache: OrderedDict[str, Any] = OrderedDict()
+
+    def stamp(value: Any) -> Any:
+        if isinstance(value, str) and os.path.isfile(value):
+            info = os.stat(value)
+            return [value, info.st_size, info.st_mtime_ns]
+        if isinstance(value, dict):
+            return {key: stamp(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [stamp(item) for item in value]
+        return value
+
+    def cached(self: Any, dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if kwargs or not isinstance(getattr(self, "DATASET_PATH", None), str) or callable(
+                getattr(self.config, "custom_dataset", None)):
+            return download(self, dataset_kwargs, **kwargs)
+        key = json.dumps([self.DATASET_PATH, self.DATASET_NAME, stamp(dataset_kwargs or {})], sort_keys=True,
+                         default=str)
+        if key not in cache:
+            download(self, dataset_kwargs)
+            cache[key] = self.dataset
+            while len(cache) > 256:
+                cache.popitem(last=False)
+        self.dataset = cache[key]
+
+    return cached
 
 
 @functools.lru_cache(maxsize=4)

@@ -136,6 +136,10 @@ def expand(grid: GridConfig, models: dict[str, str], expert_tasks: list[str],
                             job = DefenseJob(defense_spec.name, defense_spec.display, defense_config, "merge",
                                              release_format, model, task, seed)
                             for n_members in grid.n_members:
+                                if n_members > len(expert_tasks):
+                                    raise ConfigError(
+                                        f"n_members {n_members} exceeds the zoo's {len(expert_tasks)} expert tasks: "
+                                        "the protected task's own expert would be merged back in")
                                 others = [expert_tasks[(expert_tasks.index(task) + k) % len(expert_tasks)]
                                           for k in range(1, n_members)]
                                 for attack_spec in grid.merge_attacks:

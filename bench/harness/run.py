@@ -191,7 +191,10 @@ def check_zoo_inputs(preset: Preset) -> None:
     Weights are read through safetensors only (a pickle file is never loaded), and a model that needs
     custom code is refused unless its zoo entry sets trust_remote_code.
     """
+    chosen = preset.grid.models if preset.grid and preset.grid.models else list(preset.zoo.models)
     for name, entry in preset.zoo.models.items():
+        if name not in chosen:
+            continue  # the zoo builds only the grid's models (bench.harness.context)
         paths = ([("pretrained", entry.pretrained)] if entry.pretrained else []) + [
             (f"expert_paths.{task}", path) for task, path in entry.expert_paths.items()]
         for field_name, raw in paths:

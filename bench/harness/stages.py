@@ -25,7 +25,16 @@ from transformers import PreTrainedModel
 from bench.evaluate import score
 from bench.harness.context import HarnessContext
 from bench.harness.grid import Cell, DefenseJob
-from bench.plugins import ATTACKS, DEFENSES, OwnerView, PublicView, Release, TaskData, load_builtin_plugins
+from bench.plugins import (
+    ATTACKS,
+    DEFENSES,
+    AttackNotApplicable,
+    OwnerView,
+    PublicView,
+    Release,
+    TaskData,
+    load_builtin_plugins,
+)
 from bench.storage import cached_directory, content_hash, fault_point, is_complete, write_json_atomic
 from bench.zoo.build import load_model
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
@@ -279,7 +288,10 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
     view = _public_view(ctx, cell, fractions)
     torch.manual_seed(job.seed)
     started = time.perf_counter()
-    output = attack.run(view)
+    try:
+        output = attack.run(view)
+    except AttackNotApplicable as reason:
+        return {"status": "n/a", "error": str(reason)[:500]}
     seconds = time.perf_counter() - started
     fault_point("cell:attacked")
     tokenizer = ctx.zoo.tokenizer(job.model)
