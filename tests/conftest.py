@@ -8,6 +8,8 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
                      "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(_key, _value)
 
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 
@@ -25,3 +27,12 @@ def micro_zoo(tmp_path_factory, micro_preset):
 
     root = tmp_path_factory.mktemp("micro-root")
     return build_zoo(micro_preset.zoo, root)
+
+
+@pytest.fixture(scope="session")
+def ci_root(tmp_path_factory) -> Path:
+    """One storage root for every test of the ci zoo, so its models are trained once per session (zoo
+    artefacts are keyed per model, so Llama-only variants reuse them); `$LOCKBENCH_TEST_CI_ROOT` points
+    at a root that may already hold them."""
+    root = os.environ.get("LOCKBENCH_TEST_CI_ROOT")
+    return Path(root) if root else tmp_path_factory.mktemp("ci-root")

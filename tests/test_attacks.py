@@ -496,7 +496,8 @@ def test_check_attacks_reports_each_attack_against_none(micro_run_root: Path, mi
 
 
 @pytest.mark.slow
-def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: pytest.TempPathFactory,
+                                                              ci_root: Path) -> None:
     """DESIGN §6 per attack: each attack of the `default` preset, run against `none` on the ci zoo
     (Llama-style, seed 0, the preset's member counts), keeps half of the expert's gain (merge) or gains 0.3
     (finetune). When the zoo itself breaks the rule (an expert gaining < 0.3 or a downstream task the base
@@ -510,9 +511,9 @@ def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: 
     zoo = ci.zoo.model_copy(update={"models": {"llama": ci.zoo.models["llama"]}})
     grid = default.grid.model_copy(update={"defenses": [PluginSpec(name="none")], "seeds": [0], "models": None,
                                            "protected_tasks": None, "downstream_tasks": None})
-    root = tmp_path_factory.mktemp("ci-attacks")
-    checks, problems = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), root, root / "run")
-    cells = read_csv(root / "run" / CELLS_FILE, "cells")
+    run_dir = tmp_path_factory.mktemp("ci-attacks")
+    checks, problems = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), ci_root, run_dir)
+    cells = read_csv(run_dir / CELLS_FILE, "cells")
     ok = cells[cells["status"] == "ok"]
     merge, finetune = ok[ok["track"] == "merge"], ok[ok["track"] == "finetune"]
     expert_gain = (merge["utility"] - merge["base_acc"]).groupby([merge["release_format"], merge["task"]]).min()

@@ -11,11 +11,6 @@ from bench.validate import validate_zoo
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ci_root(tmp_path_factory):
-    return tmp_path_factory.mktemp("ci-root")
-
-
 def _validate(preset, root):
     ctx = get_context(preset, root)
     return validate_zoo(ctx.zoo, preset, ctx.tasks)
