@@ -344,6 +344,8 @@ def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Pa
     try:
         for file in RUN_FILES:
             shutil.copy2(run_dir / file, scratch / file)
+            (scratch / file).chmod(0o644)  # run files are written 0600 (mkstemp); published ones are for everyone
+        scratch.chmod(0o755)
         if retired.exists():
             shutil.rmtree(retired)
         if target.exists():
