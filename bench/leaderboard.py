@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -329,6 +330,28 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return cells, board
 
 
+def publish_directory(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a scratch sibling of `target`, make it world-readable (run files are written 0600 through
+    mkstemp; published ones are for everyone) and swap it in by renames: a reader sees the old folder or
+    the new one, never a mix."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    retired = target.parent / f".{target.name}.old"
+    try:
+        fill(scratch)
+        for file in scratch.iterdir():
+            file.chmod(0o644)
+        scratch.chmod(0o755)
+        shutil.rmtree(retired, ignore_errors=True)
+        if target.exists():
+            os.replace(target, retired)
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
+    return target
+
+
 def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Path:
     """Copy a complete, valid run into `leaderboard_dir/<name>/` (atomically, replacing an earlier copy)
     and regenerate `leaderboard_dir/README.md` and the static page `leaderboard_dir/index.html`.
@@ -339,21 +362,12 @@ def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Pa
     check_run(run_dir)
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
     target = leaderboard_dir / name
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=leaderboard_dir))
-    retired = leaderboard_dir / f".{name}.old"
-    try:
+
+    def fill(scratch: Path) -> None:
         for file in RUN_FILES:
             shutil.copy2(run_dir / file, scratch / file)
-            (scratch / file).chmod(0o644)  # run files are written 0600 (mkstemp); published ones are for everyone
-        scratch.chmod(0o755)
-        if retired.exists():
-            shutil.rmtree(retired)
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(scratch, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
+
+    publish_directory(target, fill)
     write_index(leaderboard_dir)
     from bench.html_report import write_html_index  # imports this module: deferred
 

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -539,27 +538,15 @@ def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.D
 
 def write_submission(target: Path, run_dir: Path, readme: str, metadata: dict[str, Any]) -> Path:
     """Copy the run's CSVs and plot into `target` with the submission README, atomically."""
-    from bench.leaderboard import CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE, README_FILE
+    from bench.leaderboard import CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE, README_FILE, publish_directory
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    retired = target.parent / f".{target.name}.old"
-    try:
+    def fill(scratch: Path) -> None:
         for name in (CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE):
             shutil.copy2(run_dir / name, scratch / name)
         (scratch / SUBMISSION_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
         (scratch / README_FILE).write_text(readme)
-        for file in scratch.iterdir():  # run outputs are written 0600 through mkstemp; these are published
-            file.chmod(0o644)
-        scratch.chmod(0o755)
-        shutil.rmtree(retired, ignore_errors=True)
-        if target.exists():
-            os.replace(target, retired)
-        os.replace(scratch, target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
-    return target
+
+    return publish_directory(target, fill)
 
 
 @dataclass
