@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 # The zoo must pass DESIGN §6's validity rule before any number is published: validate stops the job
 # (exit 1, naming what failed) when it does not.
 bench: $(STAMP)
-	$(BIN)/lockbench validate --preset $(PRESET)
+	$(BIN)/lockbench validate --preset $(PRESET) --executor ray
 	$(BIN)/lockbench run --preset $(PRESET) --executor ray --out runs/$(PRESET)
 	$(BIN)/lockbench leaderboard publish runs/$(PRESET)
 

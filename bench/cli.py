@@ -106,8 +106,11 @@ def validate(
     preset: Annotated[str, typer.Option(help="preset name or YAML path")] = "default",
     root: Annotated[Path | None, typer.Option(help="storage root (default $LOCKBENCH_HOME or .lockbench)")] = None,
     models: Annotated[str | None, typer.Option(help="only these zoo models, e.g. llama,gpt2")] = None,
+    executor: Annotated[str, typer.Option(help="serial or ray, for the grid's attacks against none")] = "serial",
 ) -> None:
     """Build the zoo if needed and check DESIGN §6's validity rule; exit 1 when it fails."""
+    if executor not in ("serial", "ray"):
+        _fail(f"unknown executor '{executor}'; use serial or ray")
     loaded = _load(preset)
     if models:
         chosen = [name.strip() for name in models.split(",") if name.strip()]
@@ -118,7 +121,7 @@ def validate(
         loaded = loaded.model_copy(update={"zoo": zoo})
     from bench.validate_cli import run_validate
 
-    sys.exit(run_validate(loaded, root))
+    sys.exit(run_validate(loaded, root, executor))
 
 
 @app.command("build-zoo")

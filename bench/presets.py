@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -25,6 +26,9 @@ class ValidityConfig(StrictModel):
     members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
     merge_coefficients: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     finetune_attacks: dict[str, FinetuneRecipe]
+    weak_attacks: Literal["fail", "warn"] = Field(
+        "fail", description="a grid attack that is weak against `none` fails validation, or (warn) is only "
+        "reported: its cells are marked weak and left out of the aggregates either way (DESIGN §6)")
 
     def rule(self):
         """The per-attack part of the rule, as the scoring stage applies it."""

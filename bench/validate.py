@@ -63,6 +63,7 @@ class ArchitectureReport:
     merge_attacks: dict[str, float] = field(default_factory=dict)
     finetunes: list[FinetuneCheck] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -91,7 +92,7 @@ def _check_merges(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks,
     base_model = zoo.load_base(name)
     base_state = base_model.state_dict()
     experts = report.experts[form]
-    for first, second in itertools.combinations(preset.zoo.expert_tasks, 2):
+    for first, second in itertools.combinations(preset.zoo.expert_tasks_of(name), 2):
         members = {first: expert_states[first], second: expert_states[second]}
         pair = [first, second]
         candidates = [(1.0, "fixed")]
@@ -114,11 +115,15 @@ def _check_merges(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks,
         report.merge_attacks[label] = sum(kept_values) / len(kept_values)
     configs = {k: v for k, v in report.merge_attacks.items() if k.startswith(f"{form}/")}
     if all(value < rule.min_kept_fraction for value in configs.values()):
-        report.failures.append(
-            f"{name}: no default merge attack on {form} experts keeps {rule.min_kept_fraction} of the experts' "
-            "gain on the protected task (mean over ordered pairs: "
-            + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in configs.items()) + ")"
-        )
+        message = (f"{name}: task arithmetic on {form} experts keeps less than {rule.min_kept_fraction} of the "
+                   "experts' gain on the protected task (mean over ordered pairs: "
+                   + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in configs.items()) + ")")
+        # DESIGN §6 applies the rule per attack of the grid: with a grid, its merge attacks are run against
+        # `none` and checked one by one, and plain task arithmetic is only the zoo's first indicator.
+        if preset.grid is not None and preset.grid.merge_attacks:
+            report.notes.append(message + "; the grid's merge attacks are checked one by one")
+        else:
+            report.failures.append(message)
 
 
 def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) -> ArchitectureReport:
@@ -126,12 +131,13 @@ def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: Materializ
     config = preset.zoo
     tokenizer = zoo.tokenizer(name)
     base_model = zoo.load_base(name)
-    all_tasks = list(config.expert_tasks) + list(config.downstream_tasks)
+    expert_tasks = config.expert_tasks_of(name)
+    all_tasks = expert_tasks + list(config.downstream_tasks)
     report = ArchitectureReport(model=name, base=score(base_model, tokenizer, all_tasks, tasks), experts={})
     states: dict[str, dict[str, dict]] = {"full": {}, "lora": {}}
     for form in ("full", "lora"):
         report.experts[form] = {}
-        for task in config.expert_tasks:
+        for task in expert_tasks:
             if form == "full":
                 expert = zoo.load_expert(name, task)
             else:

@@ -82,12 +82,12 @@ def test_lockbench_list_attacks_shows_one_line_descriptions() -> None:
 
 
 def _expand(preset: Preset):
-    families = {name: entry.architecture.family for name, entry in preset.zoo.models.items() if entry.architecture}
     assert preset.grid is not None
-    return expand(preset.grid, families, list(preset.zoo.expert_tasks), list(preset.zoo.downstream_tasks))
+    return expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},
+                  list(preset.zoo.downstream_tasks))
 
 
-@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full"])
+@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu"])
 def test_preset_grids_validate_and_never_repeat_a_member(name: str) -> None:
     """Every attack config validates, and no cell merges a task's own expert back in (n_members larger
     than the zoo's expert tasks would wrap around to the protected task)."""
@@ -102,8 +102,10 @@ def test_default_and_full_presets_hold_the_attack_suite() -> None:
     default, full = load_preset("default"), load_preset("full")
     assert default.grid is not None and full.grid is not None
     names = {spec.name for spec in default.grid.merge_attacks + default.grid.finetune_attacks}
-    assert {"adaptive_coefficient", "per_member", "merge_heal", "lora_finetune", "full_finetune"} <= names
-    assert 2 in default.grid.n_members and {2, 4} <= set(full.grid.n_members)
+    assert {"per_member", "merge_heal", "lora_finetune", "full_finetune"} <= names
+    # adaptive_coefficient is weak on the GPT-2-style zoo (ci.yaml), so it runs in `full` and `smoke` only
+    assert "adaptive_coefficient" in {spec.name for spec in full.grid.merge_attacks}
+    assert 2 in default.grid.n_members and {2, 3} <= set(full.grid.n_members)
     for spec in default.grid.finetune_attacks + full.grid.finetune_attacks:
         config = ATTACKS.get(spec.name).Config.model_validate(spec.config)
         assert len(config.lr) >= 3 and len(config.steps) >= 2, spec  # DESIGN §4: lr × steps sweep
@@ -528,3 +530,22 @@ def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: 
                                                   + default.grid.finetune_attacks}
     failing = [f"{c.attack} {c.release_format}: {c.status} {c.score:.2f} {c.by_members}" for c in checks if not c.passes]
     assert not failing and not problems, (failing, problems)
+
+
+def test_a_model_can_override_the_zoos_expert_tasks() -> None:
+    """GPT-2-style ci experts replace `last` by `dup`: its merges pair within its own list, and a protected
+    task that one model lacks is an error naming that model."""
+    from bench.harness.grid import ConfigError
+
+    preset = load_preset("ci")
+    assert preset.zoo.expert_tasks_of("llama") == ["length", "upper", "last"]
+    assert preset.zoo.expert_tasks_of("gpt2") == ["length", "upper", "dup"]
+    assert preset.zoo.all_expert_tasks() == ["length", "upper", "last", "dup"]
+    assert preset.zoo.recipe("gpt2").expert_tasks == ["length", "upper", "dup"]
+    members = {(cell.defense.model, task) for cell in _expand(preset) if cell.defense.track == "merge"
+               for task in (cell.task, *cell.members)}
+    assert ("gpt2", "dup") in members and ("gpt2", "last") not in members and ("llama", "dup") not in members
+    grid = GridConfig(defenses=[PluginSpec(name="none")], protected_tasks=["last"], seeds=[0],
+                      merge_attacks=[PluginSpec(name="task_arithmetic")], finetune_attacks=[])
+    with pytest.raises(ConfigError, match="not expert tasks of zoo model 'gpt2'"):
+        expand(grid, {m: preset.zoo.expert_tasks_of(m) for m in preset.zoo.models}, ["shift"])

@@ -364,10 +364,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(point: str, rel_prese
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="bench/zoo/build.py: _build_lora_expert does not seed torch before "
-                   "get_peft_model, so a LoRA expert's initialisation depends on what the process trained before "
-                   "it: an adapter rebuilt alone (after a kill or a damaged file) differs from the one an "
-                   "uninterrupted build makes. Fix: torch.manual_seed(seed) before get_peft_model.")
 def test_an_adapter_rebuilt_alone_matches_the_uninterrupted_build(rel_preset: Path, reference: tuple[Path, Path],
                                                                   tmp_path: Path) -> None:
     from bench.presets import load_preset

@@ -37,7 +37,7 @@ class HarnessContext:
 def scored_tasks(preset: Preset) -> list[str]:
     """Every task a preset scores: the base's mixture, the experts' tasks and the downstream tasks."""
     zoo = preset.zoo
-    return sorted(set(zoo.base_tasks) | set(zoo.expert_tasks) | set(zoo.downstream_tasks))
+    return sorted(set(zoo.base_tasks) | set(zoo.all_expert_tasks()) | set(zoo.downstream_tasks))
 
 
 #: lm-eval's own functions, kept so `make perf` can measure scoring without the trim.

@@ -109,26 +109,29 @@ def _canonical_config(registry, spec: PluginSpec) -> str:
     return json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
 
 
-def expand(grid: GridConfig, models: dict[str, str], expert_tasks: list[str],
-           downstream_tasks: list[str]) -> list[Cell]:
-    """All cells of the grid. `models` maps zoo model name → architecture family."""
+def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_tasks: list[str]) -> list[Cell]:
+    """All cells of the grid. `expert_tasks` maps each zoo model to its merge-track tasks."""
     load_builtin_plugins()
-    chosen_models = grid.models or list(models)
-    unknown = sorted(set(chosen_models) - set(models))
+    chosen_models = grid.models or list(expert_tasks)
+    unknown = sorted(set(chosen_models) - set(expert_tasks))
     if unknown:
-        raise ConfigError(f"grid names models {unknown} that the zoo does not have ({sorted(models)})")
-    protected = grid.protected_tasks or expert_tasks
+        raise ConfigError(f"grid names models {unknown} that the zoo does not have ({sorted(expert_tasks)})")
     downstream = grid.downstream_tasks or downstream_tasks
-    for label, chosen, known in (("protected_tasks", protected, expert_tasks),
-                                 ("downstream_tasks", downstream, downstream_tasks)):
-        unknown = sorted(set(chosen) - set(known))
+    unknown = sorted(set(downstream) - set(downstream_tasks))
+    if unknown:
+        raise ConfigError(f"grid downstream_tasks names {unknown}, which are not the zoo's ({sorted(downstream_tasks)})")
+    for model in chosen_models:
+        unknown = sorted(set(grid.protected_tasks or []) - set(expert_tasks[model]))
         if unknown:
-            raise ConfigError(f"grid {label} names {unknown}, which are not the zoo's ({sorted(known)})")
+            raise ConfigError(f"grid protected_tasks names {unknown}, which are not expert tasks of zoo model "
+                              f"'{model}' ({sorted(expert_tasks[model])})")
     cells: list[Cell] = []
     for defense_spec in grid.defenses:
         defense_config = _canonical_config(DEFENSES, defense_spec)
         defense_cls = DEFENSES.get(defense_spec.name)  # known: _canonical_config checked it
         for model in chosen_models:
+            model_tasks = expert_tasks[model]
+            protected = grid.protected_tasks or model_tasks
             for seed in grid.seeds:
                 if "merge" in defense_cls.tracks:
                     for release_format in grid.release_formats:
@@ -136,11 +139,11 @@ def expand(grid: GridConfig, models: dict[str, str], expert_tasks: list[str],
                             job = DefenseJob(defense_spec.name, defense_spec.display, defense_config, "merge",
                                              release_format, model, task, seed)
                             for n_members in grid.n_members:
-                                if n_members > len(expert_tasks):
+                                if n_members > len(model_tasks):
                                     raise ConfigError(
-                                        f"n_members {n_members} exceeds the zoo's {len(expert_tasks)} expert tasks: "
-                                        "the protected task's own expert would be merged back in")
-                                others = [expert_tasks[(expert_tasks.index(task) + k) % len(expert_tasks)]
+                                        f"n_members {n_members} exceeds zoo model '{model}''s {len(model_tasks)} "
+                                        "expert tasks: the protected task's own expert would be merged back in")
+                                others = [model_tasks[(model_tasks.index(task) + k) % len(model_tasks)]
                                           for k in range(1, n_members)]
                                 for attack_spec in grid.merge_attacks:
                                     cells.append(Cell(job, attack_spec.name, attack_spec.display,

@@ -92,7 +92,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     check_zoo_inputs(preset)
     import_plugin_modules()
     # Expanding needs only the zoo's model names, so every grid error surfaces before the zoo is built.
-    cells = expand(preset.grid, dict.fromkeys(preset.zoo.models, ""), list(preset.zoo.expert_tasks),
+    cells = expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},
                    list(preset.zoo.downstream_tasks))
     if not cells:
         raise ConfigError(f"the grid of preset '{preset.name}' expands to no cells: give merge_attacks or "

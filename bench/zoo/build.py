@@ -25,7 +25,7 @@ from bench.zoo.training import TrainSettings, tokenise, train
 from tasks import build_splits
 
 #: Bump when training code changes in a way that changes weights, so stale caches are not reused.
-ZOO_FORMAT_VERSION = 2
+ZOO_FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -194,8 +194,11 @@ def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scra
     tokenizer = load_tokenizer(base)
     model = load_model(base)
     lora = config.lora
-    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
     seed = config.seed + 101 + config.expert_tasks.index(task)
+    # peft draws A's initialisation from torch's global generator: seed it, or an adapter rebuilt alone
+    # (after a kill or a damaged file) would differ from the one an uninterrupted build makes.
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
     data = _task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
     started = time.perf_counter()
     losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")

@@ -39,6 +39,9 @@ class ModelEntry(StrictModel):
     base_task_fractions: dict[str, float] | None = None
     expert_training: TrainingConfig | None = None
     lora: LoraConfigModel | None = None
+    expert_tasks: list[str] | None = Field(
+        None, min_length=2, description="this model's merge-track tasks, when a skill of the zoo's list is out "
+        "of its reach (GPT-2-style models at hidden size 64 never learn `last`)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelEntry:
@@ -81,8 +84,16 @@ class ZooConfig(StrictModel):
         """This zoo's recipe with `model`'s overrides applied (what actually trains that model)."""
         entry = self.models[model]
         updates = {key: getattr(entry, key) for key in ("base_training", "base_task_fractions", "expert_training",
-                                                         "lora") if getattr(entry, key) is not None}
+                                                         "lora", "expert_tasks") if getattr(entry, key) is not None}
         return self.model_copy(update=updates) if updates else self
+
+    def expert_tasks_of(self, model: str) -> list[str]:
+        """`model`'s merge-track tasks: its own list when it overrides the zoo's."""
+        return list(self.models[model].expert_tasks or self.expert_tasks)
+
+    def all_expert_tasks(self) -> list[str]:
+        """Every task some model of the zoo has an expert for, in first-seen order."""
+        return list(dict.fromkeys(task for model in self.models for task in self.expert_tasks_of(model)))
 
     @model_validator(mode="after")
     def _downstream_unseen(self) -> ZooConfig:
