@@ -170,7 +170,10 @@ def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: Materializ
 
 
 def validate_zoo(zoo: Zoo, preset: Preset, tasks: MaterializedTasks) -> list[ArchitectureReport]:
-    return [validate_architecture(zoo, preset, name, tasks) for name in zoo.model_names]
+    from bench.threads import compute_threads
+
+    with compute_threads():  # the fine-tuning checks train: one thread, so results never depend on cores
+        return [validate_architecture(zoo, preset, name, tasks) for name in zoo.model_names]
 
 
 def write_report(reports: list[ArchitectureReport], path: Path) -> None:

@@ -1,8 +1,9 @@
 """Executors: run defense jobs and cells serially in-process or as Ray tasks.
 
 Ray: `ray.init(address=$RAY_ADDRESS)` starts a local cluster when the variable is unset and joins a
-real one when it is set. Each task asks for explicit CPUs (and GPUs), sets torch's thread count to
-them, and carries the offline variables in its runtime environment.
+real one when it is set. Each task asks for explicit CPUs (and GPUs) and carries the offline variables in
+its runtime environment. Every item computes with one torch thread (`bench.threads`), whatever the
+executor, so serial and Ray runs give the same numbers on any machine.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ class WorkItem:
     payload: Any
 
 
-def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], threads: int) -> Any:
-    import torch
+def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float]) -> Any:
+    from bench.threads import compute_threads
 
-    torch.set_num_threads(threads)
+    with compute_threads():
+        return _execute_item(preset_json, root, item, fractions)
+
+
+def _execute_item(preset_json: str, root: str, item: WorkItem, fractions: list[float]) -> Any:
     import_plugin_modules()
     from bench.harness.context import get_context, trim_lm_eval_overheads
     from bench.harness.stages import run_cell, run_defense_job
@@ -69,17 +74,11 @@ def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float]
 class SerialExecutor:
     name = "serial"
 
-    def __init__(self, threads: int | None = None):
-        import torch
-
-        # torch's default: the physical cores, or OMP_NUM_THREADS when set (e.g. on a shared machine)
-        self.threads = threads or max(1, torch.get_num_threads())
-
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
         preset_json = preset.model_dump_json()
         for item in items:
-            yield item, _execute(preset_json, str(root), item, fractions, self.threads)
+            yield item, _execute(preset_json, str(root), item, fractions)
 
     def shutdown(self) -> None:
         pass
@@ -106,7 +105,7 @@ class RayExecutor:
         import ray
 
         preset_json = ray.put(preset.model_dump_json())
-        pending = {self._remote.remote(preset_json, str(root), item, fractions, self.cpus_per_task): item
+        pending = {self._remote.remote(preset_json, str(root), item, fractions): item
                    for item in items}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 import bench
 from bench.storage import cached_directory, content_hash, write_json_atomic
+from bench.threads import compute_threads
 from bench.zoo.architectures import LORA_TARGETS, build_model
 from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
 from bench.zoo.tokenizer import build_tokenizer
@@ -25,7 +26,7 @@ from bench.zoo.training import TrainSettings, tokenise, train
 from tasks import build_splits
 
 #: Bump when training code changes in a way that changes weights, so stale caches are not reused.
-ZOO_FORMAT_VERSION = 3
+ZOO_FORMAT_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTo
 
 
 def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
-    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0) as bar:
+    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0) as bar, compute_threads():
 
         def on_step(step: int, loss: float) -> None:
             bar.update(1)
