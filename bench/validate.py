@@ -71,6 +71,12 @@ class ArchitectureReport:
             row["gain"] = check.gain
         return data
 
+    @classmethod
+    def from_json(cls, data: dict) -> ArchitectureReport:
+        merges = [MergeCheck(**{**row, "members": tuple(row["members"])}) for row in data["merges"]]
+        finetunes = [FinetuneCheck(**{k: v for k, v in row.items() if k != "gain"}) for row in data["finetunes"]]
+        return cls(**{**data, "merges": merges, "finetunes": finetunes})
+
 
 def _merged_model(template: PreTrainedModel, base_state: dict, members: dict[str, dict], coefficient: float):
     merged = merge_state_dicts(base_state, members, "task_arithmetic",
@@ -174,6 +180,30 @@ def validate_zoo(zoo: Zoo, preset: Preset, tasks: MaterializedTasks) -> list[Arc
 
     with compute_threads():  # the fine-tuning checks train: one thread, so results never depend on cores
         return [validate_architecture(zoo, preset, name, tasks) for name in zoo.model_names]
+
+
+#: Bump when the zoo-level checks change, so cached reports are not reused across the change.
+REPORT_VERSION = 1
+
+
+def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
+    """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
+    from bench.storage import content_hash
+
+    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity)
+    return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
+
+
+def read_reports(path: Path) -> list[ArchitectureReport] | None:
+    """The cached reports at `path`, or None when there are none (or they do not parse): the checks are
+    deterministic (bench.threads), so re-scoring an unchanged zoo would only cost minutes."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text())
+        return [ArchitectureReport.from_json(row) for row in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def write_report(reports: list[ArchitectureReport], path: Path) -> None:

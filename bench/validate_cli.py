@@ -17,6 +17,8 @@ from bench.validate import (
     attack_failures,
     attack_warnings,
     check_attacks,
+    read_reports,
+    report_path,
     validate_zoo,
     write_attack_report,
     write_report,
@@ -98,10 +100,15 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     ctx = get_context(preset, base_root)  # builds what is missing and materialises the tasks
     zoo = ctx.zoo
     console.print(f"zoo {zoo.hash} ready in {time.perf_counter() - started:.1f}s under {base_root / 'zoo'}")
-    reports = validate_zoo(zoo, preset, ctx.tasks)
+    cached = report_path(base_root, preset, zoo.hash)
+    reports = read_reports(cached)
+    if reports is None or sorted(r.model for r in reports) != sorted(zoo.model_names):
+        reports = validate_zoo(zoo, preset, ctx.tasks)
+        write_report(reports, cached)
+    else:
+        console.print(f"zoo checks read from {cached} (same zoo, same rule)")
     for report in reports:
         _render(console, report)
-    write_report(reports, base_root / "validate" / f"{preset.name}-{zoo.hash}.json")
     failures = [failure for report in reports for failure in report.failures]
     for note in (note for report in reports for note in report.notes):
         console.print(f"[yellow]note:[/] {note}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -38,3 +39,22 @@ def test_lists_show_the_reference_plugins():
     assert "lora_finetune" in runner.invoke(app, ["list", "attacks"]).output
     assert "none" in runner.invoke(app, ["list", "defenses"]).output
     assert "default" in runner.invoke(app, ["list", "presets"]).output
+
+
+@pytest.mark.slow
+def test_validate_reuses_its_report_for_the_same_zoo_and_rule(micro_zoo, micro_preset, monkeypatch):
+    """A re-run of `make bench` must not re-score an unchanged zoo; a changed rule must."""
+    import bench.validate_cli as validate_cli
+
+    calls: list[str] = []
+    real = validate_cli.validate_zoo
+    monkeypatch.setattr(validate_cli, "validate_zoo", lambda zoo, preset, tasks: calls.append(preset.name)
+                        or real(zoo, preset, tasks))
+    validity = micro_preset.validity.model_copy(update={"min_expert_gain": 0.301})
+    preset = micro_preset.model_copy(update={"grid": None, "validity": validity})
+    first = validate_cli.run_validate(preset, micro_zoo.root)
+    assert validate_cli.run_validate(preset, micro_zoo.root) == first
+    assert len(calls) == 1
+    stricter = preset.model_copy(update={"validity": validity.model_copy(update={"min_expert_gain": 0.302})})
+    validate_cli.run_validate(stricter, micro_zoo.root)
+    assert len(calls) == 2
