@@ -239,8 +239,10 @@ def _ray_figure(preset: str, serial: dict[str, Any], ray: dict[str, Any], serial
         "cells": serial["cells"], "failed": serial["failed"] + ray["failed"],
         "same_cells": _same_cells(serial_dir, ray_dir), "cpus": os.cpu_count(),
     }
-    figure.notes.append("same built zoo, every later stage recomputed in each run; serial uses all cores "
-                        f"through torch threads, Ray {workers} single-thread workers; Ray start-up included")
+    figure.notes.append("same built zoo, every later stage recomputed in each run; every item computes on one "
+                        f"torch thread (bench.threads), serially or on Ray's {workers} workers; Ray start-up "
+                        "included; releases come before their cells, so an uneven release stage (PMP re-trains "
+                        "a base) leaves a worker idle")
     return figure
 
 
@@ -453,18 +455,6 @@ def _trap2_protect(ctx: Any, job: Any, steps: int, lambda_: float) -> float:
     return time.perf_counter() - started
 
 
-@contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _per_step(measures: dict[str, Callable[[int], float]], short: int, long: int, repeats: int = 3
               ) -> dict[str, float]:
     """Seconds per step of each measure, from the best long and the best short run (fixed costs cancel).
@@ -492,6 +482,7 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
     import torch
 
     from bench.harness.grid import DefenseJob
+    from bench.threads import torch_threads
     from bench.zoo.build import _task_data
     from bench.zoo.training import TrainSettings, train
 
@@ -508,7 +499,7 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
         train(model, data, settings)
         return time.perf_counter() - started
 
-    with _threads(1):  # as `make bench` runs a defense: one Ray task, one CPU, one torch thread
+    with torch_threads(1):  # as `make bench` runs a defense: one Ray task, one CPU, one torch thread
         per_step = _per_step({"trap2": lambda steps: _trap2_protect(ctx, job, steps, 0.01),
                               "plain": lambda steps: _trap2_protect(ctx, job, steps, 0.0), "zoo": zoo_loop},
                              short, long)

@@ -17,13 +17,18 @@ COMPUTE_THREADS = 1
 
 
 @contextmanager
-def compute_threads() -> Iterator[None]:
-    """Run the block with torch's intra-op threads pinned to COMPUTE_THREADS, then restore them."""
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with torch's intra-op threads set to `count`, then restore them."""
     import torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(COMPUTE_THREADS)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def compute_threads():
+    """The thread setting of every computation whose result lockbench records."""
+    return torch_threads(COMPUTE_THREADS)
