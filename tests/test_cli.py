@@ -58,3 +58,22 @@ def test_validate_reuses_its_report_for_the_same_zoo_and_rule(micro_zoo, micro_p
     stricter = preset.model_copy(update={"validity": validity.model_copy(update={"min_expert_gain": 0.302})})
     validate_cli.run_validate(stricter, micro_zoo.root)
     assert len(calls) == 2
+
+
+def test_a_hub_id_passes_the_input_check_only_with_the_hub_on(monkeypatch):
+    """`pretrained: Qwen/Qwen2.5-0.5B` (the gpu preset) is a hub id, not a missing folder: refused with a
+    clear line while offline, left to transformers (safetensors only) when the hub is on."""
+    from bench.harness.grid import ConfigError
+    from bench.harness.run import check_zoo_inputs
+    from bench.presets import load_preset
+
+    preset = load_preset("gpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE=0"):
+        check_zoo_inputs(preset)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    check_zoo_inputs(preset)
+    local = preset.zoo.models["qwen"].model_copy(update={"pretrained": "./no/such-model"})
+    missing = preset.model_copy(update={"zoo": preset.zoo.model_copy(update={"models": {"qwen": local}})})
+    with pytest.raises(ConfigError, match="is not a directory"):
+        check_zoo_inputs(missing)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -185,6 +186,10 @@ def _write_outputs(out_dir: Path, write: Callable[[Path], None]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+#: "owner/name": a Hugging Face hub id rather than a local folder.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
 def check_zoo_inputs(preset: Preset) -> None:
     """Refuse user-supplied model folders that cannot be loaded safely, before any compute is spent.
 
@@ -200,6 +205,11 @@ def check_zoo_inputs(preset: Preset) -> None:
         for field_name, raw in paths:
             where = f"zoo model '{name}' {field_name}"
             folder = Path(raw).expanduser()
+            if not folder.is_dir() and HUB_ID.match(raw):
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                    raise ConfigError(f"{where}: '{raw}' is no local folder, and the hub is off "
+                                      "(HF_HUB_OFFLINE is set): run with HF_HUB_OFFLINE=0 on a machine with hub access")
+                continue  # a hub id: transformers fetches it, safetensors only, no custom code unless trusted
             if not folder.is_dir():
                 raise ConfigError(f"{where}: {folder} is not a directory with a Hugging Face model")
             config_file = folder / "config.json"
