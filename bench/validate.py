@@ -1,9 +1,10 @@
 """`lockbench validate`: is the zoo one on which attacks work against unprotected models?
 
-DESIGN §6's rule: each expert beats the base on its task by `min_expert_gain`; each default merge
-(task arithmetic of a pair at coefficient 1.0, through mergekit) keeps at least `min_kept_fraction` of
-each member's gain; the base scores at most `max_downstream_base` on each downstream task; each default
-fine-tuning attack gains at least `min_finetune_gain` there. A zoo that breaks the rule would make every
+DESIGN §6's rule: each expert beats the base on its task by `min_expert_gain`; task arithmetic of each
+pair (through mergekit) keeps at least `min_kept_fraction` of each member's gain — a failure for a preset
+without grid merge attacks, a note for one with them, whose attacks `check_attacks` judges one by one; the
+base scores at most `max_downstream_base` on each downstream task; each default fine-tuning attack gains at
+least `min_finetune_gain` there. A zoo that breaks the rule would make every
 normalised attack-success number noise, so validation fails loudly instead.
 
 `check_attacks` applies the same rule to every attack of a preset's grid: it runs the grid against
@@ -190,7 +191,8 @@ def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
     """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
     from bench.storage import content_hash
 
-    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity)
+    grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
+    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges)
     return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
 
 
