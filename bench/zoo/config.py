@@ -88,8 +88,8 @@ class ZooConfig(StrictModel):
         return self.model_copy(update=updates) if updates else self
 
     def expert_tasks_of(self, model: str) -> list[str]:
-        """`model`'s merge-track tasks: its own list when it overrides the zoo's."""
-        return list(self.models[model].expert_tasks or self.expert_tasks)
+        """`model`'s merge-track tasks: its own list when it overrides the zoo's (as `recipe` applies it)."""
+        return list(self.recipe(model).expert_tasks)
 
     def all_expert_tasks(self) -> list[str]:
         """Every task some model of the zoo has an expert for, in first-seen order."""
