@@ -21,7 +21,7 @@ from pydantic import Field
 
 from attacks.common import AttackNotApplicable
 from bench.config import StrictModel
-from bench.plugins import Attack, AttackOutput, PublicView, ReleaseFormat, register_attack
+from bench.plugins import Attack, AttackFamily, AttackOutput, PublicView, ReleaseFormat, register_attack
 
 Combination = Literal["cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                       "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"]
@@ -41,8 +41,17 @@ class AdapterWeighted(Attack):
     name = "adapter_weighted"
     description = "peft add_weighted_adapter of the released LoRA with the experts' LoRAs (adapter releases only)"
     track = "merge"
+    family = "rescaling"
     formats: ClassVar[frozenset[ReleaseFormat]] = frozenset({"adapter"})
     Config = AdapterWeightedConfig
+
+    @classmethod
+    def attack_family(cls, config: StrictModel) -> AttackFamily:
+        """Concatenating the adapters with the release at weight 1 adds its update unchanged (pinned);
+        every other combination re-weights, sparsifies or re-factorises it."""
+        assert isinstance(config, AdapterWeightedConfig)
+        release_weight = config.weight if config.release_weight is None else config.release_weight
+        return "pinned" if config.combination_type == "cat" and release_weight == 1.0 else "rescaling"
 
     def run(self, view: PublicView) -> AttackOutput:
         config: AdapterWeightedConfig = self.config  # type: ignore[assignment]

@@ -62,6 +62,7 @@ class AdaptiveCoefficient(Attack):
     description = ("searches one shared merge coefficient (0.1…9.9, early stopping), then the density, "
                    "on the attacker's validation split")
     track = "merge"
+    family = "rescaling"
     Config = AdaptiveCoefficientConfig
 
     def run(self, view: PublicView) -> AttackOutput:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from peft import PeftModel
-from pydantic import Field, field_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 from transformers import PreTrainedModel
 
 from bench.config import StrictModel
@@ -16,6 +16,9 @@ from bench.evaluate import as_plain_model
 from bench.finetuning import sweep
 from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:
+    from bench.optuna_search import OptunaSpace
 
 RELEASE = "release"
 Objective = Literal["all", "protected"]
@@ -142,34 +145,89 @@ def merge_knobs(method: str, parameters: dict[str, Any], layout: Layout, seed: i
 
 
 class SweepConfig(StrictModel):
-    """A sweep; a single number for `lr` or `steps` is a sweep of one."""
+    """A sweep; a single number for `lr` or `steps` is a sweep of one.
 
+    `search: optuna` replaces the lr × steps grid by a fixed budget of Optuna trials over `lr_range`
+    (log-uniform), `steps_choices` and `warmup_choices` (bench.optuna_search). A setting of the other
+    search is an error naming the key, and is left out of the dump, so a grid config keeps the canonical
+    JSON (and the cell key) it had before Optuna existed.
+    """
+
+    #: Settings that only one of the two searches reads (subclasses add their own).
+    GRID_ONLY: ClassVar[frozenset[str]] = frozenset({"lr", "steps", "independent_runs"})
+    OPTUNA_ONLY: ClassVar[frozenset[str]] = frozenset({"search", "trials", "lr_range", "steps_choices",
+                                                       "warmup_choices"})
+
+    search: Literal["grid", "optuna"] = Field("grid", description="the fixed grid, or an Optuna TPE search")
     lr: list[float] = Field(min_length=1, description="learning rates tried")
     steps: list[int] = Field(min_length=1, description="step budgets tried")
     batch_size: int = Field(32, ge=1)
     independent_runs: bool = Field(False, description="a run per (lr, steps); else one run per lr of the "
                                    "largest budget, stopped early at each smaller one (about half the cost)")
+    trials: int = Field(8, ge=1, description="optuna: the fixed trial budget")
+    lr_range: tuple[float, float] = Field((1e-4, 1e-2), description="optuna: lr drawn log-uniform in [lo, hi]")
+    steps_choices: list[int] = Field(default_factory=lambda: [150, 300], min_length=1,
+                                     description="optuna: step budgets to choose from")
+    warmup_choices: list[int] = Field(default_factory=lambda: [0, 20], min_length=1,
+                                      description="optuna: linear warm-up steps to choose from")
 
     @field_validator("lr", "steps", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, int | float) and not isinstance(value, bool) else value
 
-    @field_validator("lr", "steps")
+    @field_validator("lr", "steps", "steps_choices")
     @classmethod
     def _positive(cls, values: list) -> list:
         if any(value <= 0 for value in values):
             raise ValueError("must be positive")
         return values
 
+    @field_validator("lr_range")
+    @classmethod
+    def _ordered_range(cls, bounds: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < bounds[0] < bounds[1]:
+            raise ValueError(f"lr_range needs 0 < lo < hi, got {list(bounds)}")
+        return bounds
+
+    @model_validator(mode="after")
+    def _one_search(self) -> SweepConfig:
+        """Reject settings the chosen search would silently ignore, and warm-ups as long as a budget."""
+        ignored = sorted((self.OPTUNA_ONLY - {"search"} if self.search == "grid" else self.GRID_ONLY)
+                         & self.model_fields_set)
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)}: not read by search '{self.search}'")
+        if self.search == "optuna" and not 0 <= min(self.warmup_choices) <= max(self.warmup_choices) < min(
+                self.steps_choices):
+            raise ValueError("warmup_choices: each must be ≥ 0 and shorter than every steps_choices budget")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _applicable_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump only what the chosen search reads (which also round-trips through `_one_search`)."""
+        unread = self.OPTUNA_ONLY if self.search == "grid" else self.GRID_ONLY
+        return {key: value for key, value in handler(self).items() if key not in unread}
+
+    def optuna_space(self) -> OptunaSpace:
+        """The study's search space (bench.optuna_search); the LoRA config adds its ranks."""
+        from bench.optuna_search import OptunaSpace
+
+        return OptunaSpace(self.trials, self.lr_range, tuple(self.steps_choices), tuple(self.warmup_choices))
+
 
 def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, alpha: int = 16) -> AttackOutput:
-    """Shared by the LoRA and full fine-tuning attacks: sweep, choose on attacker_val, report."""
+    """Shared by the LoRA and full fine-tuning attacks: sweep (or search), choose on attacker_val, report."""
     if view.score_val is None:
         raise RuntimeError("fine-tuning sweeps choose on view.score_val (the attacker-val scorer)")
     score_val, task = view.score_val, view.task
+
+    def evaluate(model: PreTrainedModel) -> float:
+        return score_val(model, [task])[task]
+
+    if config.search == "optuna":
+        return _run_optuna(view, config, method, alpha, evaluate)
     result = sweep(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
-                   method, config.lr, config.steps, view.seed, lambda model: score_val(model, [task])[task],
+                   method, config.lr, config.steps, view.seed, evaluate,
                    view.budget_fractions, config.batch_size, r, alpha, config.independent_runs)
     knobs = {"method": method, "lr": result.lr, "steps": result.steps, "batch_size": config.batch_size,
              "val_score": result.val_score, "sweep_steps": result.trained_steps,
@@ -178,4 +236,22 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
     if method == "lora":
         knobs["r"] = r
     return AttackOutput(models=result.checkpoints, knobs=knobs, steps=result.steps,
+                        examples=len(view.attacker_train.prompts))
+
+
+def _run_optuna(view: PublicView, config: SweepConfig, method: str, alpha: int,
+                evaluate: Callable[[PreTrainedModel], float]) -> AttackOutput:
+    """`run_sweep` with an Optuna study in place of the grid; optuna is imported only when a cell uses it."""
+    from bench.optuna_search import search
+
+    space = config.optuna_space()
+    found = search(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
+                   method, space, view.seed, evaluate, view.budget_fractions, config.batch_size, alpha)
+    knobs = {"method": method, "search": "optuna", "lr": found.lr, "steps": found.steps,
+             "warmup_steps": found.warmup_steps, "batch_size": config.batch_size, "val_score": found.val_score,
+             "sweep_steps": found.trained_steps, "trials": found.trials, "n_trials": space.trials,
+             "lr_range": list(space.lr_range), "val_examples": len(view.attacker_val.prompts)}
+    if method == "lora":
+        knobs.update(r=found.r, alpha=alpha)
+    return AttackOutput(models=found.checkpoints, knobs=knobs, steps=found.steps,
                         examples=len(view.attacker_train.prompts))

@@ -42,6 +42,7 @@ class MergeHeal(Attack):
     name = "merge_heal"
     description = "mergekit merge, then a short peft LoRA fine-tune of the merged model on the attacker's data"
     track = "merge"
+    family = "data"
     Config = MergeHealConfig
 
     def run(self, view: PublicView) -> AttackOutput:
@@ -55,4 +56,4 @@ class MergeHeal(Attack):
         knobs = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal="lora",
                             heal_steps=config.steps, heal_lr=config.lr, heal_r=config.r)
         return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps,
-                            examples=len(view.attacker_train.prompts))
+                            examples=len(view.attacker_train.prompts), stages={"pre_heal": merged})

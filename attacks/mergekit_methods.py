@@ -17,7 +17,7 @@ from pydantic import Field, create_model
 from attacks.common import MergeInputs, merge_knobs
 from bench.config import StrictModel
 from bench.merging import Layout, layout_for, method_spec
-from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.plugins import Attack, AttackFamily, AttackOutput, PublicView, register_attack
 
 #: Values for parameters the registry leaves required (per method, then for any method).
 REQUIRED_DEFAULTS: dict[str | None, dict[str, Any]] = {
@@ -64,9 +64,21 @@ class MergeMethodAttack(Attack):
     """Base of the generated family: one fixed mergekit configuration of the release and the experts."""
 
     track = "merge"
+    family = "rescaling"
     method: ClassVar[str]
     member_counts: ClassVar[tuple[int, ...]]  # model counts (release + experts) the contract admits
     default_grid: ClassVar[list[dict[str, Any]]]
+
+    @classmethod
+    def attack_family(cls, config: StrictModel) -> AttackFamily:
+        """Task arithmetic at weight 1 (λ 1, not normalised) adds the release's update unchanged: pinned.
+        Every other configuration re-scales it: a weight or λ ≠ 1, normalisation, sparsification
+        (TIES, DARE, …) or interpolation (linear, SLERP, …)."""
+        assert isinstance(config, MergeMethodConfig)
+        parameters = config.mergekit_parameters()
+        unchanged = (parameters.get("weight") == 1.0 and parameters.get("lambda", 1.0) == 1.0
+                     and not parameters.get("normalize", False))
+        return "pinned" if cls.method == "task_arithmetic" and unchanged else "rescaling"
 
     def run(self, view: PublicView) -> AttackOutput:
         inputs = MergeInputs.from_view(view)

@@ -51,6 +51,7 @@ class PerMember(Attack):
     description = ("pins the release at weight 1.0 and searches the other members' weights on the "
                    "attacker's validation split")
     track = "merge"
+    family = "pinned"
     Config = PerMemberConfig
 
     def run(self, view: PublicView) -> AttackOutput:

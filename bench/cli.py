@@ -193,22 +193,40 @@ def run(
 
 @app.command()
 def submit(
-    defense: Annotated[str, typer.Argument(help="a .py file, an installed 'lockbench.defenses' entry point, or "
-                                                "MODULE; append :ClassName to pick one class")],
+    defense: Annotated[str, typer.Argument(metavar="PLUGIN", help="a .py file, an installed 'lockbench.defenses' "
+                                                "(with --attack: 'lockbench.attacks') entry point, or MODULE; "
+                                                "append :ClassName to pick one class")],
     name: Annotated[str | None, typer.Option(help="folder under leaderboard/submissions (default: its name)")] = None,
     preset: Annotated[str, typer.Option(help="preset name or YAML path")] = "default",
-    config: Annotated[str | None, typer.Option(help="the defense's Config as a JSON object")] = None,
+    config: Annotated[str | None, typer.Option(help="the plugin's Config as a JSON object")] = None,
     executor: Annotated[str, typer.Option(help="serial or ray")] = "serial",
     root: Annotated[Path | None, typer.Option(help="storage root")] = None,
     out: Annotated[Path | None, typer.Option(help="run directory (default runs/submissions/NAME)")] = None,
     leaderboard_dir: Annotated[Path, typer.Option(help="where results are filed")] = Path("leaderboard"),
-    dry_run: Annotated[bool, typer.Option(help="call protect once per track on the micro zoo first")] = True,
+    dry_run: Annotated[bool, typer.Option(help="call protect once per track on the micro zoo first (--attack: "
+                                               "run the preset on none first)")] = True,
     check: Annotated[bool, typer.Option("--check", help="only validate (and dry-run); run nothing")] = False,
     allow_invalid: Annotated[bool, typer.Option(help="file results of a run that breaks the validity rule, "
                                                      "marked NOT VALID (plumbing presets such as micro)")] = False,
     fresh: Annotated[bool, typer.Option(help="recompute the submission's cells even if its code is unchanged")] = False,
+    attack: Annotated[bool, typer.Option("--attack", help="PLUGIN is an attack: validate it on none (its dry run), "
+                                                          "run it against the preset's defenses, file whether it "
+                                                          "breaks them")] = False,
+    allow_weak: Annotated[bool, typer.Option(help="--attack: run and file an attack that is weak on none on every "
+                                                  "input (plumbing presets such as micro)")] = False,
 ) -> None:
-    """Validate a defense, run a preset for it beside the cached references, file leaderboard/submissions/NAME."""
+    """Validate a defense (or, with --attack, an attack), run a preset for it, file leaderboard/submissions/NAME."""
+    if attack:
+        from bench.submit_attack import AttackRequest, submit_attack_command
+
+        code = submit_attack_command(AttackRequest(defense, name, preset, config, executor, root, out, leaderboard_dir,
+                                                   dry_run, check, allow_invalid, allow_weak, fresh))
+        if code:
+            raise typer.Exit(code)
+        return
+    if allow_weak:
+        typer.echo("error: --allow-weak applies only to attack submissions (--attack)", err=True)
+        raise typer.Exit(2)
     from bench.submit import submit_command
 
     code = submit_command(defense, name, preset, config, executor, root, out, leaderboard_dir, dry_run, check,
@@ -283,13 +301,13 @@ def list_defenses_command() -> None:
 
 @list_app.command("attacks")
 def list_attacks_command() -> None:
-    """Registered attacks with their track."""
+    """Registered attacks with their track and family (DESIGN §4; a fixed merge may refine it per config)."""
     from bench.plugins import ATTACKS, load_builtin_plugins
 
     load_builtin_plugins()
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
-        typer.echo(f"{name:18s} [{cls.track}] {cls.description}")
+        typer.echo(f"{name:22s} [{cls.track}; {cls.family}] {cls.description}")
 
 
 @list_app.command("presets")

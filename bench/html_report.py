@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import LEADERBOARD_FILE, PLOT_FILE, README_FILE, _formulas, _write_text_atomic
-from bench.scoring import PROVENANCE_COLUMNS, REFERENCE_DEFENSE, SchemaError, ValidityRule, read_csv
+from bench.leaderboard import LEADERBOARD_FILE, PLOT_FILE, README_FILE, _write_text_atomic
+from bench.readme import TRACK_FAMILIES, TRACKS, formulas, headline_columns, ranked
+from bench.results import AGGREGATE_METRICS, PROVENANCE_COLUMNS, REFERENCE_DEFENSE, SchemaError, ValidityRule, read_csv
 
 INDEX_FILE = "index.html"
 SUBMISSIONS_DIR = "submissions"
@@ -32,27 +33,36 @@ class Column:
     ci: bool = False  # show "mean ± ci95" from `<key>_ci95`
 
 
+#: The full table: identity, then every aggregate of bench.results.metrics (mean ± ci95), then counts.
 COLUMNS: tuple[Column, ...] = (
     Column("run", "run"),
     Column("defense", "defense"),
+    Column("paper", "paper"),
     Column("track", "track"),
     Column("model", "model"),
     Column("family", "architecture"),
     Column("release_format", "format"),
-    Column("utility", "utility", True, True),
-    Column("utility_retention", "utility retention", True, True),
-    Column("worst_attack_success", "worst-case attack success", True, True),
-    Column("bounded_worst_attack_success", "bounded worst case", True, True),
-    Column("mean_attack_success", "mean attack success", True, True),
-    Column("protection_worst", "protection (worst case)", True, True),
-    Column("worst_attack_success_auc", "worst-case AUC success", True, True),
+    Column("status", "status"),
+    *(Column(metric.name, metric.name.replace("_", " "), True, True) for metric in AGGREGATE_METRICS),
     Column("worst_attack", "worst attack"),
+    Column("worst_attack_family", "its family"),
     Column("n_seeds", "seeds", True),
     Column("n_attacks_valid", "attacks valid", True),
     Column("n_attacks_weak", "attacks weak", True),
     Column("n_cells_failed", "failed cells", True),
+    Column("flags", "flags"),
     Column("zoo_hash", "zoo hash"),
 )
+
+
+def headline_table_columns(track: str) -> tuple[Column, ...]:
+    """The ranked headline of a track: who, the worst case overall and per family, utility kept, flags."""
+    keep = {"worst_attack_success", "utility_retention", "trap_formed_rate"} | {
+        f"worst_{family}" for family in TRACK_FAMILIES[track]}
+    numbers = tuple(Column(key, label, True, True) for label, key in headline_columns(track) if key in keep)
+    return (Column("run", "run"), Column("defense", "defense"), Column("paper", "paper"), Column("model", "model"),
+            Column("release_format", "format"), *numbers, Column("flags", "flags"))
+
 
 _SCRIPT = """
 (function () {
@@ -119,6 +129,7 @@ figure img { max-width: 48em; border: 1px solid #ddd; }
 code { background: #f6f6f6; padding: 0 0.2em; }
 .scroll { overflow-x: auto; }
 .note { color: #555; }
+td.flags { min-width: 22em; max-width: 40em; font-size: 0.85em; color: #8a4b00; }
 """
 
 
@@ -141,19 +152,22 @@ def _number(mean: object, ci: object = None) -> tuple[str, str]:
     return repr(value), shown
 
 
-def _table(table_id: str, rows: list[dict[str, object]]) -> str:
+def _table(table_id: str, rows: list[dict[str, object]], columns: tuple[Column, ...] = COLUMNS) -> str:
     head = "".join(
         f'<th data-key="{c.key}" data-numeric="{1 if c.numeric else 0}" scope="col">{html.escape(c.label)}</th>'
-        for c in COLUMNS)
+        for c in columns)
     body = []
     for row in rows:
         cells = []
-        for c in COLUMNS:
-            if c.numeric:
+        for c in columns:
+            if c.numeric and row.get("status", "ok") != "ok" and c.ci:
+                cells.append(f'<td class="num" data-value="">{html.escape(str(row.get("status")))}</td>')
+            elif c.numeric:
                 raw, shown = _number(row.get(c.key), row.get(f"{c.key}_ci95") if c.ci else None)
                 cells.append(f'<td class="num" data-value="{raw}">{html.escape(shown)}</td>')
             else:
-                cells.append(f"<td>{html.escape(_text(row.get(c.key)))}</td>")
+                css = ' class="flags"' if c.key == "flags" else ""
+                cells.append(f"<td{css}>{html.escape(_text(row.get(c.key)))}</td>")
         css = ' class="reference"' if row.get("defense") == REFERENCE_DEFENSE else ""
         body.append(f"<tr{css}>{''.join(cells)}</tr>")
     return (f'<div class="scroll"><table id="{table_id}" class="sortable"><thead><tr>{head}</tr></thead>'
@@ -269,8 +283,14 @@ def render_index(leaderboard_dir: Path) -> str:
         "Lower attack success and higher protection are better; numbers are means over seeds ± the half-width of "
         "a 95% Student-t interval. Click a column header to sort. Each run's folder holds <code>cells.csv</code> "
         "(every cell with its knobs and raw metrics), <code>leaderboard.csv</code> and a README.</p>",
-        "<h2>Published runs</h2>",
     ]
+    pooled = pd.concat([board.assign(run=run) for run, board in published]) if published else None
+    for track in TRACKS:
+        if pooled is not None and (pooled["track"] == track).any():
+            parts.append(f'<h2 id="headline-{track}">{track} track: ranked by worst-case attack success</h2>')
+            parts.append(_table(f"headline-{track}-table", ranked(pooled, track).to_dict("records"),
+                                headline_table_columns(track)))
+    parts.append("<h2>All numbers</h2>")
     if published:
         parts.append(_table("results", rows(published)))
         links = " · ".join(f'<a href="{html.escape(run)}/{README_FILE}">{html.escape(run)}</a>' for run, _ in published)
@@ -292,7 +312,7 @@ def render_index(leaderboard_dir: Path) -> str:
                   f'utility vs attack success"></a><figcaption>{html.escape(run)}</figcaption></figure>'
                   for run, src in plots]
     parts.append('<section id="formulas">')
-    parts.append(markdown_to_html(_formulas(ValidityRule())))
+    parts.append(markdown_to_html(formulas(ValidityRule())))
     parts.append("<p class=\"note\">The thresholds above are the defaults; each run's README states those its "
                  "preset used.</p></section>")
     parts.append("<h2>Versions</h2>")

@@ -145,7 +145,7 @@ def _same_cells(first: Path, second: Path) -> bool:
     """cells.csv of two runs agree on everything but wall-clock columns."""
     import pandas as pd
 
-    from bench.scoring import TIMING_COLUMNS
+    from bench.results import TIMING_COLUMNS
 
     frames = []
     for run_dir in (first, second):

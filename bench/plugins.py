@@ -24,6 +24,12 @@ from bench.config import StrictModel
 Track = Literal["merge", "finetune"]
 ReleaseFormat = Literal["adapter", "full"]
 TRACKS: tuple[Track, ...] = ("merge", "finetune")
+#: DESIGN §4's attack families: `pinned` keeps the release at scale 1; `rescaling` re-scales it (shared
+#: coefficients, normalised or sparsifying merges: what Trap² claims to stop); `aligning` undoes a
+#: re-parameterisation against the public base; `data` spends attacker data on the protected task (heal,
+#: distillation, RegMean); `finetune` adapts a released base.
+AttackFamily = Literal["pinned", "rescaling", "aligning", "data", "finetune"]
+ATTACK_FAMILIES: tuple[AttackFamily, ...] = ("pinned", "rescaling", "aligning", "data", "finetune")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,11 @@ class OwnerView:
     `reference_release` the plain expert. Finetune track: `capability_data` / `capability_val` are the
     base's skill mixture exactly as the zoo pre-trained on it. `recipe` is the zoo's training recipe for
     this model (a `bench.zoo.config.ZooConfig`), so a defense can match the reference's budget.
+
+    `seed` is the job's seed, which attacks see too (`PublicView.seed`): fine for training randomness,
+    never for a key. `secret` is the owner's secret for this job (63 bits, `bench.harness.owner_secret`),
+    which no attack receives: a defense draws keys (permutations, transforms) from it and writes nothing
+    of it into the release.
     """
 
     track: Track
@@ -57,6 +68,7 @@ class OwnerView:
     base: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     seed: int
+    secret: int
     task: str | None = None
     owner_train: TaskData | None = None
     owner_val: TaskData | None = None
@@ -91,6 +103,7 @@ class Defense(abc.ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    paper: ClassVar[str] = ""  # the method's source, as the leaderboard cites it
     tracks: ClassVar[frozenset[Track]]
     formats: ClassVar[frozenset[ReleaseFormat]] = frozenset({"adapter", "full"})
     families: ClassVar[frozenset[str] | None] = None  # None: architecture-agnostic
@@ -111,7 +124,8 @@ class Defense(abc.ABC):
 @dataclass
 class PublicView:
     """Everything an attacker may use (DESIGN §2): the release, the public base and experts, and its own
-    split. There is deliberately no field for private defense material or the test split."""
+    split. There is deliberately no field for private defense material, the owner's secret or the test
+    split, and nothing here holds a path to them (tests/test_harness.py walks every reachable attribute)."""
 
     track: Track
     release_format: ReleaseFormat
@@ -127,17 +141,24 @@ class PublicView:
     seed: int
     budget_fractions: list[float] = field(default_factory=lambda: [1.0])
     score_val: Callable[[PreTrainedModel | PeftModel, list[str]], dict[str, float]] | None = None
-    """lm-eval accuracy on the attacker's validation split (never test), for adaptive attacks' searches."""
+    """lm-eval accuracy on the attacker's validation split (never test), for adaptive attacks' searches: the
+    harness passes a `bench.harness.scorer.AttackerValScorer` holding only the attacker_val rows of the
+    view's tasks (no file path); `score_val(model, task_names) -> {task: accuracy}`, with a `calls` count."""
 
 
 @dataclass
 class AttackOutput:
-    """The attacked model(s). Fine-tuning attacks report a checkpoint per budget fraction."""
+    """The attacked model(s). Fine-tuning attacks report a checkpoint per budget fraction.
+
+    `stages` are intermediate models the harness also scores on the protected task (merge-then-heal's
+    merge before the heal, as `pre_heal`), so a reader sees what each step of the attack contributed.
+    """
 
     models: dict[float, PreTrainedModel]
     knobs: dict[str, Any]
     steps: int = 0
     examples: int = 0
+    stages: dict[str, PreTrainedModel] = field(default_factory=dict)
 
 
 class AttackNotApplicable(RuntimeError):
@@ -149,10 +170,18 @@ class Attack(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     track: ClassVar[Track]
+    #: The attack's family (DESIGN §4); `attack_family()` may refine it from the configuration.
+    family: ClassVar[AttackFamily]
     Config: ClassVar[type[StrictModel]] = EmptyConfig
 
     def __init__(self, config: StrictModel | None = None):
         self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def attack_family(cls, config: StrictModel) -> AttackFamily:
+        """The family of this attack under `config` (a fixed merge at weight 1 is pinned, a normalised
+        one rescaling); by default the class's declared family."""
+        return cls.family
 
     @abc.abstractmethod
     def run(self, view: PublicView) -> AttackOutput:
@@ -173,6 +202,9 @@ class Registry:
         for attribute in ("name", "description"):
             if not isinstance(getattr(cls, attribute, None), str):
                 raise TypeError(f"{self.kind} {cls.__name__} must set a string class attribute '{attribute}'")
+        if self.base is Attack and getattr(cls, "family", None) not in ATTACK_FAMILIES:
+            raise TypeError(f"attack {cls.__name__} must declare its family (class attribute 'family', one of "
+                            f"{', '.join(ATTACK_FAMILIES)}; DESIGN §4)")
         existing = self._plugins.get(cls.name)
         if existing is not None and existing is not cls:
             raise ValueError(f"{self.kind} '{cls.name}' is registered twice ({existing.__module__}, {cls.__module__})")

@@ -23,7 +23,13 @@ class ValidityConfig(StrictModel):
     min_kept_fraction: float = 0.5
     max_downstream_base: float = 0.3
     min_finetune_gain: float = 0.3
+    min_release_margin: float = Field(0.3, description="merge: the none merge must beat the release-free control "
+                                      "on T_p by this much (the release must matter)")
+    min_scratch_margin: float = Field(0.3, description="finetune: the unprotected base must beat the from-scratch "
+                                      "control by this much at the attacker's budget")
     members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
+    trap_margin: float = Field(0.1, description="a release's answer loss at half scale must exceed none's by this "
+                               "(nats per answer token) for trap_formed")
     merge_coefficients: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     finetune_attacks: dict[str, FinetuneRecipe]
     weak_attacks: Literal["fail", "warn"] = Field(
@@ -32,10 +38,9 @@ class ValidityConfig(StrictModel):
 
     def rule(self):
         """The per-attack part of the rule, as the scoring stage applies it."""
-        from bench.scoring import ValidityRule
+        from bench.results import ValidityRule
 
-        return ValidityRule(min_kept_fraction=self.min_kept_fraction, min_finetune_gain=self.min_finetune_gain,
-                            members_floor=self.members_floor)
+        return ValidityRule(**{name: getattr(self, name) for name in ValidityRule.model_fields})
 
 
 class Preset(StrictModel):

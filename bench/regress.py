@@ -4,7 +4,7 @@ The baseline is a `cells.csv` (same schema, written by the same code) of an earl
 A change fails the gate when, beyond a tolerance, any cell's or defense's attack success rises, any
 cell's or defense's utility falls, a cell that worked now fails or is missing, an attack that worked
 against `none` no longer does (it became weak, DESIGN §6), or the run breaks the validity rule.
-Cells are matched on `bench.scoring.CELL_KEY`; defenses on `GROUP_KEY` of their aggregate rows.
+Cells are matched on `bench.results.CELL_KEY`; defenses on `GROUP_KEY` of their aggregate rows.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bench.scoring import (
+from bench.results import (
     CELL_KEY,
     GROUP_KEY,
     REFERENCE_DEFENSE,
@@ -108,13 +108,43 @@ def _changes(joined: pd.DataFrame, level: str, success: str, utility: str, toler
     return found
 
 
+def reference_strength(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, how well its attack works against `none`: `strength` is the joint kept fraction of both
+    experts' gains (merge) or the gain on D (finetune), `margin` what the release adds over the control
+    (merge: `merged_acc − control_acc`; finetune: `advantage`). Attacks that stop working flatter every
+    defense, so the gate watches these too."""
+    from bench.results.normalise import joint_kept_vs_experts
+
+    merge = cells["track"] == "merge"
+    strength = [joint_kept_vs_experts(row) if is_merge and row["status"] == "ok" else math.nan
+                for is_merge, (_, row) in zip(merge, cells.iterrows(), strict=True)]
+    return pd.DataFrame({"strength": pd.Series(strength, index=cells.index).where(merge, cells["gain_b1"]),
+                         "margin": (cells["merged_acc"] - cells["control_acc"]).where(merge, cells["advantage"])},
+                        index=cells.index)
+
+
+def _reference_falls(reference: pd.DataFrame, tolerance: float) -> list[Regression]:
+    """`none` cells (joined baseline/now) whose attack strength or margin over the control fell."""
+    found = []
+    checks = (("strength", "attack weakened against 'none'"), ("margin", "release margin over the control fell"))
+    for _, row in reference.iterrows():
+        for measure, check in checks:
+            before, now = _number(row[f"{measure}_base"]), _number(row[f"{measure}_now"])
+            if not math.isnan(before) and not math.isnan(now) and before - now > tolerance + _EPSILON:
+                found.append(Regression(check, "cell", **_identity(row, "cell"), baseline=before, current=now,
+                                        detail=f"−{before - now:.3f} > {tolerance:g}"))
+    return found
+
+
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
             allow_invalid: bool = False) -> Comparison:
     """Everything in `current` that is worse than `baseline` (both cells tables)."""
     regressions: list[Regression] = []
     notes: list[str] = []
     keys = list(CELL_KEY)
-    joined = baseline.merge(current, on=keys, how="outer", suffixes=("_base", "_now"), indicator="_side")
+    joined = pd.concat([baseline, reference_strength(baseline)], axis=1).merge(
+        pd.concat([current, reference_strength(current)], axis=1), on=keys, how="outer", suffixes=("_base", "_now"),
+        indicator="_side")
     for column in ("family", "attack", "error"):  # identity columns outside the key: this run's, else the baseline's
         joined[column] = joined[f"{column}_now"].where(joined[f"{column}_now"].notna(), joined[f"{column}_base"])
     both = joined[joined["_side"] == "both"]
@@ -135,9 +165,10 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DE
     for _, row in reference[~reference["weak_base"].astype(bool) & reference["weak_now"].astype(bool)].iterrows():
         regressions.append(Regression(
             f"attack stopped working against '{REFERENCE_DEFENSE}'", "cell", **_identity(row, "cell"),
-            baseline=_number(row["reference_gain_base"]), current=_number(row["reference_gain_now"]),
-            detail="now weak: its gain on the unprotected release breaks the validity rule (reference_gain shown)"))
+            baseline=_number(row["strength_base"]), current=_number(row["strength_now"]),
+            detail=f"now weak: {row['weak_reason_now']}"))
 
+    regressions += _reference_falls(reference, tolerance)
     regressions += _changes(both[was_ok & is_ok], "cell", "attack_success", "utility", tolerance)
 
     group = list(GROUP_KEY)

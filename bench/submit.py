@@ -80,7 +80,7 @@ class Submission:
 # ----------------------------------------------------------------------------- loading
 
 
-def _module_name_for(path: Path) -> str:
+def module_name_for(path: Path) -> str:
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
     stem = re.sub(r"\W", "_", path.stem)
     return f"lockbench_submission_{stem}_{digest}"
@@ -95,11 +95,11 @@ def _forget_module(name: str) -> None:
         del plugins[key]
 
 
-def _load_file(path: Path) -> ModuleType:
+def load_file(path: Path) -> ModuleType:
     path = path.resolve()
     if not path.is_file():
         raise SubmissionError(f"no such file: {path}")
-    name = _module_name_for(path)
+    name = module_name_for(path)
     source = path.read_bytes()
     loaded = sys.modules.get(name)
     if loaded is not None and getattr(loaded, "__lockbench_source__", None) == source:
@@ -117,7 +117,7 @@ def _load_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as error:
         _forget_module(name)
-        raise SubmissionError(f"importing {path} failed: {_one_line(error)}") from error
+        raise SubmissionError(f"importing {path} failed: {one_line(error)}") from error
     return module
 
 
@@ -137,9 +137,9 @@ def _import_module(name: str) -> ModuleType:
             hint = f"; installed '{GROUP}' entry points: {', '.join(known)}" if known else ""
             raise SubmissionError(f"'{name}' is neither a file, an installed '{GROUP}' entry point nor an "
                                   f"importable module{hint}") from error
-        raise SubmissionError(f"importing module {name} failed: {_one_line(error)}") from error
+        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
     except Exception as error:
-        raise SubmissionError(f"importing module {name} failed: {_one_line(error)}") from error
+        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
 
 
 def _candidates(module: ModuleType) -> tuple[list[type], list[type]]:
@@ -182,7 +182,7 @@ def load_defense(spec: str) -> tuple[type, str, str]:
     target, _, attribute = spec.partition(":")
     path = Path(target)
     if path.suffix == ".py" or path.is_file():
-        module = _load_file(path)
+        module = load_file(path)
         where = str(path.resolve())
         cls = _attribute(module, attribute, where) if attribute else _pick(module, where)
         return cls, f"file {where}", "file"
@@ -192,7 +192,7 @@ def load_defense(spec: str) -> tuple[type, str, str]:
             loaded = entry.load()
         except Exception as error:
             raise SubmissionError(f"loading entry point '{entry.name}' ({entry.value}) failed: "
-                                  f"{_one_line(error)}") from error
+                                  f"{one_line(error)}") from error
         dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
         source = f"entry point '{entry.name}' = {entry.value}{dist}"
         cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
@@ -205,7 +205,7 @@ def load_defense(spec: str) -> tuple[type, str, str]:
 # ----------------------------------------------------------------------------- static checks
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text}"[:400]
 
@@ -282,11 +282,11 @@ def check_config(cls: type[Defense], data: dict[str, Any]) -> tuple[StrictModel,
     try:
         canonical = json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
     except (TypeError, ValueError) as error:
-        raise SubmissionError(f"{cls.__name__}.Config is not JSON-serialisable: {_one_line(error)}") from error
+        raise SubmissionError(f"{cls.__name__}.Config is not JSON-serialisable: {one_line(error)}") from error
     try:
         cls(config)
     except Exception as error:
-        raise SubmissionError(f"{cls.__name__}(config) raised {_one_line(error)}") from error
+        raise SubmissionError(f"{cls.__name__}(config) raised {one_line(error)}") from error
     return config, canonical
 
 
@@ -379,7 +379,7 @@ def dry_run(submission: Submission, root: Path) -> list[str]:
                 release = defense.protect(_owner_view(ctx, job))
             except Exception as error:
                 raise SubmissionError(f"dry run ({where}, micro zoo model {model}): protect raised "
-                                      f"{_one_line(error)}") from error
+                                      f"{one_line(error)}") from error
             try:
                 _check_release(release, job)
             except DefenseOutputError as error:
@@ -400,7 +400,7 @@ def _check_release_extras(release: Release, prefix: str) -> None:
     try:
         json.dumps(release.notes)
     except (TypeError, ValueError) as error:
-        raise SubmissionError(f"{prefix}: Release.notes must be JSON-serialisable ({_one_line(error)})") from error
+        raise SubmissionError(f"{prefix}: Release.notes must be JSON-serialisable ({one_line(error)})") from error
 
 
 # ----------------------------------------------------------------------------- running
@@ -446,10 +446,10 @@ def _init_ray_for(submission: Submission, salt: str) -> None:
 # ----------------------------------------------------------------------------- ranking and README
 
 
-def _published_boards(leaderboard_dir: Path) -> list[tuple[str, pd.DataFrame]]:
+def published_boards(leaderboard_dir: Path) -> list[tuple[str, pd.DataFrame]]:
     """Readable leaderboard.csv of each published run (submissions/ excluded)."""
     from bench.leaderboard import LEADERBOARD_FILE
-    from bench.scoring import SchemaError, read_csv
+    from bench.results import SchemaError, read_csv
 
     boards = []
     if leaderboard_dir.is_dir():
@@ -491,11 +491,11 @@ def rank_rows(board: pd.DataFrame, name: str, published: list[tuple[str, pd.Data
     return pd.DataFrame(rows, columns=columns)
 
 
-def _fmt(value: float) -> str:
+def fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
-def _class_name(submission: Submission) -> str:
+def class_name(submission: Submission) -> str:
     """`module.Class`; a file's module name is synthetic, so name the file instead."""
     if submission.kind == "file":
         return f"{submission.cls.__qualname__} in {submission.spec.partition(':')[0]}"
@@ -504,11 +504,11 @@ def _class_name(submission: Submission) -> str:
 
 def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.DataFrame, run_readme: str,
                              problems: list[str], failed: pd.DataFrame) -> str:
-    from bench.leaderboard import _table
+    from bench.readme import markdown_table
 
     lines = [f"# Submission: {submission.name}", "",
              f"- source: {submission.source}",
-             f"- class: `{_class_name(submission)}` — {submission.cls.description}",
+             f"- class: `{class_name(submission)}` — {submission.cls.description}",
              f"- tracks: {', '.join(sorted(submission.cls.tracks))}; formats: {', '.join(sorted(submission.cls.formats))}",
              f"- config: `{submission.config_json}`",
              f"- code hash: `{submission.code_hash}` (cache key of its releases and cells)",
@@ -526,12 +526,12 @@ def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.D
     else:
         header = ["track", "model", "format", "protection (worst case)", "worst-case attack success",
                   "utility retention", "rank", "best other defense", "pool"]
-        rows = [[r["track"], r["model"], r["release_format"], _fmt(r["protection_worst"]),
-                 _fmt(r["worst_attack_success"]), _fmt(r["utility_retention"]),
+        rows = [[r["track"], r["model"], r["release_format"], fmt(r["protection_worst"]),
+                 fmt(r["worst_attack_success"]), fmt(r["utility_retention"]),
                  "not ranked" if problems or pd.isna(r["rank"]) else f"{int(r['rank'])} of {r['ranked']}",
-                 f"{r['best_other']} ({_fmt(r['best_other_protection'])})" if r["best_other"] else "–", r["pool"]]
+                 f"{r['best_other']} ({fmt(r['best_other_protection'])})" if r["best_other"] else "–", r["pool"]]
                 for _, r in ranks.iterrows()]
-        lines += _table(header, rows)
+        lines += markdown_table(header, rows)
     body = run_readme.split("\n", 1)[1] if "\n" in run_readme else ""
     return "\n".join([*lines, "", "## Results of the run", "", body.lstrip("\n")])
 
@@ -576,7 +576,7 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
     """
     from bench.harness.run import run_benchmark
     from bench.leaderboard import CELLS_FILE, LEADERBOARD_FILE, README_FILE
-    from bench.scoring import read_csv
+    from bench.results import read_csv
     from bench.versions import versions
 
     full = with_submission(preset, submission)
@@ -592,13 +592,13 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
                               f"{sorted(submission.cls.tracks)}, formats {sorted(submission.cls.formats)}, "
                               f"families {sorted(submission.cls.families or ['any'])}")
     failed = mine[mine["status"] == "failed"]
-    ranks = rank_rows(board, submission.name, _published_boards(leaderboard_dir))
+    ranks = rank_rows(board, submission.name, published_boards(leaderboard_dir))
     target = None
     if not summary.problems or allow_invalid:
         readme = render_submission_readme(submission, preset, ranks, (run_dir / README_FILE).read_text(),
                                           summary.problems, failed)
         metadata = {"name": submission.name, "source": submission.source, "kind": submission.kind,
-                    "class": _class_name(submission),
+                    "class": class_name(submission),
                     "config": json.loads(submission.config_json), "code_hash": submission.code_hash,
                     "preset": preset.name, "valid": not summary.problems, "validity_problems": summary.problems,
                     "cells": len(mine), "failed_cells": len(failed), "versions": versions(),
@@ -621,8 +621,8 @@ def _print_ranks(console: Any, ranks: pd.DataFrame, valid: bool) -> None:
         table.add_column(column)
     for _, r in ranks.iterrows():
         rank = "not ranked" if not valid or pd.isna(r["rank"]) else f"{int(r['rank'])} of {r['ranked']}"
-        table.add_row(r["track"], r["model"], r["release_format"], _fmt(r["protection_worst"]),
-                      _fmt(r["worst_attack_success"]), _fmt(r["utility_retention"]), rank)
+        table.add_row(r["track"], r["model"], r["release_format"], fmt(r["protection_worst"]),
+                      fmt(r["worst_attack_success"]), fmt(r["utility_retention"]), rank)
     console.print(table)
 
 

@@ -245,6 +245,10 @@ class AttackCheck:
     seconds_per_cell: float
     by_members: dict[int, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    groups: int = 0  # (task, member set) inputs the rule judged, each over all seeds
+    weak_groups: int = 0
+    reasons: list[str] = field(default_factory=list)
+    family: str = ""
 
     @property
     def status(self) -> str:
@@ -252,16 +256,12 @@ class AttackCheck:
             return "failed"
         if self.cells == self.not_applicable:
             return "n/a"
-        return "pass" if self.score >= self.threshold else "weak"
+        return "weak" if self.groups == 0 or self.weak_groups == self.groups else "pass"
 
     @property
     def passes(self) -> bool:
         return self.status in ("pass", "n/a")
 
-    @property
-    def weak_member_counts(self) -> list[int]:
-        """Member counts at which the configuration alone would be weak (its cells there are left out)."""
-        return [n for n, score in sorted(self.by_members.items()) if not score >= self.threshold]
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "status": self.status, "passes": self.passes}
@@ -277,59 +277,68 @@ def none_only(preset: Preset) -> Preset:
     return preset.model_copy(update={"grid": grid})
 
 
-def _kept_fraction(row: Any) -> float:
-    gain = row.utility - row.base_acc
-    return (row.merged_acc - row.base_acc) / gain if gain > 0 else math.nan
-
-
 def _mean(values: list[float]) -> float:
     finite = [value for value in values if not math.isnan(value)]
     return sum(finite) / len(finite) if finite else math.nan
 
 
 def summarise_attack_cells(cells: Any, preset: Preset) -> list[AttackCheck]:
-    """Per (attack configuration, model, format) checks from the cells of a `none`-only run."""
+    """Per (attack configuration, model, format) checks from the scored cells of a `none`-only run.
+
+    The verdict is the scoring stage's (`weak`, decided per task and member set over all seeds: one rule,
+    bench.results.normalise); `score` is the mean joint kept fraction against the experts' own gains
+    (merge) or the mean gain on D (finetune), shown for orientation.
+    """
+    from bench.results import REFERENCE_DEFENSE, VALIDITY_KEY
+    from bench.results.normalise import joint_kept_vs_experts
+
     rule = preset.validity
     checks = []
+    reference = cells[cells["defense"] == REFERENCE_DEFENSE]
     keys = ["track", "model", "release_format", "attack", "attack_key"]
-    for (track, model, release_format, attack, key), group in cells.groupby(keys, sort=True):
+    for (track, model, release_format, attack, key), group in reference.groupby(keys, sort=True):
         not_applicable = group["status"].eq("n/a") | (group["status"].eq("failed")
                                                      & group["error"].str.startswith(NOT_APPLICABLE_ERROR))
         failed = group["status"].eq("failed") & ~not_applicable
         ok = group[group["status"].eq("ok")]
         by_members: dict[int, float] = {}
         if track == "merge":
-            kept = [_kept_fraction(row) for row in ok.itertuples()]
+            kept = [joint_kept_vs_experts(row) for _, row in ok.iterrows()]
             score, threshold = _mean(kept), rule.min_kept_fraction
             for n_members in sorted(set(ok["n_members"].tolist())):
                 by_members[int(n_members)] = _mean([k for k, n in zip(kept, ok["n_members"], strict=True)
                                                     if n == n_members])
         else:
             score, threshold = _mean(ok["gain_b1"].tolist()), rule.min_finetune_gain
+        verdicts = ok.drop_duplicates(list(VALIDITY_KEY))
         checks.append(AttackCheck(
             attack=attack, attack_key=key, config=group["attack_config"].iloc[0], track=track, model=model,
             release_format=release_format, cells=len(group), weak_cells=int(ok["weak"].sum()),
             not_applicable=int(not_applicable.sum()), failed=int(failed.sum()),
             score=score, threshold=threshold, seconds_per_cell=_mean(ok["attack_seconds"].tolist()),
             by_members=by_members, errors=sorted(set(group.loc[failed, "error"].tolist()))[:3],
+            groups=len(verdicts), weak_groups=int(verdicts["weak"].sum()),
+            reasons=sorted({reason for reason in verdicts["weak_reason"] if reason})[:3],
+            family=str(group["attack_family"].iloc[0]),
         ))
     return checks
 
 
 def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None, executor: Any = "serial",
-                  **executor_kwargs: Any) -> tuple[list[AttackCheck], list[str]]:
+                  **executor_kwargs: Any) -> tuple[list[AttackCheck], list[str], list[str]]:
     """Run every attack of the preset's grid against `none` and check it (DESIGN §6, per attack).
 
-    Returns the checks and the run-level problems (a track × architecture with no passing attack).
+    Returns the checks, the run-level problems (a track × architecture with no valid attack) and the attack
+    families of the grid without a valid attack per track × architecture × format (DESIGN §6: said loudly).
     The cells are the benchmark's own (same storage root, same keys), so `lockbench run` reuses them.
     """
     from bench.harness.run import run_benchmark
     from bench.leaderboard import CELLS_FILE
-    from bench.scoring import read_csv
+    from bench.results import family_gaps, read_csv
 
     summary = run_benchmark(none_only(preset), root, out_dir, executor, console=console, **executor_kwargs)
     cells = read_csv(out_dir / CELLS_FILE, "cells")
-    return summarise_attack_cells(cells, preset), list(summary.problems)
+    return summarise_attack_cells(cells, preset), list(summary.problems), family_gaps(cells)
 
 
 def _where(check: AttackCheck) -> str:
@@ -337,28 +346,25 @@ def _where(check: AttackCheck) -> str:
 
 
 def attack_failures(checks: list[AttackCheck], problems: list[str], weak_attacks: str = "fail") -> list[str]:
-    """Messages for attacks that break the rule. Weak attacks are failures unless the preset says
-    `weak_attacks: warn` (a preset like `full` that lists every attack, weak ones included)."""
-    failures = list(problems)
+    """Messages for attacks that break the rule. Weak attacks, and a track × architecture without any valid
+    attack (`problems`), are failures unless the preset says `weak_attacks: warn`: then they are reported
+    loudly and published as weak / invalid (DESIGN §6), and only failed cells fail validation."""
+    failures = list(problems) if weak_attacks == "fail" else []
     for check in checks:
         if check.status == "failed":
             failures.append(f"{_where(check)} failed in {check.failed} of {check.cells} cells "
                             f"({'; '.join(check.errors)})")
         elif check.status == "weak" and weak_attacks == "fail":
-            measure = "keeps" if check.track == "merge" else "gains"
-            value = "nothing measurable (no ok cell, or the expert does not beat the base)" if math.isnan(
-                check.score) else f"{check.score:.2f} (< {check.threshold})"
-            failures.append(f"{_where(check)} {measure} {value} against none")
+            failures.append(f"{_where(check)} is weak against none on every input ({'; '.join(check.reasons)})")
     return failures
 
 
 def attack_warnings(checks: list[AttackCheck]) -> list[str]:
-    """Passing configurations that are weak at some member counts: those cells are marked weak and left
-    out of the aggregates, the rest count."""
-    return [f"{_where(check)} keeps only "
-            + ", ".join(f"{check.by_members[n]:.2f} with {n} models" for n in check.weak_member_counts)
-            + f" (< {check.threshold}; those cells are left out of the aggregates)"
-            for check in checks if check.status == "pass" and check.weak_member_counts]
+    """Configurations weak on some inputs (task, member set) or everywhere under `weak_attacks: warn`: those
+    cells are marked weak and left out of the aggregates, the rest count."""
+    return [f"{_where(check)} is weak on {check.weak_groups} of its {check.groups} inputs "
+            f"({'; '.join(check.reasons)}); those cells are left out of the aggregates"
+            for check in checks if check.weak_groups and check.status in ("pass", "weak")]
 
 
 def write_attack_report(checks: list[AttackCheck], path: Path) -> None:

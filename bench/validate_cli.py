@@ -77,17 +77,18 @@ def _short_config(attack: str, config: str) -> str:
 
 
 def _render_attacks(console: Console, checks: list[AttackCheck]) -> None:
-    table = Table(title="attacks of the grid against none — score: mean kept fraction of the expert's gain "
-                        "on T_p (merge; per number of merged models in brackets) or mean gain (finetune)")
-    for column in ("model", "attack", "config", "cells", "weak", "score", "s/cell", "status"):
+    table = Table(title="attacks of the grid against none — score: mean joint kept fraction of both experts' "
+                        "gains (merge; per number of merged models in brackets) or mean gain (finetune); weak: "
+                        "inputs (task, members) weak over all seeds")
+    for column in ("model", "attack", "family", "config", "cells", "weak", "score", "s/cell", "status"):
         table.add_column(column, overflow="fold")
     for check in checks:
         colour = {"pass": "green", "n/a": "dim", "weak": "red", "failed": "red"}[check.status]
         cells = f"{check.cells}" + (f" ({check.not_applicable} n/a)" if check.not_applicable else "")
         split = " ".join(f"[{n}: {value:.2f}]" for n, value in sorted(check.by_members.items())
                          ) if len(check.by_members) > 1 else ""
-        table.add_row(f"{check.model}/{check.release_format}", check.attack,
-                      _short_config(check.attack, check.config), cells, str(check.weak_cells),
+        table.add_row(f"{check.model}/{check.release_format}", check.attack, check.family,
+                      _short_config(check.attack, check.config), cells, f"{check.weak_groups} / {check.groups}",
                       f"{check.score:.2f} / {check.threshold:g} {split}".strip(), f"{check.seconds_per_cell:.1f}",
                       f"[{colour}]{check.status}[/]")
     console.print(table)
@@ -115,12 +116,17 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     if preset.grid is not None:
         console.print("running every attack of the grid against none (cells are cached for `lockbench run`)")
         out_dir = base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks"
-        checks, problems = check_attacks(preset, base_root, out_dir, executor=executor)
+        checks, problems, gaps = check_attacks(preset, base_root, out_dir, executor=executor)
         _render_attacks(console, checks)
         write_attack_report(checks, base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks.json")
         failures += attack_failures(checks, problems, preset.validity.weak_attacks)
         for warning in attack_warnings(checks):
             console.print(f"[yellow]note:[/] {warning}")
+        for gap in gaps:  # DESIGN §6: no number is published for these; the leaderboard flags them
+            console.print(f"[bold yellow]NO VALID ATTACK OF A FAMILY:[/] {gap}")
+        if preset.validity.weak_attacks == "warn":
+            for problem in problems:
+                console.print(f"[bold yellow]TRACK PUBLISHED AS INVALID:[/] {problem}")
     console.print(f"validation took {time.perf_counter() - started:.1f}s")
     if failures:
         console.print(f"[bold red]VALIDITY RULE FAILED ({len(failures)}):[/]")

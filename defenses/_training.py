@@ -8,18 +8,16 @@ unprotected reference only in its objective, never in the optimiser or the sched
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from peft import PeftModel
 from torch import nn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from bench.evaluate import as_plain_model
+from bench.measure import evaluate, rows_forward, scaled_update, token_loss  # noqa: F401 - shared with the harness
 from bench.plugins import OwnerView, TaskData
 from bench.zoo.training import TokenisedBatch, TrainSettings, _lr_factor, tokenise
 
@@ -49,49 +47,9 @@ def batch_of(tokenizer: PreTrainedTokenizerBase, data: TaskData) -> TokenisedBat
     return tokenise(tokenizer, data.prompts, data.answers)
 
 
-def rows_forward(model: nn.Module, batch: TokenisedBatch, rows: torch.Tensor,
-                 parameters: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits and shifted labels of the selected rows, optionally at substituted `parameters`
-    (torch.func.functional_call: the model is evaluated at another point without being copied)."""
-    width = int(batch.attention_mask[rows].sum(dim=1).max())
-    inputs = {"input_ids": batch.input_ids[rows, :width], "attention_mask": batch.attention_mask[rows, :width]}
-    if parameters is None:
-        logits = model(**inputs).logits
-    else:
-        logits = torch.func.functional_call(model, parameters, args=(), kwargs=inputs, strict=False).logits
-    return logits[:, :-1], batch.labels[rows, 1:width]
-
-
-def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled tokens (what `batch_loss` computes through transformers)."""
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
-                                       ignore_index=-100)
-
-
 def rows_loss(model: nn.Module, batch: TokenisedBatch, rows: torch.Tensor,
               parameters: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     return token_loss(*rows_forward(model, batch, rows, parameters))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, batch: TokenisedBatch, parameters: dict[str, torch.Tensor] | None = None,
-             chunk: int = 256) -> tuple[float, float]:
-    """(greedy accuracy, mean loss): a row counts as correct when greedy decoding emits its whole answer
-    and the closing newline, the same signal as lm-eval's `acc` (is_greedy) that the harness reports."""
-    was_training = model.training
-    model.eval()
-    correct, loss_sum, tokens = 0, 0.0, 0
-    count = batch.input_ids.shape[0]
-    for start in range(0, count, chunk):
-        rows = torch.arange(start, min(count, start + chunk))
-        logits, labels = rows_forward(model, batch, rows, parameters)
-        mask = labels != -100
-        hits = (logits.argmax(-1) == labels) | ~mask
-        correct += int(hits.all(dim=1).sum())
-        loss_sum += float(nn.functional.cross_entropy(logits[mask].float(), labels[mask], reduction="sum"))
-        tokens += int(mask.sum())
-    model.train(was_training)
-    return correct / count, loss_sum / max(1, tokens)
 
 
 @contextmanager
@@ -180,15 +138,3 @@ def eval_steps(steps: int, every: int) -> set[int]:
     """0-based steps after which to evaluate: every `every` steps and always the last."""
     every = every if every > 0 else max(1, steps // 10)
     return {step for step in range(steps) if (step + 1) % every == 0} | {steps - 1}
-
-
-def scaled_update(base: PreTrainedModel, release: PreTrainedModel | PeftModel, scale: float) -> PreTrainedModel:
-    """W0 + s·(W − W0): the release's update re-scaled as a merge re-scales it (adapters folded first)."""
-    plain = as_plain_model(release)
-    base_state = base.state_dict()
-    model = copy.deepcopy(plain)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.is_floating_point() and name in base_state:
-                tensor.copy_(base_state[name] + scale * (tensor - base_state[name]))
-    return model.eval()

@@ -98,6 +98,7 @@ class SimulatedAttack:
 class AntiFinetune(Defense):
     name = "anti_finetune"
     description = "TAR-like: first-order meta-learning against simulated fine-tuning on owner-built proxy tasks"
+    paper = "TAR-like baseline (after Tamirisa et al., arXiv 2408.00761)"
     tracks = frozenset({"finetune"})
     formats = frozenset({"full"})
     Config = AntiFinetuneConfig

@@ -15,8 +15,9 @@ complex scalar (a scale and a rotation), so on Llama the query–key transform h
 head instead of d² (the value–output one is a full random matrix on both families). Under grouped-query
 attention, the query heads reading one key/value head share its M and N. Matrices are drawn as U·diag(σ)·V
 (random orthogonal U, V; σ log-uniform in [1/spread, spread]) and applied in float64. The transforms are
-kept as private material, derived from the job seed for reproducibility (a real owner would use a secret
-seed). Tracks: merge. Formats: full. Architectures: llama, gpt2.
+kept as private material, drawn from the owner's secret (`OwnerView.secret` + `key_seed`), never from the
+job seed attacks see; nothing of the secret is recorded in the release (reproducible within a storage
+root, see bench.harness.owner_secret). Tracks: merge. Formats: full. Architectures: llama, gpt2.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ from pydantic import Field
 
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from defenses._layout import FAMILIES, blocks, distance, random_invertible, rope_commuting
+from bench.zoo.layout import FAMILIES, blocks, distance, random_invertible, rope_commuting
 
 
 class MergeLockConfig(StrictModel):
     spread: float = Field(4.0, ge=1, description="singular values of each transform lie in [1/spread, spread]")
     query_key: bool = True
     value_output: bool = True
-    key_seed: int = Field(0, description="added to the job seed to draw the transforms")
+    key_seed: int = Field(0, description="added to the owner's secret to draw the transforms")
 
 
 def lock(model: torch.nn.Module, config: MergeLockConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -77,6 +78,7 @@ def _heads_of(block, group: int) -> list[int]:
 class MergeLock(Defense):
     name = "merge_lock"
     description = "Merge-Lock-style: random invertible transforms of the query-key and value-output products"
+    paper = "Merge-Lock-style (arXiv 2509.01548)"
     tracks = frozenset({"merge"})
     formats = frozenset({"full"})
     families = FAMILIES
@@ -86,7 +88,7 @@ class MergeLock(Defense):
         config: MergeLockConfig = self.config  # type: ignore[assignment]
         assert owner.reference_release is not None
         model = copy.deepcopy(owner.reference_release)
-        generator = torch.Generator().manual_seed(owner.seed * 104729 + config.key_seed)
+        generator = torch.Generator().manual_seed((owner.secret + config.key_seed) % 2**64)
         key = lock(model, config, generator)
         notes = {"spread": config.spread, "query_key": config.query_key, "value_output": config.value_output,
                  "distance_to_base": distance(model, owner.base),

@@ -1,19 +1,40 @@
 """`none`: the unprotected reference every number is normalised by (DESIGN §3).
 
-Merge track: the owner's plainly fine-tuned expert (the zoo's). Finetune track: the plainly
-pre-trained base. Tracks: merge, finetune; formats: adapter, full; any architecture.
+Merge track: the owner's plainly fine-tuned expert. Finetune track: the plainly pre-trained base. At
+job seed 0 these are the zoo's own; at every other seed they are re-trained through the zoo's own code
+path (`bench.zoo.build.train_*`) with that seed's initialisation and row order, so that the intervals
+across seeds include training variance for the reference as they do for every defense (DESIGN §5).
+A hub base (`pretrained:`) cannot be re-trained here: its finetune release is the same at every seed.
+Tracks: merge, finetune; formats: adapter, full; any architecture.
 """
 
 from __future__ import annotations
 
 from bench.plugins import Defense, OwnerView, Release, register_defense
+from bench.zoo.build import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
 
 
 @register_defense
 class NoDefense(Defense):
     name = "none"
-    description = "unprotected reference: plain fine-tuning (merge) or plain pre-training (finetune)"
+    description = "unprotected reference: plain fine-tuning (merge) or plain pre-training (finetune), re-trained per seed"
+    paper = "unprotected reference"
     tracks = frozenset({"merge", "finetune"})
 
     def protect(self, owner: OwnerView) -> Release:
-        return Release(owner.unprotected())
+        if owner.seed == 0:
+            return Release(owner.unprotected(), notes={"trained": "the zoo's own"})
+        recipe = owner.recipe
+        if owner.track == "merge":
+            assert owner.task is not None
+            adapter = owner.release_format == "adapter"
+            seed = expert_seed(recipe, owner.task, adapter, owner.seed)
+            train = train_lora_expert if adapter else train_full_expert
+            model, losses = train(recipe, owner.model_name, owner.base, owner.tokenizer, owner.task, seed)
+            return Release(model, notes={"trained": f"re-trained with seed {seed}", "final_loss": losses[-1]})
+        entry = recipe.models[owner.model_name]
+        if entry.architecture is None:
+            return Release(owner.base, notes={"trained": "hub base: the same at every seed"})
+        seed = base_seed(recipe, owner.seed)
+        model, _, losses = train_base(recipe, owner.model_name, entry.architecture, seed)
+        return Release(model, notes={"trained": f"re-trained with seed {seed}", "final_loss": losses[-1]})

@@ -11,8 +11,10 @@ combines misaligned coordinates.
 Assumptions: full weights of a Llama- or GPT-2-style transformer (`families`); scalars per head commute
 with RoPE; under grouped-query attention a key/value head and every query head reading it share one α
 and one β; GPT-2's fused c_attn is edited in place per q/k/v slice; GELU is not homogeneous, so MLP
-units are only permuted, never scaled. The key (permutations and factors) is kept as private material;
-it is derived from the job seed for reproducibility — a real owner would draw it from a secret seed.
+units are only permuted, never scaled. The key (permutations and factors) is kept as private material
+and drawn from the owner's secret (`OwnerView.secret` + `key_seed`), never from the job seed attacks see;
+nothing of the secret is recorded in the release (reproducible within a storage root, see
+bench.harness.owner_secret).
 An attacker who aligns the release back to the base (weight matching, head-norm matching) can undo it;
 that is an attack to run against it, not something this baseline claims to resist.
 Tracks: merge. Formats: full. Architectures: llama, gpt2.
@@ -27,14 +29,14 @@ from pydantic import Field
 
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from defenses._layout import FAMILIES, blocks, distance, log_uniform
+from bench.zoo.layout import FAMILIES, blocks, distance, log_uniform
 
 
 class ParamsConfig(StrictModel):
     spread: float = Field(10.0, ge=1, description="head factors are log-uniform in [1/spread, spread]")
     permute_mlp: bool = True
     scale_heads: bool = True
-    key_seed: int = Field(0, description="added to the job seed to draw the key")
+    key_seed: int = Field(0, description="added to the owner's secret to draw the key")
 
 
 def reparameterise(model: torch.nn.Module, config: ParamsConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -66,6 +68,7 @@ def reparameterise(model: torch.nn.Module, config: ParamsConfig, generator: torc
 class Params(Defense):
     name = "params"
     description = "PaRaMS-style: permute MLP units and rescale attention heads reciprocally (function unchanged)"
+    paper = "PaRaMS-style (ICCV 2025, 'Disrupting model merging')"
     tracks = frozenset({"merge"})
     formats = frozenset({"full"})
     families = FAMILIES
@@ -75,7 +78,7 @@ class Params(Defense):
         config: ParamsConfig = self.config  # type: ignore[assignment]
         assert owner.reference_release is not None
         model = copy.deepcopy(owner.reference_release)
-        generator = torch.Generator().manual_seed(owner.seed * 7919 + config.key_seed)
+        generator = torch.Generator().manual_seed((owner.secret + config.key_seed) % 2**64)
         key = reparameterise(model, config, generator)
         notes = {"spread": config.spread, "permute_mlp": config.permute_mlp, "scale_heads": config.scale_heads,
                  "distance_to_base": distance(model, owner.base), "expert_distance_to_base":

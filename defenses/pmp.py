@@ -14,8 +14,9 @@ steps, as the public code does. The complement gets no gradient in either mode, 
 weight-decay-free recipe only the first projection moves it; later ones are no-ops.
 
 ρ is the mask density: the fraction of entries that are trained (ρ = 1 is plain pre-training).
-Assumptions: the initialisation is the zoo's (`build_model` with the zoo seed, so PMP and `none` differ
-in the masking only) — which also means anyone who knows the zoo's seed can rebuild the init and read the
+Assumptions: the initialisation is that of `none`'s base at the job seed (`build_model` with
+`bench.zoo.build.base_seed`, so PMP and `none` differ in the masking only, and each seed re-trains
+both) — which also means anyone who knows the zoo's seed can rebuild the init and read the
 `frozen` complement off the release (entries equal to their init); `init: secret` draws the init from a
 secret seed instead. A `pretrained:` zoo entry (a hub model) has no from-scratch recipe here, so PMP
 refuses it with a clear error. Tracks: finetune. Formats: full. Architectures: any the zoo can build.
@@ -33,6 +34,7 @@ from pydantic import Field
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
 from bench.zoo.architectures import build_model
+from bench.zoo.build import base_seed
 from defenses._training import batch_of, concat, evaluate, optimise, rows_loss, settings_from
 
 
@@ -79,6 +81,7 @@ def split_flat(flat: torch.Tensor, like: list[tuple[str, torch.Tensor]]) -> dict
 class PrivateMaskPretraining(Defense):
     name = "pmp"
     description = "Private Mask Pre-Training: pre-train only a private early-bird subnetwork, release dense weights"
+    paper = "PMP (Wang et al., arXiv 2602.00446)"
     tracks = frozenset({"finetune"})
     formats = frozenset({"full"})
     Config = PMPConfig
@@ -94,7 +97,10 @@ class PrivateMaskPretraining(Defense):
         tokenizer = owner.tokenizer
         special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                    "eos_token_id": tokenizer.eos_token_id}
-        init_seed = recipe.seed if config.init == "zoo" else secrets.randbelow(2**31)
+        # `zoo`: the init and row order of `none`'s base at this job seed (the zoo's own at seed 0), so that
+        # PMP differs from the reference in the masking only and its release varies with the seed.
+        seed = base_seed(recipe, owner.seed)
+        init_seed = seed if config.init == "zoo" else secrets.randbelow(2**31)
         model = build_model(entry.architecture, len(tokenizer), init_seed, special)
         named = [(n, p) for n, p in model.named_parameters()]
         if [(n, tuple(p.shape)) for n, p in named] != [(n, tuple(p.shape)) for n, p in owner.base.named_parameters()]:
@@ -102,7 +108,7 @@ class PrivateMaskPretraining(Defense):
         init = {n: p.detach().clone() for n, p in named}
         data = batch_of(tokenizer, concat(list(owner.capability_data.values())))
         count = data.input_ids.shape[0]
-        settings = settings_from(recipe.base_training, recipe.seed)
+        settings = settings_from(recipe.base_training, seed)
         parameters = [p for _, p in named]
 
         def objective(rows: torch.Tensor, step: int) -> float:

@@ -34,7 +34,7 @@ from pydantic import Field, model_validator
 
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from bench.zoo.build import lora_config_for
+from bench.zoo.build import expert_seed, lora_config_for
 from defenses._training import (
     BestCheckpoint,
     batch_of,
@@ -154,18 +154,11 @@ def add_scaled_loss_gradient(loss_at_scale: Callable[[], torch.Tensor], paramete
     return loss.detach()
 
 
-def expert_seed(owner: OwnerView, adapter: bool) -> int:
-    """The zoo's seed for this expert (`bench.zoo.build`), offset by the job seed: at job seed 0 Trap²
-    sees the same LoRA init and row order as the reference expert."""
-    recipe = owner.recipe
-    index = recipe.expert_tasks.index(owner.task) if owner.task in recipe.expert_tasks else 0
-    return recipe.seed + (101 if adapter else 1) + index + 1000 * owner.seed
-
-
 @register_defense
 class Trap2(Defense):
     name = "trap2"
     description = "Trap²: fine-tune the update to work at scale 1 and fail when a merge re-scales it"
+    paper = "Trap² (Jang et al., ICML 2026, arXiv 2601.21898)"
     tracks = frozenset({"merge"})
     formats = frozenset({"adapter", "full"})
     Config = Trap2Config
@@ -174,7 +167,8 @@ class Trap2(Defense):
         config: Trap2Config = self.config  # type: ignore[assignment]
         recipe = owner.recipe
         adapter = owner.release_format == "adapter"
-        seed = expert_seed(owner, adapter)
+        # The zoo's seed for this expert at job seed 0 (same LoRA init and row order as `none`).
+        seed = expert_seed(recipe, owner.task or "", adapter, owner.seed)
         torch.manual_seed(seed)
         model: torch.nn.Module = copy.deepcopy(owner.base)
         if adapter:

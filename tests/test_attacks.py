@@ -244,7 +244,12 @@ SMALL = {
     "merge_heal": {"steps": 3},
     "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
     "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
+    "distill_merge": {"steps": 3, "coefficients": [0.5, 1.0], "densities": [0.5]},
+    "align_to_base": {"weights": [1.0]},
+    "regmean": {"max_examples": 16},
 }
+#: Attacks that declare a release format they do not apply to (AttackNotApplicable there, recorded n/a).
+NOT_APPLICABLE = {("adapter_weighted", "full"), ("align_to_base", "adapter")}
 
 
 def _config(cls: type[Attack]):
@@ -271,7 +276,7 @@ def test_every_registered_attack_runs_on_the_micro_zoo(micro_ctx) -> None:
             # scripted validation scores: lm-eval on attacker_val is exercised through the harness below
             view = _view(micro_ctx, release_format, cls.track, score_val=ScriptedScores([0.0] * 50))
             attack = cls(_config(cls))
-            if name == "adapter_weighted" and release_format == "full":
+            if (name, release_format) in NOT_APPLICABLE:
                 with pytest.raises(AttackNotApplicable):
                     attack.run(view)
                 continue
@@ -505,7 +510,7 @@ def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: 
     (finetune). When the zoo itself breaks the rule (an expert gaining < 0.3 or a downstream task the base
     already solves), no attack can be judged on it: the test then xfails with the measured numbers."""
     from bench.leaderboard import CELLS_FILE
-    from bench.scoring import read_csv
+    from bench.results import read_csv
     from bench.validate import check_attacks
 
     ci, default = load_preset("ci"), load_preset("default")

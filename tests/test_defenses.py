@@ -24,8 +24,8 @@ from bench.harness.grid import DefenseJob, GridConfig, PluginSpec
 from bench.plugins import DEFENSES, Attack, AttackOutput, OwnerView, PublicView, load_builtin_plugins, register_attack
 from bench.presets import Preset, load_preset
 from bench.zoo.architectures import build_model
+from bench.zoo.layout import blocks, random_invertible
 from bench.zoo.training import TokenisedBatch
-from defenses._layout import blocks, random_invertible
 from defenses._training import batch_of, evaluate, rows_loss, same_randomness, scaled_update
 from defenses.anti_finetune import proxy_task
 from defenses.merge_lock import MergeLockConfig, lock
@@ -346,6 +346,7 @@ class FinetuneSnoop(Attack):
     name = "snoop_finetune"
     description = "test plugin: records the public view's tensors and files for a private-mask search"
     track = "finetune"
+    family = "finetune"
 
     def run(self, view: PublicView) -> AttackOutput:
         from test_harness import Snooper  # the merge-track snooper's traversal, reused
@@ -398,7 +399,8 @@ def test_pmp_mask_is_not_reachable_from_any_attack(micro_run_root: Path, micro_p
     needles = [t.to(torch.uint8).numpy().tobytes() for t in masks.values() if t.numel() >= 256]
     assert needles and any(needle in private[0].read_bytes() for needle in needles), "detector control"
 
-    assert len(REACHED) == len(micro_preset.zoo.downstream_tasks)
+    # the pmp release and its from-scratch control are attacked once per downstream task each
+    assert len(REACHED) == 2 * len(micro_preset.zoo.downstream_tasks)
     for run in REACHED:
         assert run["findings"] == [], run["findings"]
         assert run["tensors"] and run["files"]

@@ -48,7 +48,7 @@ from bench.plugins import (
     register_defense,
 )
 from bench.presets import Preset
-from bench.scoring import TIMING_COLUMNS
+from bench.results import TIMING_COLUMNS
 from bench.storage import _scratch_prefix, cached_directory, is_complete
 from bench.zoo.build import Zoo
 
@@ -104,70 +104,195 @@ class NanMaker(Defense):
         return Release(model)
 
 
-class Snooper:
-    """Searches everything reachable from an attacker's view for the defense's private material."""
+#: Canaries planted by the boundary test (fresh per process): a row appended to the test and owner_train
+#: splits' JSONL, and a key name and value in the private material of `canary_keeper`.
+CANARY_TEST = f"cnry{os.urandom(6).hex()}"
+CANARY_PRIVATE_KEY = f"canary_{os.urandom(6).hex()}"
+CANARY_PRIVATE_VALUE = f"cnryval{os.urandom(6).hex()}"
+#: Split files no attack may be pointed at (DESIGN §2: the test split scores, the owner's split trains).
+FORBIDDEN_SPLIT_FILES = frozenset({"test.jsonl", "owner_train.jsonl"})
+#: Set by the boundary test for the snoop that runs inside it: the storage root and the canaries to look for.
+BOUNDARY: dict[str, Any] = {}
+#: The project's own packages: their classes' data attributes are walked too (a harness could hide state there).
+PROJECT_PACKAGES = ("bench", "attacks", "defenses", "tasks")
 
-    def __init__(self) -> None:
+
+@register_defense
+class CanaryKeeper(SecretKeeper):
+    """SecretKeeper whose private material also holds a canary key name and a canary byte string."""
+
+    name = "canary_keeper"
+    description = "test plugin: plain release plus private material holding a marker value and canaries"
+
+    def protect(self, owner: OwnerView) -> Release:
+        release = super().protect(owner)
+        release.private[CANARY_PRIVATE_KEY] = torch.tensor(list(CANARY_PRIVATE_VALUE.encode()), dtype=torch.uint8)
+        return release
+
+
+class Snooper:
+    """Searches everything reachable from an attacker's view for private material and the test split.
+
+    The walk follows every reference an attack could follow without importing anything: dataclass fields,
+    objects' `__dict__` and `__slots__`, containers (keys too), closures' cells, functions' defaults,
+    bound methods' `__self__`, `functools.partial`'s function and arguments, weak references, generators'
+    frames, and the data attributes of the project's own classes. Module references (and so functions'
+    `__globals__`) are excepted: any attack can import a module. It flags the secret value (as a float or
+    in a tensor), any planted canary (in a string, byte string, byte tensor or file), any path under the
+    storage root's `private/` or at a test / owner_train split file, the storage root itself (private/ is
+    one listing away), and every file under the folders reachable strings name that holds either.
+    """
+
+    def __init__(self, root: Path | None = None, canaries: dict[str, str] | None = None) -> None:
+        root = root if root is not None else BOUNDARY.get("root")
+        self.root = Path(root).resolve() if root is not None else None
+        self.canaries: dict[str, str] = dict(canaries if canaries is not None else BOUNDARY.get("canaries", {}))
         self.findings: list[str] = []
         self.tensors = 0
         self.files = 0
+        self.objects = 0
         self.paths: set[Path] = set()
         self._seen: set[int] = set()
+        self._alive: list[Any] = []  # keeps visited temporaries alive, so their ids are not reused
+
+    # --------------------------------------------------------------- the walk
 
     def visit(self, value: Any, where: str) -> None:
+        stack: list[tuple[Any, str]] = [(value, where)]
+        while stack:
+            item, at = stack.pop()
+            children = self._children(item, at)
+            stack.extend(reversed(children))
+
+    def _children(self, value: Any, where: str) -> list[tuple[Any, str]]:
+        import functools
+        import types
+        import weakref
+
+        import numpy as np
+
         if isinstance(value, str):
             self.check_string(value, where)
-            return
-        if isinstance(value, bool | int | float | type(None) | Path):
+            return []
+        if isinstance(value, bytes | bytearray | memoryview):
+            self.check_bytes(bytes(value), where)
+            return []
+        if isinstance(value, bool | int | float | complex | type(None)):
             if isinstance(value, float) and math.isclose(value, SECRET, rel_tol=1e-6):
                 self.findings.append(f"{where}: the secret value")
-            elif isinstance(value, Path):
-                self.check_string(str(value), where)
-            return
-        if id(value) in self._seen:
-            return
+            return []
+        if isinstance(value, os.PathLike):
+            self.check_string(os.fspath(value), where)
+            return []
+        if isinstance(value, types.ModuleType) or id(value) in self._seen:
+            return []
         self._seen.add(id(value))
+        self._alive.append(value)
+        self.objects += 1
+        out: list[tuple[Any, str]] = []
+        if isinstance(value, type):
+            if str(getattr(value, "__module__", "")).split(".")[0] in PROJECT_PACKAGES:
+                out += [(item, f"{where}.{name}") for name, item in vars(value).items()
+                        if not (callable(item) or isinstance(item, staticmethod | classmethod | property))
+                        and not name.startswith("__")]
+            return out
         if isinstance(value, torch.Tensor):
             self.check_tensor(value, where)
-        elif isinstance(value, torch.nn.Module):
-            self.visit_module(value, where)
+        elif isinstance(value, np.ndarray):
+            self.check_bytes(value.tobytes(), where)
         elif isinstance(value, PreTrainedTokenizerBase):
-            self.visit(value.name_or_path, f"{where}.name_or_path")
-            self.visit(value.init_kwargs, f"{where}.init_kwargs")
-        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-            for item in dataclasses.fields(value):
-                self.visit(getattr(value, item.name), f"{where}.{item.name}")
-        elif isinstance(value, dict):
+            backend = getattr(value, "backend_tokenizer", None)
+            if backend is not None:  # the Rust tokenizer has no __dict__: its whole state, as JSON
+                self.check_string(backend.to_str(), f"{where}.backend_tokenizer.to_str()")
+        if isinstance(value, dict):
             for key, item in value.items():
-                self.visit(key, f"{where}[key]")
-                self.visit(item, f"{where}[{key!r}]")
-        elif isinstance(value, list | tuple | set | frozenset):
-            for index, item in enumerate(value):
-                self.visit(item, f"{where}[{index}]")
-        elif hasattr(value, "to_dict"):  # transformers' PretrainedConfig / GenerationConfig
-            self.visit(value.to_dict(), f"{where}.to_dict()")
+                out += [(key, f"{where}[key]"), (item, f"{where}[{key!r}]")]
+        elif isinstance(value, list | tuple | set | frozenset) or type(value).__name__ == "deque":
+            out += [(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        if isinstance(value, functools.partial):
+            out += [(value.func, f"{where}.func"), (value.args, f"{where}.args"), (value.keywords, f"{where}.keywords")]
+        if isinstance(value, types.MethodType):
+            out += [(value.__self__, f"{where}.__self__"), (value.__func__, f"{where}.__func__")]
+        elif isinstance(value, types.BuiltinMethodType | types.MethodWrapperType):
+            out.append((getattr(value, "__self__", None), f"{where}.__self__"))
+        if isinstance(value, types.FunctionType):
+            for name, cell in zip(value.__code__.co_freevars, value.__closure__ or (), strict=True):
+                out.append((cell, f"{where}.<closure {name}>"))
+            out += [(value.__defaults__, f"{where}.__defaults__"), (value.__kwdefaults__, f"{where}.__kwdefaults__")]
+        if isinstance(value, types.CellType):
+            with contextlib.suppress(ValueError):  # an empty cell
+                out.append((value.cell_contents, where))
+        if isinstance(value, weakref.ref):
+            out.append((value(), f"{where}()"))
+        if isinstance(value, types.GeneratorType | types.CoroutineType | types.AsyncGeneratorType):
+            frame = getattr(value, "gi_frame", None) or getattr(value, "cr_frame", None) or getattr(value, "ag_frame", None)
+            if frame is not None:
+                out.append((dict(frame.f_locals), f"{where}.<frame locals>"))
+        if dataclasses.is_dataclass(value):
+            out += [(getattr(value, item.name, None), f"{where}.{item.name}") for item in dataclasses.fields(value)]
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict):
+            out += [(item, f"{where}.{name}") for name, item in attributes.items()]
+        for cls in type(value).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            for name in (slots,) if isinstance(slots, str) else slots:
+                if name not in ("__dict__", "__weakref__") and hasattr(value, name):
+                    out.append((getattr(value, name), f"{where}.{name}"))
+        if str(getattr(type(value), "__module__", "")).split(".")[0] in PROJECT_PACKAGES:
+            out.append((type(value), f"{where}.__class__"))
+        return out
 
-    def visit_module(self, module: torch.nn.Module, where: str) -> None:
-        for name, tensor in module.state_dict().items():
-            self.check_tensor(tensor, f"{where}.state_dict()[{name!r}]")
-        for name, tensor in module.named_buffers():
-            self.check_tensor(tensor, f"{where}.buffer {name}")
-        for attribute in ("config", "peft_config", "generation_config", "name_or_path"):
-            self.visit(getattr(module, attribute, None), f"{where}.{attribute}")
+    # --------------------------------------------------------------- the checks
 
     def check_tensor(self, tensor: torch.Tensor, where: str) -> None:
         self.tensors += 1
         if tensor.is_floating_point() and torch.isclose(tensor.detach().float(), torch.tensor(SECRET)).any():
             self.findings.append(f"{where}: tensor holding the secret value")
+        if tensor.dtype in (torch.uint8, torch.int8) and tensor.numel() < 1 << 26:
+            self.check_bytes(tensor.detach().cpu().contiguous().numpy().tobytes(), where)
+
+    def check_bytes(self, data: bytes, where: str) -> None:
+        for label, canary in self.canaries.items():
+            if canary.encode() in data:
+                self.findings.append(f"{where}: holds the {label} canary")
+
+    def _forbidden_path(self, path: Path) -> str | None:
+        """Why a path must not be reachable, else None."""
+        if path.name in FORBIDDEN_SPLIT_FILES:
+            return f"the {path.stem} split's file"
+        if self.root is not None:
+            if path == self.root:
+                return "the storage root (its private/ is one listing away)"
+            if path.is_relative_to(self.root / "private"):
+                return "under the storage root's private/"
+        return None
 
     def check_string(self, value: str, where: str) -> None:
+        for label, canary in self.canaries.items():
+            if canary in value:
+                self.findings.append(f"{where}: holds the {label} canary: {value[:80]!r}")
         if "private" in value.lower():
             self.findings.append(f"{where}: string mentions 'private': {value[:80]!r}")
-        if os.path.isabs(value) and len(value) < 4096 and os.path.exists(value):
-            path = Path(value)
-            self.paths.add(path)
-            if path.name == "public":  # the release's own folder (metrics.json lives beside public/)
-                self.paths.add(path.parent)
+        if not (os.path.isabs(value) and len(value) < 4096 and "\n" not in value):
+            return
+        path = Path(os.path.realpath(value))
+        why = self._forbidden_path(path)
+        if why is not None:
+            self.findings.append(f"{where}: path {value!r} points at {why}")
+            return
+        if not path.exists() or self._too_wide(path):
+            return
+        self.paths.add(path)
+        if path.name == "public":  # the release's own folder (metrics.json lives beside public/)
+            self.paths.add(path.parent)
+
+    def _too_wide(self, path: Path) -> bool:
+        """A folder so general that it holds everything (/, /tmp, the working directory, the home folder or
+        an ancestor of the storage root): naming it leads nowhere in particular, so it is not searched."""
+        if not path.is_dir():
+            return False
+        anchors = (Path.cwd().resolve(), Path.home().resolve(), *([self.root] if self.root else []))
+        return len(path.parts) <= 2 or any(anchor.is_relative_to(path) for anchor in anchors)
 
     def scan_files(self) -> None:
         """Every file under every folder a reachable string names."""
@@ -177,6 +302,9 @@ class Snooper:
 
     def scan_file(self, path: Path) -> None:
         self.files += 1
+        why = self._forbidden_path(Path(os.path.realpath(path)))
+        if why is not None:
+            self.findings.append(f"{path}: reachable file is {why}")
         if "private" in path.name.lower():
             self.findings.append(f"{path}: file named 'private'")
         data = path.read_bytes()
@@ -184,6 +312,7 @@ class Snooper:
             self.findings.append(f"{path}: contains the word 'private'")
         if any(pattern in data for pattern in SECRET_PATTERNS):
             self.findings.append(f"{path}: contains the secret value")
+        self.check_bytes(data, str(path))
 
 
 #: One entry per snoop run in this process (serial executor): what it searched and found.
@@ -197,13 +326,14 @@ class Snoop(Attack):
     name = "snoop"
     description = "test plugin: searches the public view for private material, then merges"
     track = "merge"
+    family = "pinned"
 
     def run(self, view: PublicView) -> AttackOutput:
         snooper = Snooper()
         snooper.visit(view, "view")
         snooper.scan_files()
         SNOOP_RUNS.append({"findings": snooper.findings, "tensors": snooper.tensors, "files": snooper.files,
-                           "release_format": view.release_format})
+                           "objects": snooper.objects, "release_format": view.release_format})
         merged = merge_release(view, "task_arithmetic", {"weight": 1.0, "normalize": False, "lambda": 1.0})
         knobs = {"method": "snoop", "found": snooper.findings, "searched_tensors": snooper.tensors,
                  "searched_files": snooper.files}
@@ -460,40 +590,96 @@ def _micro_with_grid(micro_preset: Preset, **grid: Any) -> Preset:
 
 
 @pytest.mark.slow
-def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: Preset, tmp_path: Path) -> None:
-    """DESIGN §2: the private mask is stored, and nothing an attack is handed leads to it."""
+def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: Preset, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN §2: the private material is stored, the test split holds a planted canary row, and nothing
+    an attack is handed (walked attribute by attribute, see `Snooper`) leads to either."""
+    import functools
+    import json
+
+    import bench.harness.context as context
     from bench.harness.run import run_benchmark
+
+    canaries = {"test split": CANARY_TEST, "private key name": CANARY_PRIVATE_KEY,
+                "private key value": CANARY_PRIVATE_VALUE}
+    planted: dict[Path, bytes] = {}  # split file -> its bytes before the canary row
+    materialize = context.materialize
+    row = json.dumps({"prompt": f"sort {CANARY_TEST}=", "answer": CANARY_TEST}).encode() + b"\n"
+
+    def materialize_and_plant(*args: Any, **kwargs: Any):
+        """The harness's materialize, then a canary row appended to every test and owner_train split file
+        (after it, because materialize rewrites a split file whose bytes differ)."""
+        tasks = materialize(*args, **kwargs)
+        for task in tasks.tasks:
+            for split in ("test", "owner_train"):
+                path = tasks.split_path(task, split)
+                data = path.read_bytes()
+                if CANARY_TEST.encode() not in data:
+                    planted.setdefault(path, data)
+                    path.write_bytes(data + row)
+        return tasks
 
     _reset_stages(micro_root)
     SNOOP_RUNS.clear()
+    monkeypatch.setattr(context, "materialize", materialize_and_plant)
+    monkeypatch.setitem(BOUNDARY, "root", micro_root.resolve())
+    monkeypatch.setitem(BOUNDARY, "canaries", canaries)
     preset = _micro_with_grid(micro_preset,
-                              defenses=[PluginSpec(name="none"), PluginSpec(name="secret_keeper")],
+                              defenses=[PluginSpec(name="none"), PluginSpec(name="canary_keeper")],
                               merge_attacks=[PluginSpec(name="snoop"), PluginSpec(name="task_arithmetic")])
-    summary = run_benchmark(preset, micro_root, tmp_path / "run")
-    assert summary.failed == 0
+    try:
+        summary = run_benchmark(preset, micro_root, tmp_path / "run")
+        assert summary.failed == 0
+        assert planted, "no split file was planted"
+        for path in planted:  # still planted after the run, so while every attack ran
+            assert CANARY_TEST.encode() in path.read_bytes(), path
 
-    private = sorted((micro_root / "private").glob("secret_keeper-*/private.safetensors"))
-    assert len(private) == 2, private  # adapter and full release of llama/sort
-    for path in private:
-        assert torch.equal(load_file(str(path))["mask"], torch.full((8, 8), SECRET))
-    assert not list((micro_root / "private").glob("none-*")), "`none` has no private material"
+        private = sorted((micro_root / "private").glob("canary_keeper-*/private.safetensors"))
+        assert len(private) == 2, private  # adapter and full release of llama/sort
+        for path in private:
+            material = load_file(str(path))
+            assert torch.equal(material["mask"], torch.full((8, 8), SECRET))
+            assert bytes(material[CANARY_PRIVATE_KEY].tolist()) == CANARY_PRIVATE_VALUE.encode()
+        assert not list((micro_root / "private").glob("none-*")), "`none` has no private material"
 
-    # The detector works: pointed at the private file itself, it finds the secret.
-    control = Snooper()
-    control.scan_file(private[0])
-    control.check_tensor(torch.full((2,), SECRET), "control")
-    assert len(control.findings) == 3, control.findings
+        # The detector works: pointed at the private file, a test split, a path under private/ or material
+        # hidden behind a closure inside a partial, it reports each.
+        control = Snooper()
+        control.scan_file(private[0])
+        control.check_tensor(torch.full((2,), SECRET), "control")
+        found = "\n".join(control.findings)
+        for expected in ("under the storage root's private/", "secret value", "tensor holding the secret",
+                         "private key name canary", "private key value canary"):
+            assert expected in found, (expected, control.findings)
+        split = Snooper()
+        split.scan_file(next(iter(planted)))
+        assert any("test split canary" in f for f in split.findings), split.findings
+        assert any("the test split's file" in f for f in split.findings), split.findings
+        hidden = Snooper()
+        tasks = context.get_context(preset, micro_root).tasks
+        holder = type("Holder", (), {})()
+        holder.score = functools.partial((lambda: tasks).__call__)  # a closure, on purpose
+        hidden.visit(holder, "holder")
+        hidden.scan_files()
+        assert any("points at the test split's file" in f for f in hidden.findings), hidden.findings
+        assert any("holds the test split canary" in f for f in hidden.findings), hidden.findings
 
-    assert len(SNOOP_RUNS) == 4, "snoop ran against none and secret_keeper, adapter and full"
-    for run in SNOOP_RUNS:
-        assert run["findings"] == [], run["findings"]
-        assert run["tensors"] > 0 and run["files"] > 0, run
-    public = Snooper()
-    for folder in (micro_root / "releases").glob("secret_keeper-*"):
-        for path in folder.rglob("*"):
-            if path.is_file():
-                public.scan_file(path)
-    assert public.files > 0 and public.findings == [], public.findings
+        for run in SNOOP_RUNS:
+            assert run["findings"] == [], "\n".join([f"{len(run['findings'])} findings:", *run["findings"][:30]])
+            assert run["tensors"] > 0 and run["files"] > 0 and run["objects"] > 500, run
+        # none, canary_keeper and the release-free control (DESIGN §5), adapter and full each
+        assert len(SNOOP_RUNS) == 6, [run["release_format"] for run in SNOOP_RUNS]
+        public = Snooper()
+        for folder in (micro_root / "releases").glob("canary_keeper-*"):
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    public.scan_file(path)
+        assert public.files > 0 and public.findings == [], public.findings
+    finally:
+        for path, data in planted.items():
+            path.write_bytes(data)
+        context.clear_contexts()
+        _reset_stages(micro_root)  # its scores saw the canary row: no later test may reuse them
 
 
 @pytest.mark.slow
@@ -526,3 +712,55 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
     assert (poisoned["status"] == "failed").all()
     assert poisoned["error"].str.contains("non-finite weights").all(), poisoned["error"].tolist()
     assert len(_cell_files(micro_root)) == 2, "only the ok cells are cached"
+
+
+def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> None:
+    """Every derived number of a real run's cells.csv follows from the README's formulas, recomputed here
+    with pandas from the CSV alone (the matching none and control rows looked up by hand)."""
+    import json
+
+    frame = pd.read_csv(serial_run / "cells.csv")
+    assert set(frame["defense"]) >= {"none", "control"}
+    ok = frame[frame["status"] == "ok"]
+    key = ["track", "model", "release_format", "task", "members", "attack_key", "seed"]
+    none = ok[ok["defense"] == "none"].set_index(key)
+    control = ok[ok["defense"] == "control"].set_index(key)
+    checked = 0
+    for _, row in ok.iterrows():
+        at = tuple(row[k] for k in key)
+        ref, ctl = none.loc[at], control.loc[at]
+        assert row["utility_retention"] == pytest.approx(row["utility"] / ref["utility"], nan_ok=True) \
+            or ref["utility"] <= 0
+        if row["track"] == "merge":
+            assert row["control_acc"] == pytest.approx(ctl["merged_acc"])
+            denominator = ref["merged_acc"] - ctl["merged_acc"]
+            kept_p = (row["merged_acc"] - ctl["merged_acc"]) / denominator if denominator > 0 else math.nan
+            assert row["kept_protected"] == pytest.approx(kept_p, nan_ok=True)
+            merged, base = json.loads(row["merged_acc_by_member"]), json.loads(row["base_acc_by_member"])
+            reference = json.loads(ref["merged_acc_by_member"])
+            kept = [(merged[m] - base[m]) / (reference[m] - base[m]) for m in merged if reference[m] - base[m] > 0]
+            kept_m = sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan
+            assert row["kept_members"] == pytest.approx(kept_m, nan_ok=True)
+            raw = min(kept_p, kept_m) if not math.isnan(kept_m) else kept_p
+            assert row["attack_success_raw"] == pytest.approx(raw, nan_ok=True)
+            success = min(max(raw, 0.0), 1.0) if not math.isnan(raw) else math.nan
+            assert row["attack_success"] == pytest.approx(success, nan_ok=True)
+            headline = success
+        else:
+            def curve(r: pd.Series, scratch: pd.Series) -> list[float]:
+                return [r["acc_before"] - scratch["acc_before"], r["acc_b0125"] - scratch["acc_b0125"],
+                        r["acc_b025"] - scratch["acc_b025"], r["acc_b05"] - scratch["acc_b05"],
+                        r["acc_after"] - scratch["acc_after"]]
+
+            weights = [0.0625, 0.125, 0.1875, 0.375, 0.25]
+            area = sum(w * a for w, a in zip(weights, curve(row, ctl), strict=True))
+            area_none = sum(w * a for w, a in zip(weights, curve(ref, control.loc[at]), strict=True))
+            assert row["acc_after_scratch"] == pytest.approx(ctl["acc_after"])
+            assert row["advantage"] == pytest.approx(row["acc_after"] - ctl["acc_after"])
+            assert row["advantage_auc"] == pytest.approx(area)
+            headline = min(max(area / area_none, 0.0), 1.0) if area_none > 0 else math.nan
+            assert row["attack_success_auc"] == pytest.approx(headline, nan_ok=True)
+        assert row["headline_success"] == pytest.approx(headline, nan_ok=True)
+        assert row["protection"] == pytest.approx(row["utility_retention"] * (1 - headline), nan_ok=True)
+        checked += 1
+    assert checked == len(ok) and checked >= 8

@@ -1,7 +1,7 @@
 """`leaderboard/index.html`: written by publish, complete without a server or network, sortable in a real
 browser (headless Chromium, installed by `make setup`/`make test` when missing).
 
-The runs are test_scoring's synthetic run (hand-checked numbers, passes the validity rule) published
+The runs are `fakes.raw_frame`'s synthetic run (hand-checked numbers) published
 under two names, the second with its defenses renamed and weaker, plus one filed submission.
 """
 
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_scoring import raw_frame
+from fakes import raw_frame
 
 from bench.html_report import INDEX_FILE, write_html_index
 from bench.leaderboard import PLOT_FILE, RUN_FILES, publish, write_run_outputs
-from bench.scoring import ValidityRule, aggregate, read_csv, score_cells
+from bench.results import ValidityRule, aggregate, read_csv, score_cells
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -135,7 +135,8 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     page = (leaderboard / INDEX_FILE).read_text()
     tables = parse(page)
     assert sorted(_identity(r) for r in tables.records("results")) == _expected(leaderboard)
-    assert len(tables.tables["results"]) == 10  # 5 groups per run: none/trap2 merge, none/pmp finetune, pmp mamba n/a
+    # 7 groups per run: none/trap2 merge on llama and (invalid) gpt2, none/pmp finetune, pmp mamba n/a
+    assert len(tables.tables["results"]) == 14
     submitted = tables.records("submissions")
     assert {r["defense"][0] for r in submitted} == {"pmp"}, "a submission shows its own rows only"
     assert {r["run"][0] for r in submitted} == {"submissions/my_pmp"}
@@ -144,16 +145,26 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     for run in ("alpha", "beta", "submissions/my_pmp"):
         assert f'src="{run}/{PLOT_FILE}"' in page
         assert (leaderboard / run / PLOT_FILE).is_file()
-    for formula in ("protection = utility_retention × (1 − attack_success)",
-                    "attack_success = clip((merged_acc − base_acc) / reference_gain, 0, 1)",
+    for formula in ("utility_retention × (1 − headline_success)",
+                    "(merged_acc − control_acc) / (merged_acc_none − control_acc)",
                     "t(0.975, n − 1) · s / √n"):
         assert formula in page.replace("<code>", "").replace("</code>", ""), formula
     versions = {row[0][0]: [cell[0] for cell in row[1:]] for row in tables.tables["versions"]}
     assert sorted(versions) == ["alpha", "beta", "submissions/my_pmp"]
     assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123"]
-    trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2")
-    assert trap2["worst_attack_success"][0].startswith("0.700 ± "), trap2["worst_attack_success"]
-    assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), 0.7)
+    trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2"
+                 and r["model"][0] == "llama")
+    worst = (0.2 / 0.45 + 1 / 3) / 2  # tests/test_results.py computes it by hand
+    assert trap2["worst_attack_success"][0].startswith(f"{worst:.3f} ± "), trap2["worst_attack_success"]
+    assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), worst)
+    headline = tables.records("headline-merge-table")
+    assert [(r["run"][0], r["defense"][0], r["model"][0]) for r in headline][:2] == [
+        ("alpha", "trap2", "llama"), ("beta", "trap2_v2", "llama")], "ranked: lowest worst case first"
+    assert "rescaling: no valid attack" in headline[0]["flags"][0]
+    assert any(r["worst_attack_success"][0] == "invalid" for r in headline)
+    assert {key for key in tables.headers["headline-merge-table"]} >= {
+        "worst_attack_success", "worst_pinned", "worst_rescaling", "worst_aligning", "worst_data",
+        "utility_retention", "flags", "paper"}
     assert oct((leaderboard / INDEX_FILE).stat().st_mode & 0o777) == "0o644"
 
 
@@ -194,3 +205,22 @@ def test_chromium_renders_and_sorts_the_table(leaderboard: Path) -> None:
     by_defense = _render(page, "#sort=defense:asc").records("results")
     names = [r["defense"][0] for r in by_defense]
     assert names == sorted(names), names
+
+
+def test_chromium_screenshot_shows_the_headline_first(leaderboard: Path, tmp_path: Path) -> None:
+    """A real screenshot: the page renders, and the first screen holds the ranked headline tables, not
+    the long table (the headline comes before it in the DOM)."""
+    page = leaderboard / INDEX_FILE
+    shot = tmp_path / "page.png"
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
+                                 f"--screenshot={shot}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, len(data)
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1400, 1000)
+    text = page.read_text()
+    assert text.index('id="headline-merge"') < text.index('id="headline-finetune"') < text.index('id="results"')
+    if os.environ.get("LOCKBENCH_KEEP_SCREENSHOT"):
+        shutil.copy2(shot, os.environ["LOCKBENCH_KEEP_SCREENSHOT"])

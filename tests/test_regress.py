@@ -2,7 +2,7 @@
 cell when a baseline makes a defense look stronger than it now is, when an attack stops working against
 `none`, and when the run breaks the validity rule.
 
-Unit tests compare test_scoring's synthetic run (hand-checked numbers, valid) with edited copies; the CLI
+Unit tests compare fakes.valid_raw_frame's synthetic run (hand-checked numbers, valid) with edited copies; the CLI
 tests run it on a finished synthetic run directory (`--run-dir`) and end to end on a slice of micro
 (plumbing only: micro scores 0, so there only utility edits and the validity rule can be seen).
 """
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_scoring import raw_frame
+from fakes import valid_raw_frame as raw_frame
 from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.leaderboard import write_run_outputs
 from bench.regress import compare
-from bench.scoring import ValidityRule, aggregate, read_csv, score_cells, write_csv
+from bench.results import ValidityRule, aggregate, read_csv, score_cells, write_csv
 from bench.zoo.build import Zoo
 
 runner = CliRunner()
@@ -38,7 +38,7 @@ def _where(cells: pd.DataFrame, **values: object) -> pd.Series:
     return mask
 
 
-TRAP2_TA_0 = {"defense": "trap2", "attack": "ta", "seed": 0}  # success (0.3 − 0.2) / (0.6 − 0.2) = 0.25
+TRAP2_TA_0 = {"defense": "trap2", "attack": "ta", "seed": 0, "task": "add"}  # success 0.2 / 0.45 (test_results)
 
 
 def test_same_run_passes() -> None:
@@ -51,7 +51,7 @@ def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() ->
     current = _scored()
     baseline = current.copy()
     row = _where(baseline, **TRAP2_TA_0)
-    assert current.loc[row, "attack_success"].item() == pytest.approx(0.25)
+    assert current.loc[row, "attack_success"].item() == pytest.approx(0.2 / 0.45)
     baseline.loc[row, "attack_success"] = 0.05
     result = compare(baseline, current, tolerance=0.05)
     cells = [r for r in result.regressions if r.level == "cell"]
@@ -60,9 +60,9 @@ def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() ->
     assert (found.check, found.defense, found.track, found.model, found.family, found.release_format, found.task,
             found.attack, found.seed) == ("attack success rose", "trap2", "merge", "llama", "llama", "adapter",
                                           "add", "ta", "0")
-    assert found.baseline == 0.05 and found.current == pytest.approx(0.25)
+    assert found.baseline == 0.05 and found.current == pytest.approx(0.2 / 0.45)
     # within the tolerance it passes
-    baseline.loc[row, "attack_success"] = 0.25 - 0.04
+    baseline.loc[row, "attack_success"] = 0.2 / 0.45 - 0.04
     assert compare(baseline, current, tolerance=0.05).ok
 
 
@@ -70,8 +70,8 @@ def test_defense_level_worst_case_and_utility() -> None:
     """A stronger attack in the current run raises trap2's aggregate worst case; a lower utility is caught
     per cell and per defense."""
     raw = raw_frame()
-    # seed 1: ta 0.4 was trap2's worst (ties 0); success 1 now lifts the seed mean of the worst case
-    raw.loc[_where(raw, defense="trap2", attack="ta", seed=1), "merged_acc"] = 0.65
+    # seed 1: ta (1/3, limited by the other member) is trap2's only valid attack; keeping the member lifts it
+    raw.loc[_where(raw, defense="trap2", attack="ta", seed=1, task="add"), "merged_acc_by_member"] = '{"reverse": 0.4}'
     raw.loc[raw["defense"] == "pmp", "utility"] -= 0.2
     result = compare(_scored(), _scored(raw), tolerance=0.05)
     checks = {(r.check, r.level, r.defense) for r in result.regressions}
@@ -86,7 +86,22 @@ def test_an_attack_that_stops_working_against_none_fails() -> None:
     raw.loc[_where(raw, defense="none", attack="ta", seed=0), "merged_acc"] = 0.3  # keeps 0.1 of 0.6: weak
     result = compare(_scored(), _scored(raw), tolerance=0.05)
     stopped = [r for r in result.regressions if r.check.startswith("attack stopped working")]
-    assert [(r.defense, r.attack, r.seed, r.track, r.model) for r in stopped] == [("none", "ta", "0", "merge", "llama")]
+    assert {(r.defense, r.attack, r.seed, r.track, r.model) for r in stopped} == {
+        ("none", "ta", "0", "merge", "llama"), ("none", "ta", "1", "merge", "llama")}  # decided over seeds
+    weakened = {(r.check, r.seed) for r in result.regressions if r.defense == "none"}
+    assert ("attack weakened against 'none'", "0") in weakened
+    assert ("release margin over the control fell", "0") in weakened
+
+
+def test_a_weaker_attack_on_none_fails_before_it_turns_weak() -> None:
+    """Attacks that lose strength flatter every defense: the gate watches none's joint kept fraction and
+    its margin over the control, not only the weak flag."""
+    raw = raw_frame()
+    raw.loc[_where(raw, defense="none", attack="lora", seed=0), "acc_after"] = 0.7  # advantage 0.7 → 0.5
+    result = compare(_scored(), _scored(raw), tolerance=0.05)
+    checks = {(r.check, r.attack, r.seed) for r in result.regressions if r.defense == "none"}
+    assert ("release margin over the control fell", "lora", "0") in checks
+    assert not any(r.check.startswith("attack stopped working") for r in result.regressions)
 
 
 def test_validity_failures_fail_unless_allowed() -> None:
@@ -128,14 +143,14 @@ def test_cli_on_a_finished_run(tmp_path: Path) -> None:
     assert "no regression" in result.output
 
     stronger = read_csv(same, "cells")
-    stronger.loc[_where(stronger, **TRAP2_TA_0), "attack_success"] = 0.0
+    stronger.loc[_where(stronger, **TRAP2_TA_0), "attack_success"] = 0.0  # the run says 0.444
     write_csv(stronger, edited, "cells")
     result = runner.invoke(app, ["regress", "--run-dir", str(run), "--baseline", str(edited), "--tolerance", "0.1"],
                            env=WIDE)
     assert result.exit_code == 1, result.output
     table = [line for line in result.output.splitlines() if "attack success rose" in line]
     assert len(table) == 1, result.output
-    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.250"):
+    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.444"):
         assert expected in table[0], (expected, table[0])
     assert "1 regression(s)" in result.output
     saved = pd.read_csv(run / "regressions.csv", dtype=str, keep_default_na=False)
@@ -179,7 +194,7 @@ def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
     made = runner.invoke(app, ["regress", *common, "--run-dir", str(tmp_path / "a"), "--write-baseline", str(baseline),
                                "--allow-invalid"])
     assert made.exit_code == 0, made.output
-    assert len(read_csv(baseline, "cells")) == 3
+    assert len(read_csv(baseline, "cells")) == 6  # 3 cells and their 3 controls
 
     again = ["regress", *common, "--out", str(tmp_path / "b"), "--baseline", str(baseline)]
     passed = runner.invoke(app, [*again, "--allow-invalid"], env=WIDE)
@@ -187,7 +202,7 @@ def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
     assert "no regression" in passed.output
     invalid = runner.invoke(app, again, env=WIDE)
     assert invalid.exit_code == 1, invalid.output
-    assert "validity rule broken" in invalid.output and "every attack is weak" in invalid.output
+    assert "validity rule broken" in invalid.output and "no attack is valid" in invalid.output
 
     stronger = read_csv(baseline, "cells")
     row = _where(stronger, defense="none", track="merge", release_format="full")

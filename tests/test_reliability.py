@@ -78,6 +78,7 @@ class RelMerge(Attack):
     name = "rel_merge"
     description = "test plugin: task arithmetic without mergekit"
     track = "merge"
+    family = "pinned"
 
     def run(self, view: PublicView) -> AttackOutput:
         base = _plain_state(view.base)
@@ -96,6 +97,7 @@ class RelFinetune(Attack):
     name = "rel_finetune"
     description = "test plugin: a two-step full fine-tune"
     track = "finetune"
+    family = "finetune"
 
     def run(self, view: PublicView) -> AttackOutput:
         from bench.evaluate import as_plain_model
@@ -120,6 +122,7 @@ class RelFast(Attack):
     name = "rel_fast"
     description = "test plugin: instant merge attack, one cell per config value"
     track = "merge"
+    family = "pinned"
     Config = FastConfig
 
     def run(self, view: PublicView) -> AttackOutput:
@@ -217,7 +220,7 @@ def _check_ok(result: subprocess.CompletedProcess, cells: int) -> None:
 def _cells(run_dir: Path) -> Any:
     import pandas as pd
 
-    from bench.scoring import TIMING_COLUMNS
+    from bench.results import TIMING_COLUMNS
 
     frame = pd.read_csv(run_dir / "cells.csv", dtype=str, keep_default_na=False)
     return frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
@@ -325,7 +328,7 @@ def _killed_writing_cell(root: Path, out: Path) -> None:
 
 
 def _killed_writing_outputs(root: Path, out: Path) -> None:
-    from bench.scoring import read_csv
+    from bench.results import read_csv
 
     assert len(read_csv(out / "cells.csv", "cells")) == 3, "cells.csv was moved in whole"
     assert not (out / "README.md").exists(), "no README: the run directory is marked incomplete"
@@ -561,7 +564,7 @@ def test_failing_plugin_ends_with_one_line_error(case: str, micro_preset: Any, r
     from typer.testing import CliRunner
 
     from bench.cli import app
-    from bench.scoring import read_csv
+    from bench.results import read_csv
 
     grid, count, expected = FAILING_PLUGINS[case]
     preset = _write_yaml(_rel_data(micro_preset, **{"finetune_attacks": [], **grid}), tmp_path / "failing.yaml")

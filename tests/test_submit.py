@@ -245,7 +245,7 @@ def test_invalid_runs_are_not_filed_unless_allowed(filed: dict) -> None:
     refused = filed["refused"]
     assert refused.exit_code == 1, refused.output
     assert "the run broke the validity rule, so nothing was filed" in refused.output
-    assert "VALIDITY: merge track, llama: every attack is weak against 'none'" in refused.output
+    assert "VALIDITY: merge track, llama: no attack is valid against 'none'" in refused.output
 
 
 @pytest.mark.slow
@@ -314,19 +314,20 @@ def test_changed_code_is_not_served_from_the_cache(filed: dict, tmp_path: Path) 
 
 def test_rank_against_published_defenses_on_the_same_zoo() -> None:
     """Pool: this run's defenses plus published ones with the same zoo hash (this run's numbers win)."""
-    from test_scoring import raw_frame
+    from fakes import valid_raw_frame
 
-    from bench.scoring import ValidityRule, aggregate, score_cells
+    from bench.results import ValidityRule, aggregate, score_cells
     from bench.submit import rank_rows
 
-    board = aggregate(score_cells(raw_frame(), ValidityRule()))
+    board = aggregate(score_cells(valid_raw_frame(), ValidityRule()))
     merge = (board["track"] == "merge") & (board["defense"] == "trap2")
-    assert board.loc[merge, "protection_worst"].item() == pytest.approx(0.27)  # test_scoring's hand value
-    rival = board[merge].assign(defense="rival", protection_worst=0.5)
+    hand = (0.95 * (1 - 0.2 / 0.45) + 0.9 * (1 - 1 / 3)) / 2  # test_results' hand values
+    assert board.loc[merge, "protection_worst"].item() == pytest.approx(hand)
+    rival = board[merge].assign(defense="rival", protection_worst=0.7)
     stale_none = board[(board["track"] == "merge") & (board["defense"] == "none")].assign(protection_worst=0.9)
     elsewhere = board[merge].assign(defense="other_zoo", protection_worst=0.95, zoo_hash="another")
     ranks = rank_rows(board, "trap2", [("published", pd.concat([rival, stale_none, elsewhere]))])
     row = ranks.iloc[0]
     assert (row["track"], row["model"], row["release_format"]) == ("merge", "llama", "adapter") and len(ranks) == 1
-    assert (row["rank"], row["ranked"], row["best_other"], row["best_other_protection"]) == (2, 3, "rival", 0.5)
+    assert (row["rank"], row["ranked"], row["best_other"], row["best_other_protection"]) == (2, 3, "rival", 0.7)
     assert row["pool"] == "none (this run), rival (published), trap2 (this run)"

@@ -109,9 +109,31 @@ def _canonical_config(registry, spec: PluginSpec) -> str:
     return json.dumps(config.model_dump(mode="json", by_alias=True), sort_keys=True)
 
 
+def with_controls(cells: list[Cell]) -> list[Cell]:
+    """`cells` followed by their controls (DESIGN §5): for every attack configuration on every input, the
+    same attack against the control release of its track (bench.harness.controls), once per (model,
+    format, task, members, attack, seed) however many defenses share it."""
+    from bench.harness.controls import CONTROL_DEFENSE, control_config
+
+    controls: dict[Cell, None] = {}
+    for cell in cells:
+        job = cell.defense
+        control = DefenseJob(CONTROL_DEFENSE, CONTROL_DEFENSE, control_config(job.track), job.track,
+                             job.release_format, job.model, job.task, job.seed)
+        controls[Cell(control, cell.attack, cell.attack_label, cell.attack_config, cell.task, cell.members)] = None
+    return [*cells, *controls]
+
+
 def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_tasks: list[str]) -> list[Cell]:
-    """All cells of the grid. `expert_tasks` maps each zoo model to its merge-track tasks."""
+    """All cells of the grid, their controls last. `expert_tasks` maps each zoo model to its merge-track
+    tasks."""
+    from bench.harness.controls import CONTROL_DEFENSE
+
     load_builtin_plugins()
+    reserved = [spec.display for spec in grid.defenses if CONTROL_DEFENSE in (spec.name, spec.display)]
+    if reserved:
+        raise ConfigError(f"grid defenses name '{CONTROL_DEFENSE}', which is reserved for the harness's own "
+                          "release-free and from-scratch controls (DESIGN §5): rename it")
     chosen_models = grid.models or list(expert_tasks)
     unknown = sorted(set(chosen_models) - set(expert_tasks))
     if unknown:
@@ -157,4 +179,4 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
                         for attack_spec in grid.finetune_attacks:
                             cells.append(Cell(job, attack_spec.name, attack_spec.display,
                                               _canonical_config(ATTACKS, attack_spec), task, ()))
-    return cells
+    return with_controls(cells)

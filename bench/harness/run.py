@@ -84,7 +84,7 @@ def _run_items(executor, preset: Preset, root: Path, items: list[WorkItem], cach
 def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: ExecutorName = "serial",
                   console: Console | None = None, **executor_kwargs: Any) -> RunSummary:
     from bench.leaderboard import write_run_outputs
-    from bench.scoring import aggregate, score_cells, validity_failures
+    from bench.results import aggregate, score_cells, validity_failures
 
     console = console or Console(stderr=True)
     if preset.grid is None:
@@ -237,7 +237,7 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
     """The raw frame, with a row turned into a failed cell when what its plugins reported breaks the
     schema (e.g. an unknown fine-tuning method): one bad plugin fails its cells, not the whole run at
     the end. Rows are checked one by one only when the whole frame does not conform (a check costs ~0.1 s)."""
-    from bench.scoring import SchemaError, conform_frame
+    from bench.results import SchemaError, conform_frame
 
     frame = pd.DataFrame.from_records(rows)
     try:
@@ -254,12 +254,9 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
     return pd.DataFrame.from_records(rows)
 
 
-GAIN_COLUMNS = {0.125: "gain_b0125", 0.25: "gain_b025", 0.5: "gain_b05", 1.0: "gain_b1"}
-
-
 def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, Any]:
-    """Map a stage record onto the raw-cell schema of bench.scoring (every column present)."""
-    from bench.scoring import RAW_COLUMNS
+    """Map a stage record onto the raw-cell schema of bench.results (every column present)."""
+    from bench.results.columns import BUDGETS, RAW_COLUMNS
     from bench.versions import versions
 
     row: dict[str, Any] = {column: None for column in RAW_COLUMNS}
@@ -271,8 +268,10 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
                    merge_density=record.get("knob_density"), merge_rescale=record.get("knob_rescale"))
     else:
         row.update(ft_method=record.get("knob_method"), ft_lr=record.get("knob_lr"), ft_steps=record.get("knob_steps"))
-        for fraction, column in GAIN_COLUMNS.items():
-            row[column] = record.get(f"gain_at_{fraction:g}")
+        for tag, fraction in BUDGETS.items():
+            row[f"gain_{tag}"] = record.get(f"gain_at_{fraction:g}")
+            if tag != "b1":
+                row[f"acc_{tag}"] = record.get(f"acc_at_{fraction:g}")
     row.update(versions())
     row["zoo_hash"] = zoo_hash
     return row

@@ -24,11 +24,16 @@ from transformers import PreTrainedModel
 
 from bench.evaluate import score
 from bench.harness.context import HarnessContext
+from bench.harness.controls import CONTROL_DEFENSE, ControlRelease
 from bench.harness.grid import Cell, DefenseJob
+from bench.harness.owner_secret import owner_secret
+from bench.harness.scorer import AttackerValScorer, read_attacker_val
+from bench.measure import release_diagnostics
 from bench.plugins import (
     ATTACKS,
     DEFENSES,
     AttackNotApplicable,
+    Defense,
     OwnerView,
     PublicView,
     Release,
@@ -39,7 +44,7 @@ from bench.storage import cached_directory, content_hash, fault_point, is_comple
 from bench.zoo.build import load_model
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
-CODE_VERSION = 1  # bump when a stage's semantics change, so caches are not reused across it
+CODE_VERSION = 2  # bump when a stage's semantics change, so caches are not reused across it
 
 
 class DefenseOutputError(RuntimeError):
@@ -63,23 +68,23 @@ def _owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     recipe = ctx.preset.zoo.recipe(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
                      base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model), seed=job.seed,
-                     task=job.task, recipe=recipe)
+                     secret=owner_secret(ctx.root, job.key), task=job.task, recipe=recipe)
     if job.track == "merge":
         assert job.task is not None
-        view.owner_train, view.owner_val = _hold_out(ctx.split(job.task, "owner_train"))
+        view.owner_train, view.owner_val = hold_out(ctx.split(job.task, "owner_train"))
         view.replay = _replay_sample(ctx, recipe, len(view.owner_train.prompts), job.seed)
         view.reference_release = (zoo.load_expert(job.model, job.task) if job.release_format == "full"
                                   else zoo.load_lora_expert(job.model, job.task))
     else:
         for task in recipe.base_tasks:
             owner = ctx.split(task, "owner_train")
-            train, view.capability_val[task] = _hold_out(owner)
+            train, view.capability_val[task] = hold_out(owner)
             count = max(1, round(recipe.base_task_fractions.get(task, 1.0) * len(owner.prompts)))
             view.capability_data[task] = TaskData(train.prompts[:count], train.answers[:count])
     return view
 
 
-def _hold_out(data: TaskData, fraction: float = 0.1) -> tuple[TaskData, TaskData]:
+def hold_out(data: TaskData, fraction: float = 0.1) -> tuple[TaskData, TaskData]:
     """Split an owner split into training and a held-out tail for the owner's checkpoint selection."""
     held = max(1, round(fraction * len(data.prompts)))
     return (TaskData(data.prompts[:-held], data.answers[:-held]),
@@ -114,10 +119,15 @@ def _check_release(release: Any, job: DefenseJob) -> Release:
 
 
 def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedModel | PeftModel) -> dict[str, float]:
+    """Merge track: the release's accuracy on T_p (lm-eval, test split) and its diagnostics at scales 1/8 … 2
+    on the owner's held-out tail; finetune track: the base's capability tasks and the downstream tasks."""
     tokenizer = ctx.zoo.tokenizer(job.model)
     if job.track == "merge":
         assert job.task is not None
-        return {"utility": score(model, tokenizer, [job.task], ctx.tasks)[job.task]}
+        held_out = hold_out(ctx.split(job.task, "owner_train"))[1]
+        return {"utility": score(model, tokenizer, [job.task], ctx.tasks)[job.task],
+                **release_diagnostics(ctx.zoo.load_base(job.model), model, tokenizer, held_out.prompts,
+                                      held_out.answers)}
     capability = list(ctx.preset.zoo.base_tasks)  # the base's skills: what a protected base must keep
     scores = score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks), ctx.tasks)
     return {"utility": sum(scores[t] for t in capability) / len(capability),
@@ -130,8 +140,11 @@ def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
     target = release_dir(ctx, job)
     if is_complete(target):
         return target
-    defense_cls = DEFENSES.get(job.defense)
-    defense = defense_cls(defense_cls.Config.model_validate_json(job.defense_config))
+    if job.defense == CONTROL_DEFENSE:
+        defense: Defense = ControlRelease()  # its config text only names the kind of control
+    else:
+        defense_cls = DEFENSES.get(job.defense)
+        defense = defense_cls(defense_cls.Config.model_validate_json(job.defense_config))
     family = ctx.zoo.family(job.model)
 
     def build(scratch: Path) -> None:
@@ -185,19 +198,18 @@ def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> Pub
                       task=cell.task, attacker_train=ctx.split(cell.task, "attacker_train"),
                       attacker_val=ctx.split(cell.task, "attacker_val"), public_experts=experts,
                       public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions,
-                      score_val=ValidationScorer(ctx.tasks, zoo.tokenizer(job.model)))
+                      score_val=ValidationScorer(ctx.tasks, zoo.tokenizer(job.model), [cell.task, *cell.members]))
 
 
-class ValidationScorer:
-    """What an adaptive attack may measure: lm-eval accuracy on the attacker's validation split only."""
+class ValidationScorer(AttackerValScorer):
+    """What an adaptive attack may measure: lm-eval accuracy on the attacker's validation split only.
 
-    def __init__(self, tasks: Any, tokenizer: Any):
-        self._tasks, self._tokenizer = tasks, tokenizer
-        self.calls = 0
+    Built from the materialised tasks, it keeps only the attacker_val rows of `task_names` (None: of every
+    task that has that split) and their lm-eval names: no path, no storage root (bench.harness.scorer).
+    """
 
-    def __call__(self, model: PreTrainedModel | PeftModel, task_names: list[str]) -> dict[str, float]:
-        self.calls += 1
-        return score(model, self._tokenizer, task_names, self._tasks, split="attacker_val")
+    def __init__(self, tasks: Any, tokenizer: Any, task_names: list[str] | None = None):
+        super().__init__(tokenizer, *read_attacker_val(tasks, task_names))
 
 
 def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
@@ -248,9 +260,16 @@ def cell_path(ctx: HarnessContext, cell: Cell) -> Path:
     return ctx.root / "cells" / f"{content_hash(cell.key, ctx.zoo.hash, CODE_VERSION)}.json"
 
 
+def attack_family(cell: Cell) -> str:
+    """The cell's attack family (DESIGN §4), as its attack declares it for this configuration."""
+    attack_cls = ATTACKS.get(cell.attack)
+    return attack_cls.attack_family(attack_cls.Config.model_validate_json(cell.attack_config))
+
+
 def cell_identity(ctx: HarnessContext, cell: Cell) -> dict[str, Any]:
     job = cell.defense
-    return {
+    paper = ControlRelease.paper if job.defense == CONTROL_DEFENSE else DEFENSES.get(job.defense).paper
+    return {"attack_family": attack_family(cell), "defense_paper": paper,
         "track": job.track, "defense": job.defense_label, "defense_config": job.defense_config,
         "release_format": job.release_format, "model": job.model, "family": ctx.zoo.family(job.model),
         "task": cell.task, "members": "+".join(cell.members), "n_members": len(cell.members) + 1
@@ -307,17 +326,30 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
         scores = score(merged, tokenizer, [cell.task, *cell.members], ctx.tasks)
         result["merged_acc"] = scores[cell.task]
         members = list(cell.members)
+        experts = {m: _expert_score(ctx, job.model, job.release_format, m) for m in members}
         result["merged_acc_members"] = _mean([scores[m] for m in members])
-        result["members_expert_acc"] = _mean([_expert_score(ctx, job.model, job.release_format, m) for m in members])
+        result["members_expert_acc"] = _mean(list(experts.values()))
+        result["merged_acc_by_member"] = json.dumps({m: scores[m] for m in members}, sort_keys=True)
+        result["base_acc_by_member"] = json.dumps({m: base_scores[m] for m in members}, sort_keys=True)
+        result["expert_acc_by_member"] = json.dumps(experts, sort_keys=True)
+        result.update(release_metrics_of(metrics))
+        for stage, model in output.stages.items():
+            result[f"{stage}_acc"] = score(model, tokenizer, [cell.task], ctx.tasks)[cell.task]
     else:
         before = metrics[f"acc:{cell.task}"]
         result["acc_before"] = before
         for fraction, model in sorted(output.models.items()):
             after = score(model, tokenizer, [cell.task], ctx.tasks)[cell.task]
             result[f"gain_at_{fraction:g}"] = after - before
+            result[f"acc_at_{fraction:g}"] = after
             if fraction == max(output.models):
                 result["acc_after"] = after
     return result
+
+
+def release_metrics_of(metrics: dict[str, Any]) -> dict[str, float]:
+    """The release diagnostics of a release's metrics.json, as cell columns."""
+    return {key: value for key, value in metrics.items() if key.startswith(("release_acc_", "release_loss_"))}
 
 
 def _mean(values: list[float]) -> float:

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 import bench
 from bench.storage import cached_directory, content_hash, write_json_atomic
 from bench.threads import compute_threads
-from bench.zoo.architectures import LORA_TARGETS, build_model
+from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
 from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
 from bench.zoo.tokenizer import build_tokenizer
 from bench.zoo.training import TrainSettings, tokenise, train
@@ -70,8 +70,18 @@ class Zoo:
         return PeftModel.from_pretrained(self.load_base(model), str(self.paths[model].experts_lora[task]))
 
 
+def library_stamp() -> str:
+    """The versions of the libraries that decide a trained model's weights: part of every zoo cache key,
+    so a zoo trained under other versions is never reused (GPT-2-style training differs between
+    transformers 5.23.0 and 5.24.0) and the zoo hash in every published row names them."""
+    import peft
+    import transformers
+
+    return f"torch {torch.__version__}; transformers {transformers.__version__}; peft {peft.__version__}"
+
+
 def zoo_hash(config: ZooConfig) -> str:
-    return content_hash("zoo", ZOO_FORMAT_VERSION, config)
+    return content_hash("zoo", ZOO_FORMAT_VERSION, config, library_stamp())
 
 
 def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
@@ -151,30 +161,73 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory:
     write_json_atomic(directory / "lockbench.json", manifest)
 
 
-def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) -> None:
+def base_seed(config: ZooConfig, job_seed: int = 0) -> int:
+    """The seed of a base's initialisation and row order: the zoo's at job seed 0, another per job seed
+    (the `none` reference re-trains its base per seed so that intervals include training variance)."""
+    return config.seed + 1000 * job_seed
+
+
+def expert_seed(config: ZooConfig, task: str, adapter: bool, job_seed: int = 0) -> int:
+    """The seed of an expert's row order (and LoRA init): the zoo's at job seed 0, offset per job seed."""
+    index = config.expert_tasks.index(task) if task in config.expert_tasks else 0
+    return config.seed + (101 if adapter else 1) + index + 1000 * job_seed
+
+
+def train_base(config: ZooConfig, name: str, architecture: ArchitectureConfig, seed: int
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float]]:
+    """Pre-train a generalist base from a random init on the zoo's skill mixture (the zoo's code path)."""
     tokenizer = build_tokenizer()
     special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id}
-    assert entry.architecture is not None
-    model = build_model(entry.architecture, len(tokenizer), config.seed, special)
+    model = build_model(architecture, len(tokenizer), seed, special)
     data = _task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
+    losses = _train_with_bar(model, data, _settings(config.base_training, seed), f"{name} base")
+    return model.eval(), tokenizer, losses
+
+
+def train_full_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      task: str, seed: int) -> tuple[PreTrainedModel, list[float]]:
+    """Fine-tune a copy of `base` on the owner split of `task` plus replay (the zoo's full expert)."""
+    import copy
+
+    model = copy.deepcopy(base)
+    data = _task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
+    losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
+    return model.eval(), losses
+
+
+def train_lora_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                      task: str, seed: int) -> tuple[PeftModel, list[float]]:
+    """A peft LoRA on a copy of `base`, trained as `train_full_expert` trains (the zoo's adapter expert)."""
+    import copy
+
+    model = copy.deepcopy(base)
+    lora = config.lora
+    # peft draws A's initialisation from torch's global generator: seed it, or an adapter rebuilt alone
+    # (after a kill or a damaged file) would differ from the one an uninterrupted build makes.
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
+    data = _task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
+    losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
+    return peft_model.eval(), losses
+
+
+def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) -> None:
+    assert entry.architecture is not None
     started = time.perf_counter()
-    training = config.base_training
-    losses = _train_with_bar(model, data, _settings(training, config.seed), f"{name} base")
+    model, tokenizer, losses = train_base(config, name, entry.architecture, base_seed(config))
     _save(model, tokenizer, scratch, {
         "kind": "base", "model": name, "architecture": entry.architecture, "tasks": config.base_tasks,
-        "training": training, "seed": config.seed, "final_loss": losses[-1],
+        "training": config.base_training, "seed": config.seed, "final_loss": losses[-1],
         "train_seconds": time.perf_counter() - started, "lockbench": bench.__version__,
     })
 
 
 def _build_full_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
     tokenizer = load_tokenizer(base)
-    model = load_model(base)
-    seed = config.seed + 1 + config.expert_tasks.index(task)
-    data = _task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
+    seed = expert_seed(config, task, adapter=False)
     started = time.perf_counter()
-    losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
+    model, losses = train_full_expert(config, name, load_model(base), tokenizer, task, seed)
     _save(model, tokenizer, scratch, {
         "kind": "expert_full", "model": name, "task": task, "training": config.expert_training,
         "seed": seed, "final_loss": losses[-1], "train_seconds": time.perf_counter() - started,
@@ -193,19 +246,12 @@ def lora_config_for(model: PreTrainedModel, r: int, alpha: int, dropout: float) 
 
 def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
     tokenizer = load_tokenizer(base)
-    model = load_model(base)
-    lora = config.lora
-    seed = config.seed + 101 + config.expert_tasks.index(task)
-    # peft draws A's initialisation from torch's global generator: seed it, or an adapter rebuilt alone
-    # (after a kill or a damaged file) would differ from the one an uninterrupted build makes.
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
-    data = _task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
+    seed = expert_seed(config, task, adapter=True)
     started = time.perf_counter()
-    losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
+    peft_model, losses = train_lora_expert(config, name, load_model(base), tokenizer, task, seed)
     peft_model.save_pretrained(str(scratch), safe_serialization=True)
     write_json_atomic(scratch / "lockbench.json", {
-        "kind": "expert_lora", "model": name, "task": task, "lora": lora, "seed": seed,
+        "kind": "expert_lora", "model": name, "task": task, "lora": config.lora, "seed": seed,
         "final_loss": losses[-1], "train_seconds": time.perf_counter() - started,
     })
 
@@ -225,7 +271,7 @@ def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) ->
         if entry.pretrained is not None:
             base, base_id = Path(entry.pretrained), entry.pretrained
         else:
-            base_key = content_hash("base", ZOO_FORMAT_VERSION, entry.architecture, config.base_tasks,
+            base_key = content_hash("base", ZOO_FORMAT_VERSION, library_stamp(), entry.architecture, config.base_tasks,
                                     config.base_task_fractions, config.base_training, config.seed, config.split_sizes)
             base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
                                     lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
@@ -236,13 +282,13 @@ def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) ->
             if task in entry.expert_paths:
                 full[task] = Path(entry.expert_paths[task])
             else:
-                key = content_hash("expert", ZOO_FORMAT_VERSION, base_id, task, config.expert_training,
+                key = content_hash("expert", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.expert_training,
                                    config.seed, config.split_sizes, config.expert_tasks)
                 full[task] = cached_directory(
                     root / "zoo" / "experts" / f"{name}-{task}-{key}",
                     lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch),
                 )
-            key = content_hash("lora", ZOO_FORMAT_VERSION, base_id, task, config.lora, config.seed,
+            key = content_hash("lora", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.lora, config.seed,
                                config.split_sizes, config.expert_tasks)
             lora[task] = cached_directory(
                 root / "zoo" / "lora" / f"{name}-{task}-{key}",

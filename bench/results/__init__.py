@@ -1,0 +1,39 @@
+"""The results layer: column declarations, metric declarations, schemas, CSV files, normalisation and
+aggregation (DESIGN §5, §6). Reports (README, plot, HTML) and the regression gate read it; nothing here
+imports them."""
+
+from bench.results.aggregate import aggregate, attack_summaries, family_gaps, mean_ci95, seed_summaries, validity_failures
+from bench.results.columns import (
+    GAIN_COLUMNS,
+    GAIN_FRACTIONS,
+    PROVENANCE_COLUMNS,
+    RAW_COLUMNS,
+    TIMING_COLUMNS,
+)
+from bench.results.csvio import read_csv, write_csv
+from bench.results.metrics import AGGREGATE_METRICS, CELL_METRICS, formula_lines
+from bench.results.normalise import ValidityRule, score_cells, valid_mask
+from bench.results.schema import (
+    CELL_COLUMNS,
+    CELL_KEY,
+    CONTROL_DEFENSE,
+    DERIVED_COLUMNS,
+    DTYPES,
+    GROUP_KEY,
+    LEADERBOARD_COLUMNS,
+    MATCH_KEY,
+    REFERENCE_DEFENSE,
+    SCHEMAS,
+    VALIDITY_KEY,
+    SchemaError,
+    conform_frame,
+    sort_frame,
+)
+
+__all__ = [
+    "AGGREGATE_METRICS", "CELL_COLUMNS", "CELL_KEY", "CELL_METRICS", "CONTROL_DEFENSE", "DERIVED_COLUMNS", "DTYPES",
+    "GAIN_COLUMNS", "GAIN_FRACTIONS", "GROUP_KEY", "LEADERBOARD_COLUMNS", "MATCH_KEY", "PROVENANCE_COLUMNS",
+    "RAW_COLUMNS", "REFERENCE_DEFENSE", "SCHEMAS", "TIMING_COLUMNS", "VALIDITY_KEY", "SchemaError", "ValidityRule",
+    "aggregate", "attack_summaries", "conform_frame", "family_gaps", "formula_lines", "mean_ci95", "read_csv",
+    "score_cells", "seed_summaries", "sort_frame", "valid_mask", "validity_failures", "write_csv",
+]

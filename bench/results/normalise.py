@@ -1,0 +1,153 @@
+"""Raw cell records → the cells table: every number normalised by the same attack configuration run
+against `none` and against the harness's control, and the validity verdict of DESIGN §6.
+
+The derived columns and their formulas are declared in `bench.results.metrics`; this module joins the
+matching rows and applies them in order, then decides which attack configurations are weak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from bench.config import StrictModel
+from bench.results.columns import RAW_COLUMNS
+from bench.results.metrics import CELL_METRICS, CONTROL_COPIES, REFERENCE_COPIES, CellMetric
+from bench.results.schema import (
+    CELL_KEY,
+    CONTROL_DEFENSE,
+    DERIVED_COLUMNS,
+    DTYPES,
+    MATCH_KEY,
+    REFERENCE_DEFENSE,
+    VALIDITY_KEY,
+    SchemaError,
+    conform_frame,
+)
+
+
+class ValidityRule(StrictModel):
+    """DESIGN §6, applied per attack configuration on its `none` cells, decided once over all seeds.
+
+    Merge: the unprotected expert beats the base by `min_expert_gain`; the none merge keeps at least
+    `min_kept_fraction` of *both* the protected expert's and the other members' own gains
+    (`min(kept_p, kept_m)` against the experts, mean over seeds); and the release matters, i.e. the none
+    merge beats the release-free control on T_p by `min_release_margin`. Finetune: the unprotected base
+    scores at most `max_downstream_base` on D, the attack gains `min_finetune_gain` on it, and the base
+    beats the from-scratch control by `min_scratch_margin` at the full budget. `members_floor` sets the
+    bounded worst case's cells; `trap_margin` when a release's loss at half scale counts as a trap.
+    """
+
+    min_expert_gain: float = 0.3
+    min_kept_fraction: float = 0.5
+    min_release_margin: float = 0.3
+    max_downstream_base: float = 0.3
+    min_finetune_gain: float = 0.3
+    min_scratch_margin: float = 0.3
+    members_floor: float = 0.5
+    trap_margin: float = 0.1
+
+
+def _join(cells: pd.DataFrame, defense: str, columns: tuple[str, ...], suffix: str, flag: str) -> pd.DataFrame:
+    """`cells` with the ok row of `defense` of the same MATCH_KEY joined on (its `columns` + `_suffix`)."""
+    rows = cells[(cells["defense"] == defense) & (cells["status"] == "ok")]
+    duplicated = rows.duplicated(list(MATCH_KEY), keep=False)
+    if duplicated.any():
+        first = rows[duplicated].iloc[0]
+        raise SchemaError(f"raw frame: several ok '{defense}' rows for one attack configuration "
+                          f"({', '.join(f'{k}={first[k]}' for k in MATCH_KEY)})")
+    right = rows[[*MATCH_KEY, *columns]].rename(columns={c: f"{c}_{suffix}" for c in columns})
+    return cells.merge(right, on=list(MATCH_KEY), how="left", indicator=flag, validate="many_to_one")
+
+
+def _apply(frame: pd.DataFrame, metric: CellMetric, rule: ValidityRule) -> None:
+    values = metric.compute(frame, rule)
+    if metric.track != "both":
+        keep = frame["track"] == metric.track
+        values = values.where(keep) if metric.kind != "str" else values.where(keep, "")
+    frame[metric.name] = values
+
+
+def joint_kept_vs_experts(row: pd.Series) -> float:
+    """min(kept_p, kept_m) of a none merge against the experts' own gains (DESIGN §6's joint kept fraction)."""
+    gain = row["utility"] - row["base_acc"]
+    kept_p = (row["merged_acc"] - row["base_acc"]) / gain if gain > 0 else math.nan
+    merged, base = json.loads(row["merged_acc_by_member"] or "{}"), json.loads(row["base_acc_by_member"] or "{}")
+    experts = json.loads(row["expert_acc_by_member"] or "{}")
+    kept = [(merged[m] - base[m]) / (experts[m] - base[m]) if experts[m] - base[m] > 0 else math.nan for m in merged]
+    kept_m = sum(kept) / len(kept) if kept else math.nan
+    return float(np.fmin(kept_p, kept_m))
+
+
+def _verdict(group: pd.DataFrame, rule: ValidityRule) -> str:
+    """Why this attack configuration is weak on `none` over its seeds ("" when it passes)."""
+    reasons = []
+
+    def need(value: float, least: float | None, most: float | None, what: str) -> None:
+        if math.isnan(value):
+            reasons.append(f"{what} not measurable")
+        elif least is not None and value < least:
+            reasons.append(f"{what} {value:.2f} < {least:g}")
+        elif most is not None and value > most:
+            reasons.append(f"{what} {value:.2f} > {most:g}")
+
+    if group["track"].iloc[0] == "merge":
+        need(float((group["utility"] - group["base_acc"]).mean()), rule.min_expert_gain, None, "expert gain")
+        need(float(group.apply(joint_kept_vs_experts, axis=1).mean()), rule.min_kept_fraction, None,
+             "joint kept fraction")
+        need(float((group["merged_acc"] - group["control_acc"]).mean()), rule.min_release_margin, None,
+             "margin over the release-free control")
+    else:
+        need(float(group["acc_before"].mean()), None, rule.max_downstream_base, "base accuracy on D")
+        need(float(group["gain_b1"].mean()), rule.min_finetune_gain, None, "gain")
+        need(float(group["advantage"].mean()), rule.min_scratch_margin, None, "margin over the from-scratch control")
+    return "; ".join(reasons)
+
+
+def _weak_reasons(frame: pd.DataFrame, rule: ValidityRule) -> pd.Series:
+    """Per row, the verdict of its attack configuration (VALIDITY_KEY), decided on the ok `none` rows of all
+    seeds; configurations without any `none` row are not judged (those cells are unmatched, not weak)."""
+    reference = frame[(frame["defense"] == REFERENCE_DEFENSE) & (frame["status"] == "ok")]
+    verdicts = {key: _verdict(group, rule) for key, group in reference.groupby(list(VALIDITY_KEY), sort=False)}
+    keys = frame[list(VALIDITY_KEY)].itertuples(index=False, name=None)
+    return pd.Series([verdicts.get(tuple(key), "") for key in keys], index=frame.index, dtype="str")
+
+
+def score_cells(raw: pd.DataFrame, validity: ValidityRule | None = None) -> pd.DataFrame:
+    """Add the derived columns (metrics.CELL_METRICS, then `weak` / `weak_reason`) to the raw records.
+
+    Cells that are not ok keep empty derived numbers; so do numbers whose control or `none` row is missing
+    (`control_found` / `reference_found` say which).
+    """
+    rule = validity or ValidityRule()
+    cells = conform_frame(raw, "raw")
+    duplicated = cells.duplicated(list(CELL_KEY), keep=False)
+    if duplicated.any():
+        raise SchemaError(f"raw frame: {int(duplicated.sum())} rows share a cell key {list(CELL_KEY)}")
+    frame = _join(cells, CONTROL_DEFENSE, CONTROL_COPIES, "control", "_control")
+    for metric in (m for m in CELL_METRICS if m.stage == "control"):
+        _apply(frame, metric, rule)
+    own = [m.name for m in CELL_METRICS if m.stage == "control" and m.name not in frame.columns]
+    assert not own
+    frame = _join(frame, REFERENCE_DEFENSE, REFERENCE_COPIES, "none", "_reference")
+    for metric in (m for m in CELL_METRICS if m.stage == "reference"):
+        _apply(frame, metric, rule)
+    ok = frame["status"] == "ok"
+    numbers = [m.name for m in CELL_METRICS if DTYPES[m.name] == "float64"]
+    frame[numbers] = frame[numbers].where(ok, axis=0)
+    frame["trap_formed"] = frame["trap_formed"].where(ok & (frame["defense"] != CONTROL_DEFENSE))
+    reasons = _weak_reasons(frame, rule)
+    frame["weak_reason"] = reasons
+    frame["weak"] = reasons != ""
+    result = pd.concat([cells[list(RAW_COLUMNS)], frame[list(DERIVED_COLUMNS)]], axis=1)
+    return conform_frame(result, "cells")
+
+
+def valid_mask(cells: pd.DataFrame) -> pd.Series:
+    """Cells that count in aggregates: ok, a defense (not the control), normalised by both a `none` and a
+    control row, not weak, with a headline success."""
+    return ((cells["status"] == "ok") & (cells["defense"] != CONTROL_DEFENSE) & cells["reference_found"]
+            & cells["control_found"] & ~cells["weak"] & cells["headline_success"].notna())

@@ -1,0 +1,99 @@
+"""Shared fakes of the tests: a hand-built synthetic run (raw cell records with hand-computable numbers).
+
+The synthetic run. Merge track (llama, adapter, task `add` with the other member `reverse`; base 0.2 on
+`add`, 0.1 on `reverse`, the public `reverse` expert 0.9): the release-free control, `none` (re-trained
+per seed) and `trap2`; attack `ta` (pinned) valid over its two seeds, `ties` (rescaling) weak because the
+none merge loses the other member, and an orphan attack without a none row. A second model (`gpt2`)
+whose only attack is weak. Finetune track (task `sort`): the from-scratch control, `none` and `pmp`;
+`lora` valid, `full` weak; `pmp` n/a on a third architecture.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from bench.results import RAW_COLUMNS
+
+PROVENANCE = {
+    "lockbench_version": "0.1.0", "torch_version": "2.13.0", "transformers_version": "5.23.0",
+    "peft_version": "0.21.0", "mergekit_version": "0.1.5", "lm_eval_version": "0.4.13", "zoo_hash": "zoo123",
+}
+FAMILY = {"ta": "pinned", "ties": "rescaling", "orphan": "pinned", "lora": "finetune", "full": "finetune"}
+
+
+def _row(**values: object) -> dict:
+    row: dict[str, object] = {name: None for name in RAW_COLUMNS}
+    row.update(defense_config="{}", model="llama", family="llama", attack_config="{}", status="ok", error="",
+               n_members=0, attack_seconds=1.5, defense_seconds=2.5, **PROVENANCE)
+    row.update(values)
+    row["attack_family"] = FAMILY.get(str(row["attack"]), "pinned")
+    return row
+
+
+def merge_row(defense: str, attack: str, seed: int, utility: float | None, merged: float | None,
+              member: float | None = None, loss_half: float = 0.5, **values: object) -> dict:
+    by_member = json.dumps({"reverse": member}) if member is not None else ""
+    return _row(**{**dict(
+        track="merge", defense=defense, release_format="adapter", task="add", members="reverse", n_members=2,
+        attack=attack, attack_key=f"k_{attack}", seed=seed, merge_method="task_arithmetic",
+        merge_weights="[1.0, 1.0]", merge_normalize=False, merge_lambda=1.0, utility=utility, base_acc=0.2,
+        merged_acc=merged, merged_acc_members=member, members_expert_acc=0.9, merged_acc_by_member=by_member,
+        base_acc_by_member=json.dumps({"reverse": 0.1}), expert_acc_by_member=json.dumps({"reverse": 0.9}),
+        release_loss_s05=loss_half, attack_steps=0, attack_examples=64), **values})
+
+
+def finetune_row(defense: str, attack: str, seed: int, utility: float | None, before: float | None,
+                 accs: tuple[float, float, float, float] | None, **values: object) -> dict:
+    acc = accs or (None, None, None, None)
+    gains = [None if a is None or before is None else a - before for a in acc]
+    return _row(**{**dict(
+        track="finetune", defense=defense, release_format="full", task="sort", members="", attack=attack,
+        attack_key=f"k_{attack}", seed=seed, ft_method=attack, ft_lr=1e-3, ft_steps=300, utility=utility,
+        base_acc=before, acc_before=before, acc_b0125=acc[0], acc_b025=acc[1], acc_b05=acc[2], acc_after=acc[3],
+        gain_b0125=gains[0], gain_b025=gains[1], gain_b05=gains[2], gain_b1=gains[3], attack_steps=300,
+        attack_examples=256), **values})
+
+
+def raw_frame() -> pd.DataFrame:
+    rows = []
+    for seed in (0, 1):
+        rows += [merge_row("control", "ta", seed, 0.2, 0.25, 0.8, defense_config='{"control": "release-free"}'),
+                 merge_row("control", "ties", seed, 0.2, 0.3, 0.1, defense_config='{"control": "release-free"}'),
+                 merge_row("none", "ties", seed, 0.8, 0.7, 0.1)]  # loses the other member: weak
+    rows += [
+        # none: joint kept vs the experts = min(0.5/0.6, 0.6/0.8) = 0.75 at seed 0, min(0.4/0.6, 0.3/0.8) = 0.375
+        # at seed 1: the mean 0.5625 passes, so the configuration is valid at both seeds (decided over seeds)
+        merge_row("none", "ta", 0, 0.8, 0.7, 0.7), merge_row("none", "ta", 1, 0.8, 0.6, 0.4),
+        merge_row("trap2", "ta", 0, 0.76, 0.45, 0.6, loss_half=0.8),   # trap formed (gap 0.3 > 0.1)
+        merge_row("trap2", "ta", 1, 0.72, 0.8, 0.2, loss_half=0.55),   # no trap (gap 0.05)
+        merge_row("trap2", "ties", 0, 0.76, 0.2, 0.2, loss_half=0.8),
+        merge_row("trap2", "ties", 1, 0.72, 0.2, 0.2, loss_half=0.55),
+        merge_row("trap2", "orphan", 1, 0.72, 0.99, 0.8, loss_half=0.55),  # no none row
+        merge_row("trap2", "ta", 1, 0.72, None, None, status="failed", error="RuntimeError: boom", task="mul"),
+        # a second architecture whose only attack keeps nothing of the other member: invalid
+        merge_row("control", "ta", 0, 0.2, 0.25, 0.1, model="gpt2", family="gpt2"),
+        merge_row("none", "ta", 0, 0.8, 0.7, 0.1, model="gpt2", family="gpt2"),
+        merge_row("trap2", "ta", 0, 0.8, 0.7, 0.1, model="gpt2", family="gpt2"),
+    ]
+    for seed in (0, 1):
+        rows += [
+            finetune_row("control", "lora", seed, 0.0, 0.0, (0.0, 0.05, 0.1, 0.2),
+                         defense_config='{"control": "from-scratch"}'),
+            finetune_row("control", "full", seed, 0.0, 0.0, (0.0, 0.0, 0.0, 0.1),
+                         defense_config='{"control": "from-scratch"}'),
+            finetune_row("none", "lora", seed, 0.5, 0.1, (0.3, 0.5, 0.7, 0.9)),
+            finetune_row("none", "full", seed, 0.5, 0.1, (0.1, 0.2, 0.2, 0.3)),  # gains 0.2 < 0.3: weak
+            finetune_row("pmp", "lora", seed, 0.45, 0.05, (0.1, 0.2, 0.5, 0.9)),
+            finetune_row("pmp", "full", seed, 0.45, 0.05, (0.1, 0.2, 0.2, 0.9)),
+            *(finetune_row("pmp", attack, seed, None, None, None, model="mamba", family="mamba", status="n/a",
+                           error="pmp: architecture not supported") for attack in ("lora", "full")),
+        ]
+    return pd.DataFrame(rows)
+
+
+def valid_raw_frame() -> pd.DataFrame:
+    """The synthetic run without its invalid second architecture: every track × model has a valid attack."""
+    raw = raw_frame()
+    return raw[raw["model"] != "gpt2"].reset_index(drop=True)

@@ -1,0 +1,270 @@
+"""Tests of bench.results and the run outputs on the hand-built synthetic run of `fakes.raw_frame`.
+
+Every expected number is computed by hand in the test.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fakes import merge_row, raw_frame
+from scipy import stats
+
+from bench.leaderboard import PLOT_FILE, RUN_FILES, PublishError, publish, write_run_outputs
+from bench.results import (
+    CELL_COLUMNS,
+    CELL_METRICS,
+    DTYPES,
+    LEADERBOARD_COLUMNS,
+    TIMING_COLUMNS,
+    SchemaError,
+    ValidityRule,
+    aggregate,
+    conform_frame,
+    family_gaps,
+    formula_lines,
+    mean_ci95,
+    read_csv,
+    score_cells,
+    sort_frame,
+    validity_failures,
+    write_csv,
+)
+
+
+@pytest.fixture(scope="module")
+def cells() -> pd.DataFrame:
+    return score_cells(raw_frame(), ValidityRule())
+
+
+@pytest.fixture(scope="module")
+def board(cells: pd.DataFrame) -> pd.DataFrame:
+    return aggregate(cells)
+
+
+def cell(cells: pd.DataFrame, defense: str, attack: str, seed: int, model: str = "llama", task: str = "") -> pd.Series:
+    rows = cells[(cells["defense"] == defense) & (cells["attack"] == attack) & (cells["seed"] == seed)
+                 & (cells["model"] == model) & ((cells["task"] == task) if task else cells["task"].isin(["add", "sort"]))]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def board_row(board: pd.DataFrame, track: str, defense: str, model: str = "llama") -> pd.Series:
+    rows = board[(board["track"] == track) & (board["defense"] == defense) & (board["model"] == model)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_cells_have_schema_columns_and_dtypes(cells: pd.DataFrame) -> None:
+    assert list(cells.columns) == list(CELL_COLUMNS)
+    assert {name: str(cells[name].dtype) for name in cells.columns} == {name: DTYPES[name] for name in cells.columns}
+
+
+def test_joint_merge_success_uses_the_control_and_the_other_member(cells: pd.DataFrame) -> None:
+    first = cell(cells, "trap2", "ta", 0)
+    assert first["control_found"] and first["reference_found"] and first["control_acc"] == pytest.approx(0.25)
+    assert first["kept_protected"] == pytest.approx((0.45 - 0.25) / (0.7 - 0.25))
+    assert first["kept_members"] == pytest.approx((0.6 - 0.1) / (0.7 - 0.1))
+    assert first["attack_success"] == pytest.approx(0.2 / 0.45)
+    second = cell(cells, "trap2", "ta", 1)
+    assert second["kept_protected"] == pytest.approx((0.8 - 0.25) / (0.6 - 0.25))  # > 1: unclipped part
+    assert second["kept_members"] == pytest.approx((0.2 - 0.1) / (0.4 - 0.1))
+    assert second["attack_success_raw"] == pytest.approx(1 / 3) and second["attack_success"] == pytest.approx(1 / 3)
+    assert second["legacy_attack_success"] == 1.0  # the old T_p-only metric saw a full success here
+    assert second["headline_success"] == second["attack_success"]
+    assert second["protection"] == pytest.approx(0.72 / 0.8 * (1 - 1 / 3))
+
+
+def test_a_release_that_destroys_the_other_member_gets_low_success(cells: pd.DataFrame) -> None:
+    destroyed = score_cells(pd.concat([raw_frame(), pd.DataFrame([merge_row("noisy", "ta", 0, 0.8, 0.7, 0.1)])]),
+                            ValidityRule())
+    row = cell(destroyed, "noisy", "ta", 0)
+    assert row["kept_protected"] == pytest.approx(1.0) and row["kept_members"] == 0.0
+    assert row["attack_success"] == 0.0 and row["legacy_attack_success"] == 1.0
+
+
+def test_trap_formed_against_none_at_half_scale(cells: pd.DataFrame) -> None:
+    assert cell(cells, "trap2", "ta", 0)["trap_loss_gap"] == pytest.approx(0.3)
+    assert bool(cell(cells, "trap2", "ta", 0)["trap_formed"]) is True
+    assert bool(cell(cells, "trap2", "ta", 1)["trap_formed"]) is False
+    assert bool(cell(cells, "none", "ta", 0)["trap_formed"]) is False
+    assert pd.isna(cell(cells, "control", "ta", 0)["trap_formed"])
+
+
+def test_finetune_advantage_over_scratch_and_its_area(cells: pd.DataFrame) -> None:
+    none, pmp = cell(cells, "none", "lora", 0), cell(cells, "pmp", "lora", 0)
+    assert none["acc_after_scratch"] == 0.2 and none["advantage"] == pytest.approx(0.7)
+    area_none = 0.0625 * 0.1 + 0.125 * 0.3 + 0.1875 * 0.45 + 0.375 * 0.6 + 0.25 * 0.7
+    area_pmp = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.15 + 0.375 * 0.4 + 0.25 * 0.7
+    assert none["advantage_auc"] == pytest.approx(area_none) and pmp["advantage_auc"] == pytest.approx(area_pmp)
+    assert pmp["attack_success"] == pytest.approx(1.0)  # the full budget alone hides the slow-down
+    assert pmp["attack_success_auc"] == pytest.approx(area_pmp / area_none)
+    assert pmp["headline_success"] == pmp["attack_success_auc"]
+    assert pmp["legacy_attack_success"] == 1.0
+
+
+def test_weak_is_decided_once_over_seeds_with_a_reason(cells: pd.DataFrame) -> None:
+    assert not cell(cells, "none", "ta", 1)["weak"]  # 0.375 alone, but the configuration's mean is 0.5625
+    ties = cells[cells["attack"] == "ties"]
+    assert ties["weak"].all() and (ties["weak_reason"] == "joint kept fraction 0.00 < 0.5").all()
+    full = cells[cells["attack"] == "full"]
+    assert full[full["status"] == "ok"]["weak"].all()
+    assert "gain 0.20 < 0.3" in full["weak_reason"].iloc[0]
+    assert not cell(cells, "trap2", "orphan", 1)["reference_found"]
+
+
+def test_bounded_cells_are_decided_on_none(cells: pd.DataFrame) -> None:
+    assert cell(cells, "trap2", "ta", 0)["members_floor_ok"]
+    assert not cell(cells, "trap2", "ta", 1)["members_floor_ok"]  # none's merge kept 0.4 < 0.5 × 0.9
+
+
+def test_merge_aggregate_matches_hand_computation(board: pd.DataFrame) -> None:
+    row = board_row(board, "merge", "trap2")
+    per_seed = [0.2 / 0.45, 1 / 3]
+    mean, ci = mean_ci95(per_seed)
+    assert row["worst_attack_success"] == pytest.approx(mean) and row["worst_pinned"] == pytest.approx(mean)
+    assert row["worst_attack_success_ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * pd.Series(per_seed).std() / 2 ** 0.5)
+    assert ci == pytest.approx(row["worst_attack_success_ci95"])
+    assert math.isnan(row["worst_rescaling"])
+    assert row["bounded_worst_attack_success"] == pytest.approx(0.2 / 0.45)  # seed 1's only cell is out
+    assert row["utility_retention"] == pytest.approx((0.95 + 0.9) / 2)
+    assert row["trap_formed_rate"] == pytest.approx(0.5)
+    assert row["legacy_worst_attack_success"] == pytest.approx((0.25 / 0.5 + 1.0) / 2)
+    assert row["n_valid_pinned"] == 1 and row["n_weak_rescaling"] == 1 and row["n_cells_failed"] == 1
+    assert row["n_cells_unmatched"] == 1 and row["worst_attack_family"] == "pinned"
+    assert "rescaling: no valid attack (on none: joint kept fraction 0.00 < 0.5)" in row["flags"]
+    assert "no trap formed in 50% of releases" in row["flags"]
+    assert board_row(board, "merge", "none")["worst_attack_success"] == pytest.approx(1.0)
+
+
+def test_invalid_groups_hold_no_numbers_and_are_named(cells: pd.DataFrame, board: pd.DataFrame) -> None:
+    row = board_row(board, "merge", "trap2", model="gpt2")
+    assert row["status"] == "invalid" and math.isnan(row["worst_attack_success"])
+    assert validity_failures(cells) == ["merge track, gpt2: no attack is valid against 'none' "
+                                        "(ta; e.g. joint kept fraction 0.00 < 0.5)"]
+    gaps = family_gaps(cells)
+    assert any("llama/adapter: no valid 'rescaling' attack" in gap for gap in gaps)
+    assert any("finetune track, llama/full: no valid" in gap for gap in gaps) is False
+
+
+def test_finetune_aggregate_and_controls_are_not_ranked(board: pd.DataFrame) -> None:
+    row = board_row(board, "finetune", "pmp")
+    area_none = 0.0625 * 0.1 + 0.125 * 0.3 + 0.1875 * 0.45 + 0.375 * 0.6 + 0.25 * 0.7
+    area_pmp = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.15 + 0.375 * 0.4 + 0.25 * 0.7
+    assert row["worst_attack_success"] == pytest.approx(area_pmp / area_none)
+    assert row["worst_finetune"] == pytest.approx(area_pmp / area_none)
+    assert row["utility_retention"] == pytest.approx(0.9) and row["n_seeds"] == 2
+    assert board_row(board, "finetune", "pmp", model="mamba")["status"] == "n/a"
+    assert "control" not in set(board["defense"])
+
+
+def test_every_metric_has_a_formula_in_the_readme() -> None:
+    text = "\n".join(formula_lines(ValidityRule()))
+    for metric in CELL_METRICS:
+        assert f"`{metric.name}`" in text
+    for name in ("worst_attack_success", "worst_rescaling", "bounded_worst_attack_success", "trap_formed_rate"):
+        assert f"`{name}`" in text
+    assert "0.1" in text and "{rule" not in text
+
+
+def test_duplicate_cells_are_refused() -> None:
+    raw = pd.concat([raw_frame(), raw_frame().iloc[:1]], ignore_index=True)
+    with pytest.raises(SchemaError, match="share a cell key"):
+        score_cells(raw, ValidityRule())
+
+
+# ----------------------------------------------------------------------------- schemas and CSV
+
+
+def test_missing_and_unexpected_columns_are_schema_errors() -> None:
+    with pytest.raises(SchemaError, match=r"missing columns \['utility'\]"):
+        conform_frame(raw_frame().drop(columns=["utility"]), "raw")
+    with pytest.raises(SchemaError, match="unexpected columns"):
+        conform_frame(raw_frame().assign(surprise=1), "raw")
+
+
+def test_out_of_range_and_wrong_values_are_schema_errors(cells: pd.DataFrame) -> None:
+    raw = raw_frame()
+    raw.loc[0, "utility"] = 1.5
+    with pytest.raises(SchemaError, match="utility has 1 values outside"):
+        score_cells(raw, ValidityRule())
+    bad = cells.copy()
+    bad.loc[0, "attack_success"] = 1.2
+    with pytest.raises(SchemaError, match="attack_success"):
+        conform_frame(bad, "cells")
+    raw = raw_frame()
+    raw.loc[0, "attack_family"] = "sneaky"
+    with pytest.raises(SchemaError, match="attack_family has values outside"):
+        conform_frame(raw, "raw")
+
+
+def test_csv_round_trip_is_exact(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
+    for frame, kind in ((raw_frame(), "raw"), (cells, "cells"), (board, "leaderboard")):
+        path = tmp_path / f"{kind}.csv"
+        write_csv(frame, path, kind)
+        back = read_csv(path, kind)
+        pd.testing.assert_frame_equal(back, sort_frame(conform_frame(frame, kind), kind), check_exact=True)
+        write_csv(back, tmp_path / "again.csv", kind)
+        assert (tmp_path / "again.csv").read_bytes() == path.read_bytes()
+    assert list(board.columns) == list(LEADERBOARD_COLUMNS)
+
+
+def test_timing_columns_are_the_only_run_to_run_differences(cells: pd.DataFrame) -> None:
+    again = score_cells(raw_frame().assign(attack_seconds=9.0, defense_seconds=8.0), ValidityRule())
+    pd.testing.assert_frame_equal(cells.drop(columns=list(TIMING_COLUMNS)), again.drop(columns=list(TIMING_COLUMNS)))
+
+
+# ----------------------------------------------------------------------------- run outputs and publishing
+
+
+def test_run_outputs_and_readme(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
+    write_run_outputs(tmp_path / "run", cells, board, "synthetic run")
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
+    assert (tmp_path / "run" / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (tmp_path / "run" / "README.md").read_text()
+    assert readme.startswith("# synthetic run")
+    assert "`kept_protected` (merge): `(merged_acc − control_acc) / (merged_acc_none − control_acc)`" in readme
+    assert "**merge track, gpt2: no attack is valid against 'none'" in readme
+    assert "t(0.975, n − 1) · s / √n" in readme and "zoo123" in readme
+    merge_lines = [line for line in readme.split("## merge track")[1].split("##")[0].splitlines()
+                   if line.startswith("| ")][1:]
+    assert merge_lines[0].startswith("| trap2 | llama |")  # ranked: scored defenses first, none after them
+    assert any(line.startswith("| trap2 | gpt2 | adapter | invalid") for line in merge_lines)
+
+
+def test_publish_refuses_partial_or_inconsistent_runs(tmp_path: Path, cells: pd.DataFrame,
+                                                      board: pd.DataFrame) -> None:
+    run = tmp_path / "run"
+    write_run_outputs(run, cells, board, "synthetic run")
+    (run / "README.md").unlink()
+    with pytest.raises(PublishError, match="missing README.md"):
+        publish(run, tmp_path / "leaderboard")
+    write_run_outputs(run, cells, board, "synthetic run")
+    write_csv(aggregate(cells[cells["seed"] == 0]), run / "leaderboard.csv", "leaderboard")
+    with pytest.raises(PublishError, match="not the aggregate"):
+        publish(run, tmp_path / "leaderboard")
+    assert not (tmp_path / "leaderboard" / "run").exists()
+
+
+def test_publish_copies_a_full_run_and_indexes_it(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
+    run = tmp_path / "runs" / "2026-01-01-default"
+    write_run_outputs(run, cells, board, "synthetic run")
+    target = publish(run, tmp_path / "leaderboard")
+    for name in RUN_FILES:
+        assert (target / name).read_bytes() == (run / name).read_bytes()
+    index = (tmp_path / "leaderboard" / "README.md").read_text()
+    assert "[2026-01-01-default](2026-01-01-default/README.md)" in index and "trap2" in index
+
+
+def test_publish_puts_the_hand_written_findings_into_the_readme(tmp_path: Path, cells: pd.DataFrame,
+                                                               board: pd.DataFrame) -> None:
+    run = tmp_path / "runs" / "default"
+    write_run_outputs(run, cells, board, "synthetic run")
+    (tmp_path / "leaderboard" / "findings").mkdir(parents=True)
+    (tmp_path / "leaderboard" / "findings" / "default.md").write_text("Trap² now loses to the joint metric.\n")
+    readme = (publish(run, tmp_path / "leaderboard") / "README.md").read_text()
+    assert readme.index("## Findings") < readme.index("Trap² now loses") < readme.index("## merge track")
+    assert "findings" not in (tmp_path / "leaderboard" / "README.md").read_text()  # not listed as a run
