@@ -41,7 +41,7 @@ def _quiet_lm_eval() -> None:
 
 
 @functools.cache
-def _quiet_hflm_class():
+def quiet_hflm_class():
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
@@ -77,7 +77,7 @@ def score(
     from lm_eval import simple_evaluate
 
     plain = as_plain_model(model).eval()
-    lm = _quiet_hflm_class()(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size, device="cpu",
+    lm = quiet_hflm_class()(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size, device="cpu",
               max_length=plain.config.max_position_embeddings if hasattr(plain.config, "max_position_embeddings")
               else None)
     names = {task: tasks.lm_eval_name(task, split=split, form=form) for task in task_names}

@@ -381,7 +381,7 @@ def _lm_eval_untrimmed() -> Iterator[None]:
 def figure_lmeval(ctx: Any) -> Figure:
     from lm_eval import simple_evaluate
 
-    from bench.evaluate import _quiet_hflm_class, score
+    from bench.evaluate import quiet_hflm_class, score
     from bench.harness.context import trim_lm_eval_overheads
     from tasks.lmeval import task_manager
 
@@ -410,7 +410,7 @@ def figure_lmeval(ctx: Any) -> Figure:
     (lm_s, lm_scores), (raw_s, raw_scores) = timed["lm_eval"], timed["raw"]
 
     # The same numbers, not just the same accuracy: compare per-example log-likelihoods with lm-eval's samples.
-    lm = _quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=64, device="cpu")
+    lm = quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=64, device="cpu")
     names = {task: ctx.tasks.lm_eval_name(task, split="test", form="loglikelihood") for task in tasks}
     output = simple_evaluate(model=lm, tasks=list(names.values()), task_manager=task_manager(ctx.tasks.include_path),
                              log_samples=True, bootstrap_iters=0, verbosity="ERROR")

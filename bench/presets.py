@@ -33,8 +33,9 @@ class ValidityConfig(StrictModel):
     merge_coefficients: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     finetune_attacks: dict[str, FinetuneRecipe]
     weak_attacks: Literal["fail", "warn"] = Field(
-        "fail", description="a grid attack that is weak against `none` fails validation, or (warn) is only "
-        "reported: its cells are marked weak and left out of the aggregates either way (DESIGN §6)")
+        "fail", description="a grid attack that is weak against `none` (or a zoo expert below the rule) fails "
+        "validation, or (warn) is only reported loudly: its cells are marked weak and left out of the aggregates "
+        "either way, and a track × architecture × family without a valid attack is published as invalid (DESIGN §6)")
 
     def rule(self):
         """The per-attack part of the rule, as the scoring stage applies it."""

@@ -431,12 +431,12 @@ def _init_ray_for(submission: Submission, salt: str) -> None:
     Joining a remote cluster through RAY_ADDRESS needs the submission at the same path on every node."""
     import ray
 
-    from bench.harness.executors import _project_pythonpath
+    from bench.harness.executors import project_pythonpath
     from bench.offline import offline_env
 
     extra = [str(Path(submission.spec.partition(":")[0]).parent)] if submission.kind == "file" else []
     payload = json.dumps({"spec": submission.spec, "config": json.loads(submission.config_json), "salt": salt})
-    env = {**offline_env(), "PYTHONPATH": os.pathsep.join([_project_pythonpath(), *extra, os.getcwd()]),
+    env = {**offline_env(), "PYTHONPATH": os.pathsep.join([project_pythonpath(), *extra, os.getcwd()]),
            WORKER_ENV: payload}
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True,

@@ -113,6 +113,13 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     failures = [failure for report in reports for failure in report.failures]
     for note in (note for report in reports for note in report.notes):
         console.print(f"[yellow]note:[/] {note}")
+    if preset.grid is not None and preset.validity.weak_attacks == "warn":
+        # The per-configuration verdict of every grid attack re-checks these (expert gain, base accuracy on
+        # D, the attack's gain: bench.results.normalise), marks those cells weak and publishes what has no
+        # valid attack left as invalid with the reason (DESIGN §6); `warn` says so instead of stopping.
+        for failure in failures:
+            console.print(f"[bold yellow]ZOO BREAKS THE RULE HERE (its cells are weak):[/] {failure}")
+        failures = []
     if preset.grid is not None:
         console.print("running every attack of the grid against none (cells are cached for `lockbench run`)")
         out_dir = base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks"

@@ -159,7 +159,7 @@ class MaterializedTasks:
 
     def load_split(self, task: str, split: str) -> datasets.Dataset:
         """`split` of `task` as a Dataset (read directly, no datasets cache involved)."""
-        return datasets.Dataset.from_list(_read_rows(self.split_path(task, split)))
+        return datasets.Dataset.from_list(read_rows(self.split_path(task, split)))
 
     def _entry(self, task: str) -> _Entry:
         try:
@@ -238,7 +238,7 @@ def write_jsonl_atomic(dataset: datasets.Dataset, dest: Path) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file, checked to carry string `prompt` and `answer` (lm-eval renders them
     through templates; a number or missing column would fail late and obscurely)."""
     rows = []
@@ -261,7 +261,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- lm-eval configs
 
 
-def _task_config(lm_name: str, data_file: Path, split: str, form: str, max_gen_toks: int, task: str) -> dict:
+def task_config(lm_name: str, data_file: Path, split: str, form: str, max_gen_toks: int, task: str) -> dict:
     """One lm-eval task over one JSONL split (absolute path: lm-eval resolves data_files against
     the working directory, not the YAML's location)."""
     cfg: dict[str, Any] = {
@@ -337,14 +337,14 @@ def _jsonl_files(task: str, path: Path) -> dict[str, Path]:
 def _jsonl_configs(task: str, files: dict[str, Path]) -> dict[str, dict]:
     names = _names_for(task)
     scored = [split for split in SCORED_SPLITS if split in files]
-    longest = max(len(row["answer"]) for split in scored for row in _read_rows(files[split]))
+    longest = max(len(row["answer"]) for split in scored for row in read_rows(files[split]))
     # Enough tokens to emit the longest answer and its newline even at one token per character.
     max_gen_toks = max(MIN_GEN_TOKS, longest + 1)
     configs = {}
     for split in scored:
         for form in FORMS:
             name = names[(split, form)]
-            configs[name] = _task_config(name, files[split], split, form, max_gen_toks, task)
+            configs[name] = task_config(name, files[split], split, form, max_gen_toks, task)
     return configs
 
 

@@ -33,9 +33,9 @@ def _val_tasks(ctx) -> list[str]:
 
 def _record_loglikelihoods(monkeypatch: pytest.MonkeyPatch) -> list[tuple[tuple, tuple]]:
     """Every (request arguments, lm-eval result) the scoring LM answers, in order."""
-    from bench.evaluate import _quiet_hflm_class
+    from bench.evaluate import quiet_hflm_class
 
-    cls = _quiet_hflm_class()
+    cls = quiet_hflm_class()
     original = cls.loglikelihood
     seen: list[tuple[tuple, tuple]] = []
 

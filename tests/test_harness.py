@@ -698,11 +698,12 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
     result = CliRunner().invoke(app, ["run", "--preset", str(path), "--root", str(micro_root),
                                       "--out", str(tmp_path / "run")])
     assert result.exit_code != 0, result.output
-    assert "6 cells (0 cached, 4 failed)" in result.output, result.output
+    assert "8 cells (0 cached, 4 failed)" in result.output, result.output  # 6 cells and the 2 controls
 
     cells = pd.read_csv(tmp_path / "run" / "cells.csv", dtype=str, keep_default_na=False)
     by_defense = {name: group for name, group in cells.groupby("defense")}
-    assert set(by_defense) == {"none", "exploder", "nan_maker"}
+    assert set(by_defense) == {"none", "exploder", "nan_maker", "control"}
+    assert (by_defense["control"]["status"] == "ok").all()
     assert (by_defense["none"]["status"] == "ok").all()
     assert len(by_defense["none"]) == 2
     exploded = by_defense["exploder"]
@@ -764,3 +765,20 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
         assert row["protection"] == pytest.approx(row["utility_retention"] * (1 - headline), nan_ok=True)
         checked += 1
     assert checked == len(ok) and checked >= 8
+
+
+def test_controls_are_added_once_per_attack_input_and_the_name_is_reserved(micro_preset: Preset) -> None:
+    from bench.harness.grid import ConfigError, expand
+
+    grid = micro_preset.grid.model_copy(update={"defenses": [PluginSpec(name="none"), PluginSpec(
+        name="trap2", config={"lambda": 0.0})], "seeds": [0, 1]})
+    tasks = {model: micro_preset.zoo.expert_tasks_of(model) for model in micro_preset.zoo.models}
+    cells = expand(grid, tasks, list(micro_preset.zoo.downstream_tasks))
+    controls = [cell for cell in cells if cell.defense.defense == "control"]
+    merge_none = [c for c in cells if c.defense.defense == "none" and c.defense.track == "merge"]
+    finetune_none = [c for c in cells if c.defense.defense == "none" and c.defense.track == "finetune"]
+    assert len(controls) == len(merge_none) + len(finetune_none)  # shared by none and trap2
+    assert {c.defense.defense_config for c in controls} == {'{"control": "release-free"}', '{"control": "from-scratch"}'}
+    assert cells[-len(controls):] == controls
+    with pytest.raises(ConfigError, match="reserved for the harness's own"):
+        expand(grid.model_copy(update={"defenses": [PluginSpec(name="none", label="control")]}), tasks, ["successor"])

@@ -183,7 +183,8 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _rel_data(micro_preset: Any, **grid: Any) -> dict[str, Any]:
-    """micro's zoo with Llama only, and a grid of this module's plugins (3 cells unless overridden)."""
+    """micro's zoo with Llama only, and a grid of this module's plugins (3 cells and their 3 controls unless
+    overridden)."""
     data = micro_preset.model_dump(mode="json", by_alias=True, exclude_none=True)
     data["name"] = "rel"
     data["zoo"]["models"] = {"llama": data["zoo"]["models"]["llama"]}
@@ -293,7 +294,7 @@ def reference(rel_preset: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """An uninterrupted run from an empty storage root: (root, run directory)."""
     base = tmp_path_factory.mktemp("reference")
     root, out = base / "root", base / "run"
-    _check_ok(_cli(_run_args(rel_preset, root, out)), 3)
+    _check_ok(_cli(_run_args(rel_preset, root, out)), 6)
     return root, out
 
 
@@ -330,7 +331,7 @@ def _killed_writing_cell(root: Path, out: Path) -> None:
 def _killed_writing_outputs(root: Path, out: Path) -> None:
     from bench.results import read_csv
 
-    assert len(read_csv(out / "cells.csv", "cells")) == 3, "cells.csv was moved in whole"
+    assert len(read_csv(out / "cells.csv", "cells")) == 6, "cells.csv was moved in whole"
     assert not (out / "README.md").exists(), "no README: the run directory is marked incomplete"
     assert not (out / "leaderboard.csv").exists()
 
@@ -358,7 +359,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(point: str, rel_prese
     check_killed_state(root, out)
 
     resumed = _cli(_run_args(rel_preset, root, out))
-    _check_ok(resumed, 3)
+    _check_ok(resumed, 6)
     _assert_same_results(root, out, reference)
     assert _digests(root, "zoo") == _digests(reference_root, "zoo")
     assert (out / "README.md").is_file()
@@ -532,12 +533,13 @@ def test_bad_input_ends_with_one_line_error_and_no_csv(case: str, micro_preset: 
     assert not (tmp_path / "PWNED").exists(), "a pickle or custom code from the model folder was executed"
 
 
-FAILING_PLUGINS: dict[str, tuple[dict[str, Any], int, str]] = {
-    # id: (grid, its cells, text the error line must contain)
-    "defense-raises": ({"defenses": [{"name": "rel_raiser"}]}, 2, "RuntimeError: rel_raiser refuses"),
-    "defense-nan-weights": ({"defenses": [{"name": "rel_nan"}]}, 2, "non-finite weights"),
-    "defense-wrong-type": ({"defenses": [{"name": "rel_wrong_type"}]}, 2, "expected Release"),
-    "attack-reports-bad-knob": ({"merge_attacks": [], "finetune_attacks": [{"name": "rel_bad_knob"}]}, 1,
+FAILING_PLUGINS: dict[str, tuple[dict[str, Any], int, int, str]] = {
+    # id: (grid, its failed cells, all cells with the controls, text the error line must contain)
+    "defense-raises": ({"defenses": [{"name": "rel_raiser"}]}, 2, 4, "RuntimeError: rel_raiser refuses"),
+    "defense-nan-weights": ({"defenses": [{"name": "rel_nan"}]}, 2, 4, "non-finite weights"),
+    "defense-wrong-type": ({"defenses": [{"name": "rel_wrong_type"}]}, 2, 4, "expected Release"),
+    # the control runs the same attack, so it fails the same way
+    "attack-reports-bad-knob": ({"merge_attacks": [], "finetune_attacks": [{"name": "rel_bad_knob"}]}, 2, 2,
                                 "ft_method has values outside"),
 }
 
@@ -566,18 +568,20 @@ def test_failing_plugin_ends_with_one_line_error(case: str, micro_preset: Any, r
     from bench.cli import app
     from bench.results import read_csv
 
-    grid, count, expected = FAILING_PLUGINS[case]
+    grid, count, total, expected = FAILING_PLUGINS[case]
     preset = _write_yaml(_rel_data(micro_preset, **{"finetune_attacks": [], **grid}), tmp_path / "failing.yaml")
     root, out = _zoo_copy(reference[0], tmp_path / "root"), tmp_path / "out"
     result = CliRunner().invoke(app, _run_args(preset, root, out))
     assert result.exit_code == 1, result.output
     line = _one_error_line(result.stderr)
     assert line == result.stderr.strip().splitlines()[-1], "the error line comes last"
-    assert f"{count} of {count} cells failed" in line and expected in line, line
+    assert f"{count} of {total} cells failed" in line and expected in line, line
     cells = read_csv(out / "cells.csv", "cells")  # complete and schema-valid, one row per cell
-    assert len(cells) == count and (cells["status"] == "failed").all()
+    assert len(cells) == total and (cells["status"] == "failed").sum() == count
+    assert (cells.loc[cells["status"] == "failed", "defense"] != "control").all() or case.startswith("attack")
     if case.startswith("defense"):
-        assert not list((root / "cells").glob("*.json")), "failed cells must not be cached"
+        cached = [json.loads(path.read_text())["defense"] for path in (root / "cells").glob("*.json")]
+        assert set(cached) <= {"control"}, "failed cells must not be cached (only the controls succeeded)"
     assert not _hidden(out)
 
 
@@ -787,8 +791,8 @@ def test_damaged_cache_entries_are_detected_and_rebuilt(rel_preset: Path, refere
     task_file.write_text("{not json\n" + task_file.read_text())
 
     result = _cli(_run_args(rel_preset, root, tmp_path / "run"))
-    _check_ok(result, 3)
-    assert "3 cells (2 cached, 0 failed)" in result.stdout, result.stdout
+    _check_ok(result, 6)
+    assert "6 cells (5 cached, 0 failed)" in result.stdout, result.stdout  # the truncated cell file reruns
     _assert_same_results(root, tmp_path / "run", reference)
     for path, digest in originals.items():
         assert path.is_file() and _sha(path) == digest, f"{path} was not rebuilt identically"
@@ -873,7 +877,8 @@ RAY_GROWTH_BOUND = 768 * 2**20
 @pytest.mark.slow
 def test_300_cells_through_ray_with_bounded_memory(micro_preset: Any, reference: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
-    attacks = [{"name": "rel_fast", "config": {"k": k}, "label": f"fast{k}"} for k in range(RAY_CELLS)]
+    # each attack runs on none and on its control: RAY_CELLS cells in all
+    attacks = [{"name": "rel_fast", "config": {"k": k}, "label": f"fast{k}"} for k in range(RAY_CELLS // 2)]
     preset = _write_yaml(_rel_data(micro_preset, merge_attacks=attacks, finetune_attacks=[],
                                    release_formats=["full"]), tmp_path / "many.yaml")
     root, out = _zoo_copy(reference[0], tmp_path / "root"), tmp_path / "run"

@@ -98,3 +98,24 @@ def test_zoo_training_does_not_depend_on_the_cores(tmp_path):
         results[threads] = done.stdout.split()[-2:]
     assert results["2"][0] == "2", results  # the pin is scoped: the process keeps its own setting
     assert results["1"][1] == results["2"][1], results
+
+
+def test_none_retrains_through_the_zoos_code_path(micro_zoo, micro_preset):
+    """`none` at job seed 0 is the zoo's own expert and base; the zoo's training functions at the zoo's
+    seed reproduce them bitwise, so `none` at other seeds is the same code path with another seed only."""
+    from bench.zoo.build import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
+
+    name, task = "llama", micro_preset.zoo.expert_tasks[0]
+    recipe = micro_preset.zoo.recipe(name)
+    base, tokenizer = micro_zoo.load_base(name), micro_zoo.tokenizer(name)
+    expert, _ = train_full_expert(recipe, name, base, tokenizer, task, expert_seed(recipe, task, adapter=False))
+    stored = micro_zoo.load_expert(name, task).state_dict()
+    assert all(torch.equal(tensor, stored[key]) for key, tensor in expert.state_dict().items())
+    adapter, _ = train_lora_expert(recipe, name, base, tokenizer, task, expert_seed(recipe, task, adapter=True))
+    stored = micro_zoo.load_lora_expert(name, task).state_dict()
+    assert all(torch.equal(tensor, stored[key]) for key, tensor in adapter.state_dict().items())
+    retrained, _, _ = train_base(recipe, name, recipe.models[name].architecture, base_seed(recipe))
+    assert all(torch.equal(tensor, base.state_dict()[key]) for key, tensor in retrained.state_dict().items())
+    other, _ = train_full_expert(recipe, name, base, tokenizer, task, expert_seed(recipe, task, False, job_seed=1))
+    assert not all(torch.equal(tensor, stored_tensor) for tensor, stored_tensor in zip(
+        other.state_dict().values(), micro_zoo.load_expert(name, task).state_dict().values(), strict=True))

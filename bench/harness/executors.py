@@ -92,7 +92,7 @@ class RayExecutor:
 
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
         address = os.environ.get("RAY_ADDRESS") or None
-        env = {**offline_env(), "PYTHONPATH": _project_pythonpath()}
+        env = {**offline_env(), "PYTHONPATH": project_pythonpath()}
         if not ray.is_initialized():
             # "local": without RAY_ADDRESS, always a private cluster. ray.init(address=None) would join
             # whatever cluster `ray start` last left on this machine (someone else's, possibly).
@@ -123,7 +123,7 @@ class RayExecutor:
             ray.shutdown()
 
 
-def _project_pythonpath() -> str:
+def project_pythonpath() -> str:
     """Workers import lockbench from the same checkout as the driver."""
     here = str(Path(__file__).resolve().parents[2])
     existing = os.environ.get("PYTHONPATH", "")

@@ -23,9 +23,9 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bench.evaluate import METRIC_BY_FORM, _quiet_hflm_class, as_plain_model
+from bench.evaluate import METRIC_BY_FORM, as_plain_model, quiet_hflm_class
 from bench.plugins import TaskData
-from tasks.lmeval import MIN_GEN_TOKS, MaterializedTasks, _read_rows, _task_config
+from tasks.lmeval import MIN_GEN_TOKS, MaterializedTasks, read_rows, task_config
 
 SPLIT = "attacker_val"
 FORM = "loglikelihood"
@@ -56,7 +56,7 @@ class AttackerValScorer:
         """The lm-eval task config scoring `task`'s attacker_val rows: `tasks.lmeval`'s, documents in memory."""
         if task not in self._rows:
             raise KeyError(f"the attacker-val scorer has no task {task!r}; it scores {sorted(self._rows)}")
-        config = _task_config(self._names[task], Path(), SPLIT, FORM, MIN_GEN_TOKS, task)
+        config = task_config(self._names[task], Path(), SPLIT, FORM, MIN_GEN_TOKS, task)
         del config["dataset_path"], config["dataset_kwargs"]
 
         def documents(**_: Any) -> Any:  # lm-eval passes the task's metadata as keywords
@@ -82,7 +82,7 @@ class AttackerValScorer:
         configs = {task: self.task_config(task) for task in task_names}
         self.calls += 1
         plain = as_plain_model(model).eval()
-        lm = _quiet_hflm_class()(pretrained=plain, tokenizer=self._tokenizer, batch_size=self._batch_size,
+        lm = quiet_hflm_class()(pretrained=plain, tokenizer=self._tokenizer, batch_size=self._batch_size,
                                  device="cpu", max_length=plain.config.max_position_embeddings
                                  if hasattr(plain.config, "max_position_embeddings") else None)
         with torch.no_grad():
@@ -106,7 +106,7 @@ def read_attacker_val(tasks: MaterializedTasks, task_names: Sequence[str] | None
     names: dict[str, str] = {}
     for task in dict.fromkeys(task_names):
         names[task] = tasks.lm_eval_name(task, split=SPLIT, form=FORM)
-        read = _read_rows(tasks.split_path(task, SPLIT))
+        read = read_rows(tasks.split_path(task, SPLIT))
         rows[task] = TaskData([row["prompt"] for row in read], [row["answer"] for row in read])
     return rows, names
 

@@ -1,0 +1,297 @@
+"""Loading, checking and registering a submitted attack (`lockbench submit --attack`, step 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench.config import StrictModel
+from bench.plugins import ATTACK_FAMILIES, ATTACKS, TRACKS, Attack, load_builtin_plugins
+from bench.submit import (
+    NAME_PATTERN,
+    Submission,
+    SubmissionError,
+    check_config,
+    code_hash,
+    load_file,
+    one_line,
+)
+
+ATTACK_GROUP = "lockbench.attacks"
+#: Comma-separated attack specs (file[:Class], module[:Class]) to register under their own names in every
+#: process that imports this module (name it in $LOCKBENCH_PLUGINS).
+ATTACKS_ENV = "LOCKBENCH_ATTACKS"
+#: Set for Ray workers of a submission run: JSON {"spec", "config", "salt"} of the attack to register.
+WORKER_ENV = "LOCKBENCH_ATTACK_SUBMISSION"
+#: A submitted attack *breaks* a defense when it raises the defense's worst case by more than this.
+BREAK_MARGIN = 0.05
+#: One input of an attack: what its `none` verdict is decided on (bench.results VALIDITY_KEY less the attack).
+INPUT_KEY = ["track", "model", "release_format", "task", "members"]
+REFERENCE = "none"
+
+
+
+@dataclass
+class AttackSubmission(Submission):
+    """A loaded, checked attack class and where it came from (the defense fields, with an Attack class)."""
+
+    cls: type[Attack]  # type: ignore[assignment]
+
+    @property
+    def track(self) -> str:
+        return str(self.cls.track)
+
+    @property
+    def family(self) -> str:
+        """The family under the submitted config (an attack may refine its declared family)."""
+        return str(self.cls.attack_family(self.config))
+
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _entry_point(name: str) -> EntryPoint | None:
+    return next((entry for entry in entry_points(group=ATTACK_GROUP) if entry.name == name), None)
+
+
+def _import(name: str) -> ModuleType:
+    """Import a module, saying what `name` could have been when it is none of them."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name and name.startswith(error.name):
+            raise SubmissionError(f"'{name}' is neither a file, an installed '{ATTACK_GROUP}' entry point nor an "
+                                  "importable module") from error
+        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
+    except Exception as error:
+        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
+
+
+def _pick(module: ModuleType, where: str) -> type:
+    """The one Attack subclass defined in `module` (imported classes do not count)."""
+    defined = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__module__ == module.__name__]
+    found = [obj for obj in defined if issubclass(obj, Attack) and obj is not Attack]
+    if not found:
+        lookalikes = [obj.__name__ for obj in defined if hasattr(obj, "run")]
+        if lookalikes:
+            raise SubmissionError(f"{', '.join(lookalikes)} in {where} is not an Attack subclass: write "
+                                  f"`class {lookalikes[0]}(bench.plugins.Attack)`")
+        raise SubmissionError(f"no Attack subclass found in {where}")
+    concrete = [cls for cls in found if "run" not in getattr(cls, "__abstractmethods__", ())]
+    for candidates in (found, concrete):  # one class, else one concrete class (beside abstract bases)
+        if len(candidates) == 1:
+            return candidates[0]
+    names = ", ".join(cls.__name__ for cls in (concrete or found))
+    raise SubmissionError(f"{where} defines several Attack subclasses ({names}); pick one as {where}:ClassName")
+
+
+def _attribute(module: ModuleType, name: str, where: str) -> Any:
+    if not hasattr(module, name):
+        raise SubmissionError(f"{where} has no attribute '{name}'")
+    return getattr(module, name)
+
+
+def load_attack(spec: str) -> tuple[type, str, str]:
+    """Resolve PATH[.py][:Class], an entry point of `lockbench.attacks`, or MODULE[:Class].
+
+    Returns (class, source description, kind); the class is checked by :func:`check_attack_class`.
+    """
+    target, _, attribute = spec.partition(":")
+    path = Path(target)
+    if path.suffix == ".py" or path.is_file():
+        module, where = load_file(path), str(path.resolve())
+        return (_attribute(module, attribute, where) if attribute else _pick(module, where)), f"file {where}", "file"
+    entry = None if attribute else _entry_point(target)
+    if entry is not None:
+        try:
+            loaded = entry.load()
+        except Exception as error:
+            raise SubmissionError(f"loading entry point '{entry.name}' ({entry.value}) failed: "
+                                  f"{one_line(error)}") from error
+        dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
+        cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
+        return cls, f"entry point '{entry.name}' = {entry.value}{dist}", "entry point"
+    module = _import(target)
+    return (_attribute(module, attribute, target) if attribute else _pick(module, target)), f"module {target}", "module"
+
+
+# ----------------------------------------------------------------------------- static checks
+
+
+def _kind_problems(cls: Any) -> list[str]:
+    """A class, an Attack subclass, with a `run(self, view)`; empty when fine."""
+    import inspect
+
+    if not isinstance(cls, type):
+        return [f"{cls!r} is not a class: an attack submission is a bench.plugins.Attack subclass"]
+    if not issubclass(cls, Attack) or cls is Attack:
+        return [f"{cls.__name__} is not an Attack subclass: write `class {cls.__name__}(bench.plugins.Attack)`"]
+    if "run" in getattr(cls, "__abstractmethods__", ()):
+        return [f"{cls.__name__} is missing the method run(self, view: PublicView) -> AttackOutput"]
+    try:
+        inspect.signature(cls.run).bind(object(), object())
+    except TypeError:
+        return [f"{cls.__name__}.run{inspect.signature(cls.run)} must accept exactly one argument besides self: "
+                "the PublicView"]
+    return []
+
+
+def _label_problems(cls: type) -> list[str]:
+    problems = []
+    for attribute in ("name", "description"):
+        value = getattr(cls, attribute, None)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{cls.__name__} is missing the class attribute {attribute} (a non-empty string)")
+    name = getattr(cls, "name", None)
+    if isinstance(name, str) and name.strip() and not NAME_PATTERN.match(name):
+        problems.append(f"{cls.__name__}.name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names folders)")
+    return problems
+
+
+def family_problems(where: str, track: Any, family: Any) -> list[str]:
+    """A family of DESIGN §4 that fits the track: `finetune` for the finetune track, another for merge."""
+    choices = ", ".join(ATTACK_FAMILIES)
+    if family is None:
+        return [f"{where} is not declared: set family = one of {choices} (DESIGN §4)"]
+    if family not in ATTACK_FAMILIES:
+        return [f"{where} {family!r} is not an attack family; choose from {choices}"]
+    if track == "finetune" and family != "finetune":
+        return [f"{where} {family!r} is a merge-track family, but track is 'finetune': use family 'finetune'"]
+    if track == "merge" and family == "finetune":
+        return [f"{where} 'finetune' is for finetune-track attacks, but track is 'merge'"]
+    return []
+
+
+def _track_problems(cls: type) -> list[str]:
+    track = getattr(cls, "track", None)
+    if track is None:
+        hint = " (an attack has one `track`, not a set of `tracks`)" if hasattr(cls, "tracks") else ""
+        return [f"{cls.__name__}.track is not declared: set track = 'merge' or 'finetune'{hint}"]
+    if not isinstance(track, str) or track not in TRACKS:
+        return [f"{cls.__name__}.track must be 'merge' or 'finetune', got {track!r}"]
+    return []
+
+
+def check_attack_class(cls: Any) -> list[str]:
+    """Every static problem of a would-be attack class, one line each (empty: fine)."""
+    problems = _kind_problems(cls)
+    if problems and not (isinstance(cls, type) and issubclass(cls, Attack) and cls is not Attack):
+        return problems
+    track_problems = _track_problems(cls)
+    problems += _label_problems(cls) + track_problems
+    problems += family_problems(f"{cls.__name__}.family", None if track_problems else cls.track,
+                                getattr(cls, "family", None))
+    config_cls = getattr(cls, "Config", None)
+    if not (isinstance(config_cls, type) and issubclass(config_cls, StrictModel)):
+        problems.append(f"{cls.__name__}.Config must subclass bench.config.StrictModel (a typo'd key must be an "
+                        f"error), got {getattr(config_cls, '__name__', repr(config_cls))}")
+    return problems
+
+
+def _same_origin(one: type, other: type) -> bool:
+    """Two versions of the same submitted class (a file re-loaded after an edit)."""
+    return one.__module__ == other.__module__ and one.__qualname__ == other.__qualname__
+
+
+def _check_name_free(cls: type) -> None:
+    """The plain name must not belong to another attack (built-in or installed)."""
+    ATTACKS.names()  # loads installed entry points, whose names are taken too
+    existing = ATTACKS._plugins.get(cls.name)  # the registry has no public lookup without loading
+    if existing is not None and existing is not cls and not _same_origin(existing, cls):
+        raise SubmissionError(f"attack name '{cls.name}' is taken by {existing.__module__}.{existing.__qualname__}: "
+                              "rename the submission's `name`")
+
+
+def load_checked(spec: str) -> tuple[type[Attack], str, str]:
+    """Load and statically check an attack class (no config yet); raises SubmissionError listing every problem."""
+    load_builtin_plugins()
+    cls, source, kind = load_attack(spec)
+    problems = check_attack_class(cls)
+    if problems:
+        raise SubmissionError(problems)
+    _check_name_free(cls)
+    return cls, source, kind
+
+
+def prepare_attack(spec: str, config: dict[str, Any] | None = None, salt: str = "") -> AttackSubmission:
+    """Load, check and configure an attack submission (no compute)."""
+    cls, source, kind = load_checked(spec)
+    checked, canonical = check_config(cls, config or {})
+    try:
+        family = cls.attack_family(checked)
+    except Exception as error:
+        raise SubmissionError(f"{cls.__name__}.attack_family(config) raised {one_line(error)}") from error
+    problems = family_problems(f"{cls.__name__}.attack_family(config) returned", cls.track, family)
+    if problems:
+        raise SubmissionError(problems)
+    return AttackSubmission(cls, source, kind, _absolute(spec, kind), checked, canonical,
+                            code_hash(cls, canonical, salt))
+
+
+def _absolute(spec: str, kind: str) -> str:
+    """A file spec with an absolute path, so processes in another directory (Ray workers) load it again."""
+    if kind != "file":
+        return spec
+    target, _, attribute = spec.partition(":")
+    return str(Path(target).resolve()) + (f":{attribute}" if attribute else "")
+
+
+# ----------------------------------------------------------------------------- registration
+
+
+def register_plain(cls: type[Attack]) -> str:
+    """Register the class under its own name (what presets use); an older version of it is replaced."""
+    existing = ATTACKS._plugins.get(cls.name)
+    if existing is not None and existing is not cls and _same_origin(existing, cls):
+        del ATTACKS._plugins[cls.name]
+    ATTACKS.register(cls)
+    return cls.name
+
+
+def register_attack_submission(submission: AttackSubmission) -> str:
+    """Register under the plain name and under `NAME@hash` (the run's cache key); returns the hashed name."""
+    cls, name = submission.cls, submission.registered_name
+    register_plain(cls)
+    if name not in ATTACKS._plugins:
+        ATTACKS.register(type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__,
+                                                     "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}))
+    return name
+
+
+def worker_setup() -> None:
+    """Ray workers' start-up hook: register the attack named in $LOCKBENCH_ATTACK_SUBMISSION."""
+    payload = os.environ.get(WORKER_ENV)
+    if payload:
+        data = json.loads(payload)
+        register_attack_submission(prepare_attack(data["spec"], data["config"], data["salt"]))
+
+
+def register_listed_attacks() -> list[str]:
+    """Register the attacks of $LOCKBENCH_ATTACKS under their own names; relative paths are made absolute
+    in the environment, so Ray workers started later (in another directory) find the same files."""
+    specs = [spec.strip() for spec in os.environ.get(ATTACKS_ENV, "").split(",") if spec.strip()]
+    names, resolved = [], []
+    for spec in specs:
+        cls, _, kind = load_checked(spec)
+        names.append(register_plain(cls))
+        resolved.append(_absolute(spec, kind))
+    if specs:
+        os.environ[ATTACKS_ENV] = ",".join(resolved)
+    return names
+
+
+def register_listed_on_import() -> None:
+    """Importing this module through $LOCKBENCH_PLUGINS registers $LOCKBENCH_ATTACKS; a bad entry surfaces as
+    that import's one-line error."""
+    try:
+        register_listed_attacks()
+    except SubmissionError as error:
+        raise ImportError(f"{ATTACKS_ENV}: {error}") from error
