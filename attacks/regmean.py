@@ -215,7 +215,10 @@ class RegMean(Attack):
             del model
         merged = regmean_merge(list(inputs.members.values()), grams, config.alpha,
                                transposed={name for name, t in layers.items() if t}, ridge=config.ridge)
-        knobs = {"method": "regmean", "alpha": config.alpha, "ridge": config.ridge, "seed": view.seed,
+        # DESIGN §4's per-row merge knobs: RegMean has no coefficients, density or rescaling (members enter
+        # at their own scale, weighted by their Gram matrices), so those are recorded as empty.
+        knobs = {"method": "regmean", "weights": None, "normalize": None, "lambda": None, "density": None,
+                 "rescale": None, "alpha": config.alpha, "ridge": config.ridge, "seed": view.seed,
                  "examples_per_member": examples, "tokens_per_member": tokens, "with_answers": config.with_answers,
                  "normalize_grams": config.normalize_grams, "regmean_layers": len(layers)}
         return AttackOutput(models={1.0: model_from_state(inputs.template, merged)}, knobs=knobs,
