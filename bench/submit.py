@@ -168,7 +168,7 @@ def _pick(module: ModuleType, where: str) -> type:
     raise SubmissionError(f"{where} defines several Defense subclasses ({names}); pick one as {where}:ClassName")
 
 
-def _attribute(module: ModuleType, attribute: str, where: str) -> Any:
+def attribute_of(module: ModuleType, attribute: str, where: str) -> Any:
     if not hasattr(module, attribute):
         raise SubmissionError(f"{where} has no attribute '{attribute}'")
     return getattr(module, attribute)
@@ -184,7 +184,7 @@ def load_defense(spec: str) -> tuple[type, str, str]:
     if path.suffix == ".py" or path.is_file():
         module = load_file(path)
         where = str(path.resolve())
-        cls = _attribute(module, attribute, where) if attribute else _pick(module, where)
+        cls = attribute_of(module, attribute, where) if attribute else _pick(module, where)
         return cls, f"file {where}", "file"
     entry = None if attribute else _entry_point(target)
     if entry is not None:
@@ -198,7 +198,7 @@ def load_defense(spec: str) -> tuple[type, str, str]:
         cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
         return cls, source, "entry point"
     module = _import_module(target)
-    cls = _attribute(module, attribute, target) if attribute else _pick(module, target)
+    cls = attribute_of(module, attribute, target) if attribute else _pick(module, target)
     return cls, f"module {target}", "module"
 
 
@@ -426,7 +426,8 @@ def with_submission(preset: Preset, submission: Submission) -> Preset:
     return preset.model_copy(update={"grid": grid})
 
 
-def _init_ray_for(submission: Submission, salt: str) -> None:
+def init_ray_for(submission: Submission, salt: str, worker_env: str = WORKER_ENV,
+                 setup_hook: str = "bench.submit.worker_setup") -> None:
     """Start Ray with a hook that registers the submission in every worker (workers import only lockbench).
     Joining a remote cluster through RAY_ADDRESS needs the submission at the same path on every node."""
     import ray
@@ -437,10 +438,10 @@ def _init_ray_for(submission: Submission, salt: str) -> None:
     extra = [str(Path(submission.spec.partition(":")[0]).parent)] if submission.kind == "file" else []
     payload = json.dumps({"spec": submission.spec, "config": json.loads(submission.config_json), "salt": salt})
     env = {**offline_env(), "PYTHONPATH": os.pathsep.join([project_pythonpath(), *extra, os.getcwd()]),
-           WORKER_ENV: payload}
+           worker_env: payload}
     ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
              ignore_reinit_error=True,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "bench.submit.worker_setup"})
+             runtime_env={"env_vars": env, "worker_process_setup_hook": setup_hook})
 
 
 # ----------------------------------------------------------------------------- ranking and README
@@ -582,7 +583,7 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
     full = with_submission(preset, submission)
     register(submission)
     if executor == "ray":
-        _init_ray_for(submission, salt)
+        init_ray_for(submission, salt)
     summary = run_benchmark(full, root, run_dir, executor)  # type: ignore[arg-type]
     cells = read_csv(run_dir / CELLS_FILE, "cells")
     board = read_csv(run_dir / LEADERBOARD_FILE, "leaderboard")

@@ -97,3 +97,34 @@ def valid_raw_frame() -> pd.DataFrame:
     """The synthetic run without its invalid second architecture: every track × model has a valid attack."""
     raw = raw_frame()
     return raw[raw["model"] != "gpt2"].reset_index(drop=True)
+
+
+def tiny_model(family: str, vocab_size: int, seed: int = 0, tied: bool = False):
+    """A one-layer, hidden-16 Llama- or GPT-2-style causal LM from a seed (GPT-2 keeps its default dropout
+    of 0.1, so code under test must not depend on the model's mode)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_inner=32,
+                                          n_positions=64, bos_token_id=1, eos_token_id=2,
+                                          tie_word_embeddings=tied)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab_size, hidden_size=16, intermediate_size=32,
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                        max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                                        pad_token_id=0)).eval()
+
+
+def perturbed(model, seed: int, scale: float):
+    """A copy of `model` with Gaussian noise of `scale` added to every parameter (a fake expert)."""
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+    return other

@@ -9,8 +9,9 @@ import random
 
 import pytest
 import torch
+from fakes import perturbed, tiny_model
 from peft import PeftModel, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
 from attacks.adaptive_coefficient import AdaptiveCoefficientConfig
 from attacks.distill_merge import (
@@ -34,25 +35,11 @@ FAMILIES = ["llama", "gpt2"]
 
 
 def _tiny(family: str, seed: int = 0) -> PreTrainedModel:
-    """GPT-2 keeps its default dropout of 0.1: the student must not depend on the model's mode."""
-    torch.manual_seed(seed)
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=len(TOKENIZER), n_embd=16, n_layer=1, n_head=2, n_inner=32,
-                                          n_positions=64, bos_token_id=1, eos_token_id=2,
-                                          tie_word_embeddings=False)).eval()
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(TOKENIZER), hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                        max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
-                                        pad_token_id=0)).eval()
+    return tiny_model(family, len(TOKENIZER), seed)
 
 
 def _perturbed(model: PreTrainedModel, seed: int, scale: float = 0.1) -> PreTrainedModel:
-    other = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-    return other
+    return perturbed(model, seed, scale)
 
 
 def _lora(base: PreTrainedModel, seed: int, scale: float = 0.0) -> PeftModel:

@@ -8,7 +8,8 @@ import copy
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from fakes import perturbed, tiny_model
+from transformers import PreTrainedModel
 
 import attacks.regmean as regmean
 from attacks.regmean import RegMean, RegMeanConfig, collect_grams, linear_layers, regmean_merge
@@ -19,24 +20,11 @@ TOKENIZER = build_tokenizer()
 
 
 def _tiny(family: str, seed: int = 0, tied: bool = False) -> PreTrainedModel:
-    torch.manual_seed(seed)
-    if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=len(TOKENIZER), n_embd=16, n_layer=1, n_head=2, n_inner=32,
-                                          n_positions=64, bos_token_id=1, eos_token_id=2,
-                                          tie_word_embeddings=tied)).eval()
-    return LlamaForCausalLM(LlamaConfig(vocab_size=len(TOKENIZER), hidden_size=16, intermediate_size=32,
-                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                                        max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
-                                        pad_token_id=0)).eval()
+    return tiny_model(family, len(TOKENIZER), seed, tied)
 
 
 def _perturbed(model: PreTrainedModel, seed: int, scale: float = 0.05) -> PreTrainedModel:
-    other = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in other.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
-    return other
+    return perturbed(model, seed, scale)
 
 
 def _random_gram(size: int, seed: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from bench.submit import (
     NAME_PATTERN,
     Submission,
     SubmissionError,
+    attribute_of,
     check_config,
     code_hash,
     load_file,
@@ -93,12 +94,6 @@ def _pick(module: ModuleType, where: str) -> type:
     raise SubmissionError(f"{where} defines several Attack subclasses ({names}); pick one as {where}:ClassName")
 
 
-def _attribute(module: ModuleType, name: str, where: str) -> Any:
-    if not hasattr(module, name):
-        raise SubmissionError(f"{where} has no attribute '{name}'")
-    return getattr(module, name)
-
-
 def load_attack(spec: str) -> tuple[type, str, str]:
     """Resolve PATH[.py][:Class], an entry point of `lockbench.attacks`, or MODULE[:Class].
 
@@ -108,7 +103,7 @@ def load_attack(spec: str) -> tuple[type, str, str]:
     path = Path(target)
     if path.suffix == ".py" or path.is_file():
         module, where = load_file(path), str(path.resolve())
-        return (_attribute(module, attribute, where) if attribute else _pick(module, where)), f"file {where}", "file"
+        return (attribute_of(module, attribute, where) if attribute else _pick(module, where)), f"file {where}", "file"
     entry = None if attribute else _entry_point(target)
     if entry is not None:
         try:
@@ -120,7 +115,7 @@ def load_attack(spec: str) -> tuple[type, str, str]:
         cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
         return cls, f"entry point '{entry.name}' = {entry.value}{dist}", "entry point"
     module = _import(target)
-    return (_attribute(module, attribute, target) if attribute else _pick(module, target)), f"module {target}", "module"
+    return (attribute_of(module, attribute, target) if attribute else _pick(module, target)), f"module {target}", "module"
 
 
 # ----------------------------------------------------------------------------- static checks

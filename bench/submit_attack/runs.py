@@ -12,6 +12,7 @@ from bench.plugins import DEFENSES, TRACKS
 from bench.presets import Preset
 from bench.submit import (
     SubmissionError,
+    init_ray_for,
 )
 from bench.submit_attack.load import INPUT_KEY, REFERENCE, WORKER_ENV, AttackSubmission, register_attack_submission
 
@@ -75,22 +76,6 @@ def attack_preset(preset: Preset, submission: AttackSubmission) -> Preset:
 # ----------------------------------------------------------------------------- running
 
 
-def _init_ray_for(submission: AttackSubmission, salt: str) -> None:
-    """Start Ray with a hook that registers the attack in every worker (workers import only lockbench)."""
-    import ray
-
-    from bench.harness.executors import project_pythonpath
-    from bench.offline import offline_env
-
-    extra = [str(Path(submission.spec.partition(":")[0]).parent)] if submission.kind == "file" else []
-    payload = json.dumps({"spec": submission.spec, "config": json.loads(submission.config_json), "salt": salt})
-    env = {**offline_env(), "PYTHONPATH": os.pathsep.join([project_pythonpath(), *extra, os.getcwd()]),
-           WORKER_ENV: payload}
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": "bench.submit_attack.worker_setup"})
-
-
 def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir: Path, executor: str,
                salt: str = "") -> pd.DataFrame:
     """Run `preset` with the submission registered here (and in Ray workers); returns the scored cells."""
@@ -101,7 +86,7 @@ def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir
 
     register_attack_submission(submission)
     if executor == "ray":
-        _init_ray_for(submission, salt)
+        init_ray_for(submission, salt, WORKER_ENV, "bench.submit_attack.worker_setup")
     try:
         run_benchmark(preset, root, run_dir, executor)  # type: ignore[arg-type]
     except ConfigError as error:
