@@ -322,15 +322,18 @@ def prepare(spec: str, config: dict[str, Any] | None = None, salt: str = "") -> 
     return Submission(cls, source, kind, spec, checked, canonical, code_hash(cls, canonical, salt))
 
 
+def renamed(cls: type, name: str) -> type:
+    """A subclass of `cls` registered as `name` (a submission's `NAME@hash`), otherwise the same class."""
+    return type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                       "__doc__": cls.__doc__})
+
+
 def register(submission: Submission) -> str:
     """Register the submission under its hashed name (idempotent) and return that name."""
     name = submission.registered_name
     if name in DEFENSES._plugins:  # same code, same config: already registered in this process
         return name
-    hashed = type(submission.cls.__name__, (submission.cls,),
-                  {"name": name, "__module__": submission.cls.__module__,
-                   "__qualname__": submission.cls.__qualname__, "__doc__": submission.cls.__doc__})
-    DEFENSES.register(hashed)
+    DEFENSES.register(renamed(submission.cls, name))
     return name
 
 

@@ -21,6 +21,7 @@ from bench.submit import (
     code_hash,
     load_file,
     one_line,
+    renamed,
 )
 
 ATTACK_GROUP = "lockbench.attacks"
@@ -256,8 +257,7 @@ def register_attack_submission(submission: AttackSubmission) -> str:
     cls, name = submission.cls, submission.registered_name
     register_plain(cls)
     if name not in ATTACKS._plugins:
-        ATTACKS.register(type(cls.__name__, (cls,), {"name": name, "__module__": cls.__module__,
-                                                     "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}))
+        ATTACKS.register(renamed(cls, name))
     return name
 
 
