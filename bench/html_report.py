@@ -238,11 +238,45 @@ def _folders(directory: Path) -> list[Path]:
                   and path.name != SUBMISSIONS_DIR and (path / LEADERBOARD_FILE).is_file())
 
 
-def _submitted_name(folder: Path) -> str | None:
+#: An attack submission's table: its comparison against each published defense (submission.json).
+ATTACK_SUBMISSION_COLUMNS: tuple[Column, ...] = (
+    Column("run", "run"),
+    Column("attack", "attack"),
+    Column("attack_family", "family"),
+    Column("track", "track"),
+    Column("valid_on_none", "valid on none"),
+    Column("defense", "defense"),
+    Column("model", "model"),
+    Column("release_format", "format"),
+    Column("status", "status"),
+    Column("reference_worst", "worst case before", True),
+    Column("success", "this attack's success", True),
+    Column("new_worst", "worst case now", True),
+    Column("breaks", "breaks"),
+)
+
+
+def _submission_metadata(folder: Path) -> dict[str, object]:
+    """submission.json, or {} when it is missing or unreadable."""
     try:
-        return str(json.loads((folder / "submission.json").read_text())["name"])
-    except (OSError, ValueError, KeyError):
-        return None
+        metadata = json.loads((folder / "submission.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _attack_rows(run: str, metadata: dict[str, object]) -> list[dict[str, object]]:
+    """One row per defense the submitted attack met; 'weak' instead of a success where it was weak on none."""
+    rows = []
+    for entry in metadata.get("comparison") or []:  # type: ignore[union-attr]
+        row = {"run": run, "attack": metadata.get("name"), "attack_family": metadata.get("family"),
+               "track": metadata.get("track"), "valid_on_none": "yes" if metadata.get("valid_on_none") else "no",
+               **entry}
+        row["breaks"] = "yes" if entry.get("breaks") else "no"
+        if entry.get("status") != "ok":
+            row["success"] = None
+        rows.append(row)
+    return rows
 
 
 def _versions_rows(entries: list[tuple[str, pd.DataFrame]]) -> str:
@@ -265,12 +299,18 @@ def render_index(leaderboard_dir: Path) -> str:
         board = _board(folder)
         (published.append((folder.name, board)) if board is not None else unreadable.append(folder.name))
     submitted: list[tuple[str, pd.DataFrame]] = []
+    attack_runs: list[tuple[str, pd.DataFrame]] = []
+    attacks: list[dict[str, object]] = []
     for folder in _folders(leaderboard_dir / SUBMISSIONS_DIR):
-        board, name = _board(folder), _submitted_name(folder)
+        board, metadata, run = _board(folder), _submission_metadata(folder), f"{SUBMISSIONS_DIR}/{folder.name}"
+        name = metadata.get("name")
         if board is None:
-            unreadable.append(f"{SUBMISSIONS_DIR}/{folder.name}")
+            unreadable.append(run)
+        elif metadata.get("kind") == "attack":
+            attack_runs.append((run, board))
+            attacks += _attack_rows(run, metadata)
         else:
-            submitted.append((f"{SUBMISSIONS_DIR}/{folder.name}", board[board["defense"] == name] if name else board))
+            submitted.append((run, board[board["defense"] == name] if name else board))
 
     def rows(entries: list[tuple[str, pd.DataFrame]]) -> list[dict[str, object]]:
         return [{"run": run, **record} for run, board in entries for record in board.to_dict("records")]
@@ -301,10 +341,16 @@ def render_index(leaderboard_dir: Path) -> str:
     if submitted:
         parts.append(_table("submissions", rows(submitted)))
     else:
-        parts.append('<p id="submissions-empty">No submissions yet (<code>lockbench submit</code>).</p>')
+        parts.append('<p id="submissions-empty">No defense submissions yet (<code>lockbench submit</code>).</p>')
+    parts.append('<h3 id="attack-submissions-heading">Submitted attacks: the defenses each one breaks</h3>')
+    if attacks:
+        parts.append(_table("attack-submissions", attacks, ATTACK_SUBMISSION_COLUMNS))
+    else:
+        parts.append('<p id="attack-submissions-empty">No attack submissions yet '
+                     '(<code>lockbench submit --attack</code>).</p>')
     if unreadable:
         parts.append(f"<p class=\"note\">Unreadable (schema check failed): {html.escape(', '.join(unreadable))}</p>")
-    plots = [(run, f"{run}/{PLOT_FILE}") for run, _ in [*published, *submitted]
+    plots = [(run, f"{run}/{PLOT_FILE}") for run, _ in [*published, *submitted, *attack_runs]
              if (leaderboard_dir / run / PLOT_FILE).is_file()]
     if plots:
         parts.append("<h2>Utility retention vs worst-case attack success</h2>")
@@ -316,7 +362,8 @@ def render_index(leaderboard_dir: Path) -> str:
     parts.append("<p class=\"note\">The thresholds above are the defaults; each run's README states those its "
                  "preset used.</p></section>")
     parts.append("<h2>Versions</h2>")
-    parts.append(_versions_rows([*published, *submitted]) if published or submitted else "<p>–</p>")
+    boards = [*published, *submitted, *attack_runs]
+    parts.append(_versions_rows(boards) if boards else "<p>–</p>")
     parts.append(f"<script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
 

@@ -112,6 +112,19 @@ def leaderboard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for file in RUN_FILES:
         shutil.copy2(root / "runs" / "alpha" / file, submission / file)
     (submission / "submission.json").write_text(json.dumps({"name": "pmp"}))
+    attack = board_dir / "submissions" / "my_attack"
+    attack.mkdir(parents=True)
+    for file in RUN_FILES:
+        shutil.copy2(root / "runs" / "alpha" / file, attack / file)
+    compared = {"track": "merge", "model": "llama", "release_format": "full", "reference_attack": "per_member",
+                "reference_source": "published", "reference_family_worst": 0.1}
+    (attack / "submission.json").write_text(json.dumps({
+        "kind": "attack", "name": "my_attack", "family": "data", "track": "merge", "valid_on_none": True,
+        "comparison": [
+            {**compared, "defense": "trap2", "reference_worst": 0.2, "success": 0.9, "status": "ok",
+             "new_worst": 0.9, "breaks": True},
+            {**compared, "defense": "params", "reference_worst": 0.3, "success": 0.25, "status": "weak",
+             "new_worst": 0.3, "breaks": False}]}))
     write_html_index(board_dir)
     return board_dir
 
@@ -139,10 +152,15 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     assert len(tables.tables["results"]) == 14
     submitted = tables.records("submissions")
     assert {r["defense"][0] for r in submitted} == {"pmp"}, "a submission shows its own rows only"
-    assert {r["run"][0] for r in submitted} == {"submissions/my_pmp"}
+    assert {r["run"][0] for r in submitted} == {"submissions/my_pmp"}, "an attack submission is not a defense row"
+    attacked = {r["defense"][0]: r for r in tables.records("attack-submissions")}
+    assert sorted(attacked) == ["params", "trap2"]
+    assert attacked["trap2"]["breaks"][0] == "yes" and attacked["trap2"]["success"][0] == "0.900"
+    assert attacked["params"]["success"][0] == "–" and attacked["params"]["status"][0] == "weak", "weak: no number"
+    assert attacked["trap2"]["attack"][0] == "my_attack" and attacked["trap2"]["attack_family"][0] == "data"
 
     assert not re.search(r"""(?:src|href)=["']?(?:https?:)?//""", page), "the page must work offline"
-    for run in ("alpha", "beta", "submissions/my_pmp"):
+    for run in ("alpha", "beta", "submissions/my_pmp", "submissions/my_attack"):
         assert f'src="{run}/{PLOT_FILE}"' in page
         assert (leaderboard / run / PLOT_FILE).is_file()
     for formula in ("utility_retention × (1 − headline_success)",
@@ -150,7 +168,7 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
                     "t(0.975, n − 1) · s / √n"):
         assert formula in page.replace("<code>", "").replace("</code>", ""), formula
     versions = {row[0][0]: [cell[0] for cell in row[1:]] for row in tables.tables["versions"]}
-    assert sorted(versions) == ["alpha", "beta", "submissions/my_pmp"]
+    assert sorted(versions) == ["alpha", "beta", "submissions/my_attack", "submissions/my_pmp"]
     assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123"]
     trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2"
                  and r["model"][0] == "llama")
