@@ -85,12 +85,22 @@ def score(
         output = simple_evaluate(
             model=lm,
             tasks=list(names.values()),
-            task_manager=task_manager(tasks.include_path),
+            task_manager=task_manager(tasks.include_path, tasks.needs_default_tasks),
             limit=limit,
             log_samples=False,
             bootstrap_iters=0,
             verbosity="ERROR",
         )
     assert output is not None
-    metric = METRIC_BY_FORM[form]
-    return {task: float(output["results"][name][metric]) for task, name in names.items()}
+    return {task: result_metric(output["results"][name], METRIC_BY_FORM[form], name) for task, name in names.items()}
+
+
+def result_metric(result: dict[str, object], preferred: str, name: str) -> float:
+    """The task's accuracy: `preferred` ("acc,none" or "exact_match,none") when lm-eval reports it, else the
+    first other metric of the task (a stock or hand-written YAML defines its own), never a stderr."""
+    if preferred in result:
+        return float(result[preferred])  # type: ignore[arg-type]
+    metrics = [key for key in result if "," in key and "_stderr" not in key and isinstance(result[key], int | float)]
+    if not metrics:
+        raise ValueError(f"lm-eval reported no metric for task '{name}' (keys: {sorted(result)})")
+    return float(result[metrics[0]])  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness.context import get_context
+from bench.harness.utility_tasks import check_utility_tasks
 from bench.presets import Preset
 from bench.storage import storage_root
 from bench.validate import (
@@ -98,6 +99,7 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     console = Console()
     base_root = storage_root(root)
     started = time.perf_counter()
+    check_utility_tasks(preset, base_root, preset.zoo.seed, preset.zoo.split_sizes)  # before any training
     ctx = get_context(preset, base_root)  # builds what is missing and materialises the tasks
     zoo = ctx.zoo
     console.print(f"zoo {zoo.hash} ready in {time.perf_counter() - started:.1f}s under {base_root / 'zoo'}")

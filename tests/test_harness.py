@@ -742,6 +742,11 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
             kept = [(merged[m] - base[m]) / (reference[m] - base[m]) for m in merged if reference[m] - base[m] > 0]
             kept_m = sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan
             assert row["kept_members"] == pytest.approx(kept_m, nan_ok=True)
+            experts = json.loads(row["expert_acc_by_member"])
+            pairs = [(row["merged_acc"], ref["utility"])] + [(merged[m], experts[m]) for m in merged]
+            normalised = (sum(a / e for a, e in pairs) / len(pairs) if all(e > 0 for _, e in pairs)
+                          else math.nan)  # an expert at 0 has no gain to normalise by
+            assert row["paper_normalised_acc"] == pytest.approx(normalised, nan_ok=True)
             raw = min(kept_p, kept_m) if not math.isnan(kept_m) else kept_p
             assert row["attack_success_raw"] == pytest.approx(raw, nan_ok=True)
             success = min(max(raw, 0.0), 1.0) if not math.isnan(raw) else math.nan

@@ -69,6 +69,8 @@ def test_joint_merge_success_uses_the_control_and_the_other_member(cells: pd.Dat
     assert first["kept_protected"] == pytest.approx((0.45 - 0.25) / (0.7 - 0.25))
     assert first["kept_members"] == pytest.approx((0.6 - 0.1) / (0.7 - 0.1))
     assert first["attack_success"] == pytest.approx(0.2 / 0.45)
+    # Trap²'s own metric: merged / expert on T_p (none's utility is the expert's) and on the other member
+    assert first["paper_normalised_acc"] == pytest.approx((0.45 / 0.8 + 0.6 / 0.9) / 2)
     second = cell(cells, "trap2", "ta", 1)
     assert second["kept_protected"] == pytest.approx((0.8 - 0.25) / (0.6 - 0.25))  # > 1: unclipped part
     assert second["kept_members"] == pytest.approx((0.2 - 0.1) / (0.4 - 0.1))

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from bench.config import StrictModel
 from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track, load_builtin_plugins
 from bench.storage import content_hash
+from tasks.lmeval import TaskSource
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,9 @@ class GridConfig(StrictModel):
     protected_tasks: list[str] | None = Field(None, description="merge track; default all expert tasks")
     downstream_tasks: list[str] | None = Field(None, description="finetune track; default the zoo's")
     budget_fractions: list[float] = Field(default_factory=lambda: [0.125, 0.25, 0.5, 1.0])
+    utility_tasks: list[TaskSource] = Field(default_factory=list, description=(
+        "scored only, never trained: a stock lm-eval task name, {name, lm_eval_yaml: PATH} or {name, jsonl: PATH}; "
+        "lm-eval scores each release and the base on them (bench.harness.utility_tasks)"))
 
     @field_validator("budget_fractions")
     @classmethod

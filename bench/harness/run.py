@@ -35,6 +35,7 @@ from bench.harness.context import clear_contexts, get_context
 from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
 from bench.harness.grid import Cell, ConfigError, DefenseJob, expand
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
+from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
 from bench.storage import (
     deep_verification,
@@ -91,6 +92,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
         raise ConfigError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
     started = time.perf_counter()
     check_zoo_inputs(preset)
+    utility = check_utility_tasks(preset, root, preset.zoo.seed, preset.zoo.split_sizes)
     import_plugin_modules()
     # Expanding needs only the zoo's model names, so every grid error surfaces before the zoo is built.
     cells = expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},
@@ -131,6 +133,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
         executor.shutdown()
     records = [to_raw_row(cached_records[index] if index in cell_cached else fresh[index], cell, ctx.zoo.hash)
                for index, cell in enumerate(cells)]
+    add_utility_scores(ctx, utility, records, cells, console)
     raw = _checked_frame(ctx, records, cells)
     scored = score_cells(raw, preset.validity.rule())
     board = aggregate(scored)

@@ -212,7 +212,7 @@ class ValidationScorer(AttackerValScorer):
         super().__init__(tokenizer, *read_attacker_val(tasks, task_names))
 
 
-def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
+def cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
     path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION)}.json"
     cached = read_json_record(path)
     if isinstance(cached, dict):
@@ -223,7 +223,7 @@ def _cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[st
 
 
 def _base_scores(ctx: HarnessContext, model: str) -> dict[str, float]:
-    return _cached_scores(ctx, f"base-{model}", model, lambda: score(
+    return cached_scores(ctx, f"base-{model}", model, lambda: score(
         ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks, ctx.tasks))
 
 
@@ -233,7 +233,7 @@ def _expert_score(ctx: HarnessContext, model: str, release_format: str, task: st
                   else ctx.zoo.load_lora_expert(model, task))
         return score(expert, ctx.zoo.tokenizer(model), [task], ctx.tasks)
 
-    return _cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
+    return cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
                           compute)[task]
 
 

@@ -93,6 +93,8 @@ RAW_SCHEMA: tuple[Column, ...] = (
     Column("merged_acc_by_member", "str"),  # JSON {task: accuracy} of the other members in the merge
     Column("base_acc_by_member", "str"),    # JSON {task: the public base's accuracy}
     Column("expert_acc_by_member", "str"),  # JSON {task: the public expert's own accuracy}
+    Column("utility_tasks_acc", "str"),     # JSON {utility task: the release's lm-eval accuracy} (scored only)
+    Column("base_utility_tasks_acc", "str"),  # JSON {utility task: the public base's lm-eval accuracy}
     accuracy("pre_heal_acc"),
     *(Column(name, "float", lo=0.0, hi=1.0 if "_acc_" in name else None) for name in DIAGNOSTIC_COLUMNS),
     accuracy("acc_before"),

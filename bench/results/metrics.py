@@ -70,6 +70,20 @@ def kept_members(frame: Frame) -> pd.Series:
     return pd.Series(values, index=frame.index, dtype="float64")
 
 
+def paper_normalised_acc(frame: Frame) -> pd.Series:
+    """Trap²'s normalised accuracy: the mean over T_p and the other members of merged / expert accuracy."""
+    values = []
+    for merged, utility, by_member, experts in zip(frame["merged_acc"], frame["utility_none"],
+                                                   frame["merged_acc_by_member"], frame["expert_acc_by_member"],
+                                                   strict=True):
+        by_member, experts = _members(by_member), _members(experts)
+        ratios = [merged / utility] if utility and utility > 0 else []
+        ratios += [by_member[m] / experts[m] for m in by_member if experts.get(m, 0) > 0]
+        whole = len(ratios) == 1 + len(by_member) and not pd.isna(merged)
+        values.append(sum(ratios) / len(ratios) if whole else math.nan)
+    return pd.Series(values, index=frame.index, dtype="float64")
+
+
 #: Trapezoid weights of the advantage curve through x = 0, ⅛, ¼, ½, 1 (the value at 0 is the advantage
 #: before any fine-tuning): 0.0625·a0 + 0.125·a⅛ + 0.1875·a¼ + 0.375·a½ + 0.25·a1.
 ADVANTAGE_AUC_WEIGHTS: tuple[float, ...] = (0.0625, 0.125, 0.1875, 0.375, 0.25)
@@ -154,6 +168,10 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                -1.0, 1.0),
     CellMetric("utility_retention", "float", "both", "reference", "`utility / utility_none`",
                lambda frame, rule: ratio(frame["utility"], frame["utility_none"]), 0.0),
+    CellMetric("paper_normalised_acc", "float", "merge", "reference",
+               "Trap²'s own metric, beside ours: the mean over T_p and every other member t of `merged_t / expert_t` "
+               "(T_p's expert: `utility_none`; the others' from `expert_acc_by_member`); no control, no base",
+               lambda frame, rule: paper_normalised_acc(frame), 0.0),
     CellMetric("kept_protected", "float", "merge", "reference",
                "`(merged_acc − control_acc) / (merged_acc_none − control_acc)`: the share of what the unprotected "
                "release adds on T_p beyond the release-free control",
