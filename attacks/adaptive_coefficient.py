@@ -8,6 +8,8 @@ beaten by an attacker who simply scales back up; this attack measures that. Only
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import Field, field_validator
@@ -31,7 +33,8 @@ class AdaptiveCoefficientConfig(StrictModel):
                                    description="then searched at the best coefficient (density 1.0 is the start)")
     normalize: bool = Field(False, description="mergekit normalize: dividing by the weights' sum undoes the search")
     objective: Objective = Field("protected", description="maximise the protected task alone (one shared "
-                                 "coefficient cannot drop the others) or its mean with the members' tasks")
+                                 "coefficient cannot drop the others), its mean with the members' tasks, or "
+                                 "the mean normalised accuracy (Trap²'s criterion)")
 
     @field_validator("method")
     @classmethod
@@ -54,6 +57,25 @@ class AdaptiveCoefficientConfig(StrictModel):
         if any(v > 1 for v in values):
             raise ValueError("densities are kept fractions, at most 1")
         return values
+
+
+def search_coefficient(coefficients: list[float], patience: int,
+                       trial: Callable[[float], tuple[float, Any]]) -> tuple[float, tuple[float, Any]]:
+    """Trap²'s search: try the coefficients in ascending order and keep the best validation score; stop after
+    `patience` scores below the best so far (a tie, e.g. the flat start of small coefficients, is no miss,
+    and a new best resets the count). Returns (best coefficient, (its score, its trial result)); the first
+    of equal scores wins."""
+    best_weight, best = coefficients[0], (-math.inf, None)
+    misses = 0
+    for weight in coefficients:
+        result = trial(weight)
+        if result[0] > best[0]:
+            best, best_weight, misses = result, weight, 0
+        elif result[0] < best[0]:
+            misses += 1
+            if misses >= patience:
+                break
+    return best_weight, best
 
 
 @register_attack
@@ -87,16 +109,7 @@ class AdaptiveCoefficient(Attack):
             trace.append({"weight": weight, "density": density, "val": value})
             return value, model
 
-        best_weight, best = config.coefficients[0], (-1.0, None)
-        misses = 0  # scores below the best so far; a tie (the flat start of small coefficients) is no miss
-        for weight in config.coefficients:
-            result = trial(weight, 1.0)
-            if result[0] > best[0]:
-                best, best_weight, misses = result, weight, 0
-            elif result[0] < best[0]:
-                misses += 1
-                if misses >= config.patience:
-                    break
+        best_weight, best = search_coefficient(config.coefficients, config.patience, lambda weight: trial(weight, 1.0))
         best_density = 1.0
         if sparsifies(config.method):
             for density in config.densities:

@@ -12,6 +12,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, field_validator, mode
 from transformers import PreTrainedModel
 
 from bench.config import StrictModel
+from bench.device import device_of
 from bench.evaluate import as_plain_model
 from bench.finetuning import sweep
 from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
@@ -21,7 +22,11 @@ if TYPE_CHECKING:
     from bench.optuna_search import OptunaSpace
 
 RELEASE = "release"
-Objective = Literal["all", "protected"]
+#: What an adaptive attacker maximises on its own validation split: the protected task alone, the mean
+#: accuracy over it and the merged members' tasks, or Trap²'s selection criterion, the mean *normalised*
+#: accuracy (each task's accuracy over that of its own unmerged model: the release for T_p, the public
+#: expert for a member, both measured on the same validation split).
+Objective = Literal["all", "protected", "normalised"]
 
 
 
@@ -32,7 +37,7 @@ def full_weights(model: PreTrainedModel | PeftModel) -> dict:
 
 
 def model_from_state(template: PreTrainedModel, state: dict) -> PreTrainedModel:
-    model = type(template)(template.config)
+    model = type(template)(template.config).to(device_of(template))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise ValueError(f"merged state has unexpected tensors: {unexpected[:3]}")
@@ -98,6 +103,12 @@ def objective_tasks(view: PublicView, objective: Objective) -> list[str]:
     return [view.task] if objective == "protected" else [view.task, *view.public_experts]
 
 
+def normalised_mean(scores: dict[str, float], references: dict[str, float]) -> float:
+    """Mean over tasks of score / reference; a task whose own model scores 0 counts its raw score (there is
+    no gain to normalise by)."""
+    return sum(scores[t] / references[t] if references[t] > 0 else scores[t] for t in scores) / len(scores)
+
+
 def objective_examples(view: PublicView, objective: Objective) -> int:
     """How many of its own validation examples the adaptive attacker consults (its data budget)."""
     return sum(len(view.attacker_val.prompts) if task == view.task else len(view.public_experts_val[task].prompts)
@@ -109,9 +120,16 @@ def validation_scorer(view: PublicView, objective: Objective) -> Callable[[PreTr
     if view.score_val is None:
         raise RuntimeError("this adaptive attack needs view.score_val (the attacker-val scorer)")
     score_val, tasks = view.score_val, objective_tasks(view, objective)
+    references: dict[str, float] = {}
+    if objective == "normalised":
+        references[view.task] = score_val(view.release, [view.task])[view.task]
+        for task, expert in view.public_experts.items():
+            references[task] = score_val(expert, [task])[task]
 
     def evaluate(model: PreTrainedModel) -> float:
         scores = score_val(model, tasks)
+        if objective == "normalised":
+            return normalised_mean({task: scores[task] for task in tasks}, references)
         return sum(scores[task] for task in tasks) / len(tasks)
 
     return evaluate

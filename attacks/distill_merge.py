@@ -35,6 +35,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from attacks.adaptive_coefficient import AdaptiveCoefficient, AdaptiveCoefficientConfig
 from attacks.common import Objective, objective_examples
+from bench.device import device_of
 from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 from bench.zoo.training import ANSWER_END
@@ -80,10 +81,6 @@ class DistillData:
         width = int(self.attention_mask[rows].sum(dim=1).max())
         return (self.input_ids[rows, :width].to(device), self.attention_mask[rows, :width].to(device),
                 self.scored[rows, :width].to(device))
-
-
-def device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def max_positions(model: PreTrainedModel) -> int | None:

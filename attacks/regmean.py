@@ -28,6 +28,7 @@ from transformers.pytorch_utils import Conv1D
 
 from attacks.common import RELEASE, MergeInputs, expert_name, model_from_state
 from bench.config import StrictModel
+from bench.device import inputs_on
 from bench.plugins import Attack, AttackOutput, PublicView, TaskData, register_attack
 
 
@@ -169,8 +170,9 @@ def collect_grams(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
         for start in range(0, len(ids), batch_size):
             rows = slice(start, start + batch_size)
             width = int(mask[rows].sum(1).max())
-            current[0] = mask[rows, :width]
-            model(input_ids=ids[rows, :width], attention_mask=mask[rows, :width])
+            input_ids, attention_mask = inputs_on(model, ids[rows, :width], mask[rows, :width])
+            current[0] = attention_mask  # the hooks weigh each token's input by it, on the model's device
+            model(input_ids=input_ids, attention_mask=attention_mask)
     tokens = int(mask.sum())
     if normalize:
         grams = {name: gram / tokens for name, gram in grams.items()}

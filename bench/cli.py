@@ -299,6 +299,23 @@ def list_defenses_command() -> None:
         typer.echo(f"{name:18s} [{','.join(sorted(cls.tracks))}; {','.join(sorted(cls.formats))}] {cls.description}")
 
 
+@list_app.command("architectures")
+def list_architectures_command() -> None:
+    """Zoo architecture families, their LoRA targets and the defenses that apply to each."""
+    from bench.plugins import DEFENSES, load_builtin_plugins
+    from bench.zoo.architectures import FAMILIES, LORA_TARGETS, TRANSFORMER_FAMILIES
+
+    load_builtin_plugins()
+    for family in FAMILIES:
+        kind = "transformer" if family in TRANSFORMER_FAMILIES else "state-space model"
+        applies = [name for name in DEFENSES.names()
+                   if any(DEFENSES.get(name)().supports(track, fmt, family)
+                          for track in DEFENSES.get(name).tracks for fmt in DEFENSES.get(name).formats)]
+        missing = sorted(set(DEFENSES.names()) - set(applies))
+        typer.echo(f"{family:8s} [{kind}] LoRA on {', '.join(LORA_TARGETS[family])}; defenses: {', '.join(applies)}"
+                   + (f"; N/A: {', '.join(missing)}" if missing else ""))
+
+
 @list_app.command("attacks")
 def list_attacks_command() -> None:
     """Registered attacks with their track and family (DESIGN §4; a fixed merge may refine it per config)."""

@@ -17,6 +17,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from bench.device import device_of
 from tasks.lmeval import MaterializedTasks, task_manager
 
 Form = Literal["loglikelihood", "gen"]
@@ -77,7 +78,7 @@ def score(
     from lm_eval import simple_evaluate
 
     plain = as_plain_model(model).eval()
-    lm = quiet_hflm_class()(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size, device="cpu",
+    lm = quiet_hflm_class()(pretrained=plain, tokenizer=tokenizer, batch_size=batch_size, device=str(device_of(plain)),
               max_length=plain.config.max_position_embeddings if hasattr(plain.config, "max_position_embeddings")
               else None)
     names = {task: tasks.lm_eval_name(task, split=split, form=form) for task in task_names}

@@ -16,6 +16,7 @@ from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from bench.device import inputs_on
 from bench.evaluate import as_plain_model
 from bench.results.columns import DIAGNOSTIC_SCALES
 from bench.zoo.training import TokenisedBatch, tokenise
@@ -26,12 +27,14 @@ def rows_forward(model: nn.Module, batch: TokenisedBatch, rows: torch.Tensor,
     """Logits and shifted labels of the selected rows, optionally at substituted `parameters`
     (torch.func.functional_call: the model is evaluated at another point without being copied)."""
     width = int(batch.attention_mask[rows].sum(dim=1).max())
-    inputs = {"input_ids": batch.input_ids[rows, :width], "attention_mask": batch.attention_mask[rows, :width]}
+    input_ids, attention_mask, labels = inputs_on(model, batch.input_ids[rows, :width],
+                                                  batch.attention_mask[rows, :width], batch.labels[rows, 1:width])
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
     if parameters is None:
         logits = model(**inputs).logits
     else:
         logits = torch.func.functional_call(model, parameters, args=(), kwargs=inputs, strict=False).logits
-    return logits[:, :-1], batch.labels[rows, 1:width]
+    return logits[:, :-1], labels
 
 
 def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

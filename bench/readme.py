@@ -90,6 +90,29 @@ def _track_table(board: pd.DataFrame, track: str) -> list[str]:
     return markdown_table(header, rows)
 
 
+def architecture_matrix(board: pd.DataFrame) -> list[str]:
+    """Defense × (track, architecture, format): the worst-case success where the defense applies, `N/A` where
+    it declares it does not (e.g. a transformer-only re-parameterisation on Mamba), `invalid` where no attack
+    was valid, `–` where the grid did not run it."""
+    if board.empty:
+        return ["No rows."]
+    columns = sorted({(r["track"], r["family"] or r["model"], r["release_format"]) for _, r in board.iterrows()})
+    by_key = {(r["defense"], r["track"], r["family"] or r["model"], r["release_format"]): r
+              for _, r in board.iterrows()}
+
+    def entry(defense: str, column: tuple[str, str, str]) -> str:
+        row = by_key.get((defense, *column))
+        if row is None:
+            return "–"
+        if row["status"] == "n/a":
+            return "N/A"
+        return row["status"] if row["status"] != "ok" else number_text(row["worst_attack_success"])
+
+    defenses = sorted(set(board["defense"]), key=lambda name: (name == REFERENCE_DEFENSE, name))
+    return markdown_table(["defense", *(f"{track}: {family}/{fmt}" for track, family, fmt in columns)],
+                          [[defense, *(entry(defense, column) for column in columns)] for defense in defenses])
+
+
 def _weak_table(cells: pd.DataFrame) -> list[str]:
     """Which attack configurations were weak on `none` (decided over all seeds), and why."""
     reference = cells[(cells["defense"] == REFERENCE_DEFENSE) & (cells["status"] == "ok") & cells["weak"]]
@@ -177,6 +200,9 @@ def render_readme(cells: pd.DataFrame, board: pd.DataFrame, title: str,
     for track in TRACKS:
         if (board["track"] == track).any():
             lines += [f"## {track} track", "", *_track_table(board, track), ""]
+    lines += ["## Architecture × format × defense", "",
+              "Worst-case attack success per architecture; N/A: the defense declares it does not apply there.", "",
+              *architecture_matrix(board), ""]
     gaps = family_gaps(cells) + validity_failures(cells)
     lines += ["## Families without a valid attack", "",
               *([f"- **{gap}**" for gap in gaps] or ["Every attack family of the grid has a valid attack."]), ""]

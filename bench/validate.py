@@ -22,6 +22,7 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from bench.device import device_of
 from bench.evaluate import as_plain_model, score
 from bench.finetuning import finetune
 from bench.merging import merge_state_dicts
@@ -82,7 +83,7 @@ class ArchitectureReport:
 def _merged_model(template: PreTrainedModel, base_state: dict, members: dict[str, dict], coefficient: float):
     merged = merge_state_dicts(base_state, members, "task_arithmetic",
                                parameters={"weight": coefficient, "normalize": False, "lambda": 1.0})
-    model = type(template)(template.config)
+    model = type(template)(template.config).to(device_of(template))
     model.load_state_dict(merged, strict=False)
     return model.eval()
 

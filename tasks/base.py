@@ -33,8 +33,10 @@ class Example:
     answer: str
 
 
-def example_problems(example: Example) -> list[str]:
-    """Why an example breaks the constraints (empty when it is valid).
+def example_problems(example: Example, max_chars: int | None = MAX_EXAMPLE_CHARS, ascii_only: bool = True
+                     ) -> list[str]:
+    """Why an example breaks the constraints (empty when it is valid); document tasks (tasks.documents) lift
+    the length cap and the ASCII rule, which exist for the tiny zoo's character tokenizer.
 
     Used by split building so a faulty (e.g. third-party) task fails loudly instead of yielding
     unscoreable data.
@@ -44,15 +46,15 @@ def example_problems(example: Example) -> list[str]:
         if not isinstance(text, str) or not text:
             problems.append(f"{field} must be a non-empty string")
             continue
-        bad = sorted({c for c in text if c not in _PRINTABLE})
+        bad = sorted({c for c in text if c not in _PRINTABLE}) if ascii_only else []
         if bad:
             problems.append(f"{field} has non-printable or non-ASCII characters {bad!r}")
     if not problems:
         if example.answer[0].isspace():
             problems.append("answer starts with whitespace")
         total = len(example.prompt) + len(example.answer)
-        if total > MAX_EXAMPLE_CHARS:
-            problems.append(f"prompt+answer is {total} characters (> {MAX_EXAMPLE_CHARS})")
+        if max_chars is not None and total > max_chars:
+            problems.append(f"prompt+answer is {total} characters (> {max_chars})")
     return problems
 
 
@@ -66,6 +68,8 @@ class ProceduralTask(abc.ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    max_example_chars: ClassVar[int | None] = MAX_EXAMPLE_CHARS
+    ascii_only: ClassVar[bool] = True
 
     @abc.abstractmethod
     def sample(self, rng: random.Random) -> Example:

@@ -65,17 +65,24 @@ def _load_entry_points() -> None:
 
 
 def list_tasks() -> list[str]:
-    """Names of all registered tasks, sorted."""
+    """Names of all registered tasks and declared document tasks (tasks.documents), sorted."""
+    from tasks.documents import declared_names
+
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(declared_names()))
 
 
 def get_task(name: str) -> ProceduralTask:
     """A fresh instance of the task registered as `name`."""
+    from tasks.documents import document_task
+
     _load_entry_points()
     try:
         cls = _REGISTRY[name]
     except KeyError:
+        documents = document_task(name)
+        if documents is not None:
+            return documents()
         known = sorted(_REGISTRY)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""

@@ -44,7 +44,7 @@ def sample_distinct(task: ProceduralTask, seed: int, count: int) -> list[Example
         example = task.sample(rng)
         previous = seen.get(example.prompt)
         if previous is None:
-            problems = example_problems(example)
+            problems = example_problems(example, task.max_example_chars, task.ascii_only)
             if problems:
                 raise ValueError(f"task {task.name!r} produced an invalid {example!r}: {'; '.join(problems)}")
             seen[example.prompt] = example.answer

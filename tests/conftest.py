@@ -13,6 +13,17 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _document_tasks_stay_in_their_test():
+    """A preset with `zoo.document_tasks` declares them process-wide (tasks.documents); put the declarations
+    back after each test, so that no test's tasks leak into another's task list."""
+    from tasks.documents import declared_sources, restore_declared
+
+    before = declared_sources()
+    yield
+    restore_declared(before)
+
+
 @pytest.fixture(scope="session")
 def micro_preset():
     from bench.presets import load_preset

@@ -87,7 +87,7 @@ def _expand(preset: Preset):
                   list(preset.zoo.downstream_tasks))
 
 
-@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu"])
+@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu", "paper-gpu"])
 def test_preset_grids_validate_and_never_repeat_a_member(name: str) -> None:
     """Every attack config validates, and no cell merges a task's own expert back in (n_members larger
     than the zoo's expert tasks would wrap around to the protected task)."""
@@ -560,3 +560,62 @@ def test_a_model_can_override_the_zoos_expert_tasks() -> None:
                       merge_attacks=[PluginSpec(name="task_arithmetic")], finetune_attacks=[])
     with pytest.raises(ConfigError, match="not expert tasks of zoo model 'gpt2'"):
         expand(grid, {m: preset.zoo.expert_tasks_of(m) for m in preset.zoo.models}, ["shift"])
+
+
+def test_coefficient_search_stopping_rule_and_selection_by_hand() -> None:
+    """Trap²'s shared-coefficient search on a made-up validation curve: ties are no misses, a new best resets
+    the count, and the search stops at the patience-th score below the best, before a later higher peak."""
+    from attacks.adaptive_coefficient import search_coefficient
+
+    curve = {0.1: 0.2, 0.25: 0.2, 0.5: 0.5, 1.0: 0.4, 1.5: 0.45, 2.0: 0.55, 3.0: 0.3, 5.0: 0.1, 9.9: 0.9}
+    tried: list[float] = []
+
+    def trial(weight: float) -> tuple[float, str]:
+        tried.append(weight)
+        return curve[weight], f"model@{weight}"
+
+    weight, (value, model) = search_coefficient(list(curve), 2, trial)
+    # 0.25 ties 0.1 (no miss); 0.5 is a new best; 1.0 (0.4) and 1.5 (0.45) are misses 1 and 2: stop there
+    assert tried == [0.1, 0.25, 0.5, 1.0, 1.5] and (weight, value, model) == (0.5, 0.5, "model@0.5")
+    tried.clear()
+    weight, (value, _) = search_coefficient(list(curve), 3, trial)
+    # patience 3: 2.0 (0.55) is a new best after two misses and resets the count; 3.0 and 5.0 are misses 1
+    # and 2, so 9.9 is still tried, and its 0.9 wins
+    assert tried == list(curve) and (weight, value) == (9.9, 0.9)
+
+
+def test_normalised_selection_criterion_by_hand() -> None:
+    """Trap²'s criterion: mean over the tasks of merged / own-model accuracy on the validation split."""
+    from attacks.common import normalised_mean
+
+    scores, references = {"add": 0.4, "sort": 0.3}, {"add": 0.8, "sort": 0.6}
+    assert normalised_mean(scores, references) == pytest.approx((0.4 / 0.8 + 0.3 / 0.6) / 2)
+    # the raw mean cannot tell (0.6, 0.1) from (0.2, 0.5) (0.35 both); the normalised one prefers the merge that
+    # keeps more of the harder task: (0.25 + 0.833) / 2 = 0.54 against (0.75 + 0.167) / 2 = 0.46
+    assert (0.6 + 0.1) / 2 == (0.2 + 0.5) / 2
+    assert normalised_mean({"add": 0.2, "sort": 0.5}, references) > normalised_mean({"add": 0.6, "sort": 0.1}, references)
+    assert normalised_mean({"add": 0.2}, {"add": 0.0}) == 0.2, "no gain to normalise by: the raw score"
+
+
+@pytest.mark.slow
+def test_adaptive_coefficient_selects_on_normalised_accuracy(micro_ctx) -> None:
+    """objective `normalised` first measures the release (T_p) and each expert (its task) on the validation
+    split, then ranks merges by the mean of merged / own-model accuracy: here it picks the coefficient the
+    raw mean would not."""
+    script = [{"sort": 0.8}, {"max": 0.4},                      # references: release on sort, expert on max
+              {"sort": 0.6, "max": 0.1}, {"sort": 0.2, "max": 0.4}]  # coefficients 0.5, 1.0
+
+    class PerTask(ScriptedScores):
+        def __call__(self, model: Any, task_names: list[str]) -> dict[str, float]:
+            self.calls.append((model, list(task_names)))
+            return {task: self.values[len(self.calls) - 1][task] for task in task_names}
+
+    scores = PerTask(script)  # type: ignore[arg-type]
+    view = _view(micro_ctx, score_val=scores)
+    config = {"method": "task_arithmetic", "coefficients": [0.5, 1.0], "patience": 2, "objective": "normalised"}
+    cls = ATTACKS.get("adaptive_coefficient")
+    output = cls(cls.Config.model_validate(config)).run(view)
+    assert [tasks for _, tasks in scores.calls] == [["sort"], ["max"], ["sort", "max"], ["sort", "max"]]
+    assert scores.calls[0][0] is view.release and scores.calls[1][0] is view.public_experts["max"]
+    # normalised: (0.6/0.8 + 0.1/0.4)/2 = 0.5 at 0.5, (0.2/0.8 + 0.4/0.4)/2 = 0.625 at 1.0 (raw: 0.35 vs 0.30)
+    assert output.knobs["weights"] == 1.0 and output.knobs["val_score"] == pytest.approx(0.625)

@@ -235,6 +235,18 @@ def test_run_outputs_and_readme(tmp_path: Path, cells: pd.DataFrame, board: pd.D
                    if line.startswith("| ")][1:]
     assert merge_lines[0].startswith("| trap2 | llama |")  # ranked: scored defenses first, none after them
     assert any(line.startswith("| trap2 | gpt2 | adapter | invalid") for line in merge_lines)
+    matrix = readme.split("## Architecture × format × defense")[1].split("\n## ")[0]
+    header = next(line for line in matrix.splitlines() if line.startswith("| defense"))
+    assert "finetune: mamba/full" in header and "merge: llama/adapter" in header
+    def cells_of(line: str) -> list[str]:
+        return [part.strip() for part in line.strip("| ").split(" | ")]
+
+    columns = cells_of(header)
+    pmp = cells_of(next(line for line in matrix.splitlines() if line.startswith("| pmp |")))
+    assert pmp[columns.index("finetune: mamba/full")] == "N/A", "declared n/a shows as N/A"
+    assert pmp[columns.index("merge: llama/adapter")] == "–", "pmp has no merge row: not run"
+    trap2 = cells_of(next(line for line in matrix.splitlines() if line.startswith("| trap2 |")))
+    assert trap2[columns.index("merge: gpt2/adapter")] == "invalid"
 
 
 def test_publish_refuses_partial_or_inconsistent_runs(tmp_path: Path, cells: pd.DataFrame,

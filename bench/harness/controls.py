@@ -19,6 +19,7 @@ import json
 import torch
 from peft import get_peft_model
 
+from bench.device import device_of
 from bench.plugins import Defense, OwnerView, Release
 
 CONTROL_DEFENSE = "control"
@@ -50,5 +51,5 @@ class ControlRelease(Defense):
                 return Release(model, notes={"control": "release-free: zero LoRA update"})
             return Release(copy.deepcopy(owner.base), notes={"control": "release-free: the public base"})
         torch.manual_seed(10_007 + owner.seed)
-        scratch = type(owner.base)(owner.base.config)  # transformers' own random initialisation
+        scratch = type(owner.base)(owner.base.config).to(device_of(owner.base))  # transformers' own random initialisation
         return Release(scratch.eval(), notes={"control": "from-scratch: random initialisation"})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.device import DEVICE_ENV
 from bench.offline import offline_env
 from bench.presets import Preset
 
@@ -92,7 +93,8 @@ class RayExecutor:
 
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
         address = os.environ.get("RAY_ADDRESS") or None
-        env = {**offline_env(), "PYTHONPATH": project_pythonpath()}
+        env = {**offline_env(), "PYTHONPATH": project_pythonpath(),
+               **{name: os.environ[name] for name in (DEVICE_ENV,) if name in os.environ}}
         if not ray.is_initialized():
             # "local": without RAY_ADDRESS, always a private cluster. ray.init(address=None) would join
             # whatever cluster `ray start` last left on this machine (someone else's, possibly).

@@ -1,19 +1,42 @@
-"""Tiny causal LMs of several architectures, built from a seed with transformers' own classes."""
+"""Tiny causal LMs of several architectures, built from a seed with transformers' own classes.
+
+Two transformers (Llama- and GPT-2-style) and one state-space model (Mamba): Trap²'s claim to be
+architecture-agnostic, against the transformer-specific re-parameterisations, needs a model without
+attention. Mamba runs transformers' pure-PyTorch path on CPU (no CUDA kernels); with the `mambapy`
+package installed its parallel scan replaces the per-token loop (same outputs to float rounding).
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    PreTrainedModel,
+)
+from transformers.utils.import_utils import is_mambapy_available
 
-Family = Literal["llama", "gpt2"]
+from bench.device import compute_device
 
-#: LoRA target modules per family: every linear map in attention and MLP.
+Family = Literal["llama", "gpt2", "mamba"]
+FAMILIES: tuple[str, ...] = ("llama", "gpt2", "mamba")
+#: Families built of attention and MLP blocks (what transformer-specific defenses and attacks need).
+TRANSFORMER_FAMILIES: frozenset[str] = frozenset({"llama", "gpt2"})
+
+#: LoRA target modules per family: every linear map in attention and MLP; Mamba's input, state (x → Δ, B,
+#: C) and Δ projections (peft refuses `out_proj` and `conv1d` on Mamba: its fused kernel reads their
+#: weights directly, bypassing an adapter).
 LORA_TARGETS: dict[str, list[str]] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "mamba": ["in_proj", "x_proj", "dt_proj"],
 }
 
 
@@ -28,6 +51,17 @@ class ArchitectureConfig(BaseModel):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(256, ge=8)
     max_positions: int = Field(64, ge=16)
+    state_size: int = Field(16, ge=1, description="Mamba: SSM state per channel (transformers ignore it)")
+    expand: int = Field(2, ge=1, description="Mamba: inner width = expand × hidden size (transformers ignore it)")
+
+    @model_serializer(mode="wrap")
+    def _only_own_fields(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A transformer's dump (and so its zoo cache key) leaves out Mamba's fields, which it never reads."""
+        data = handler(self)
+        if self.family != "mamba":
+            data.pop("state_size", None)
+            data.pop("expand", None)
+        return data
 
 
 def build_model(arch: ArchitectureConfig, vocab_size: int, seed: int, special_ids: dict[str, int]) -> PreTrainedModel:
@@ -63,6 +97,19 @@ def build_model(arch: ArchitectureConfig, vocab_size: int, seed: int, special_id
             **special_ids,
         )
         model = GPT2LMHeadModel(config)
+    elif arch.family == "mamba":
+        config = MambaConfig(
+            vocab_size=vocab_size,
+            hidden_size=arch.hidden_size,
+            state_size=arch.state_size,
+            num_hidden_layers=arch.num_layers,
+            expand=arch.expand,
+            conv_kernel=4,
+            tie_word_embeddings=False,
+            use_mambapy=is_mambapy_available(),
+            **special_ids,
+        )
+        model = MambaForCausalLM(config)
     else:  # pragma: no cover - guarded by the Literal type
         raise ValueError(f"unknown architecture family {arch.family!r}")
-    return model
+    return model.to(compute_device())  # initialised on the CPU (the same weights everywhere), then placed

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import bench
+from bench.device import compute_device
 from bench.storage import cached_directory, content_hash, write_json_atomic
 from bench.threads import compute_threads
 from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
@@ -81,7 +82,17 @@ def library_stamp() -> str:
 
 
 def zoo_hash(config: ZooConfig) -> str:
-    return content_hash("zoo", ZOO_FORMAT_VERSION, config, library_stamp())
+    return content_hash("zoo", ZOO_FORMAT_VERSION, config, library_stamp(), *document_digests(config))
+
+
+def document_digests(config: ZooConfig) -> list[list[list[str]]]:
+    """[[(name, digest of its documents), …]] for a zoo with document tasks, else [] (so that the keys of a zoo
+    without them are unchanged): a changed data file retrains what was trained on it."""
+    from tasks import get_task
+
+    if not config.document_tasks:
+        return []
+    return [[[name, get_task(name).digest] for name in sorted(config.document_tasks)]]  # type: ignore[attr-defined]
 
 
 def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
@@ -95,7 +106,7 @@ def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedM
     model = AutoModelForCausalLM.from_pretrained(
         str(path), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=torch.float32
     )
-    return model.eval()
+    return model.to(compute_device()).eval()
 
 
 def load_tokenizer(path: Path | str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -264,6 +275,7 @@ def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) ->
         raise ValueError(f"unknown zoo models {unknown}; the zoo has {sorted(config.models)}")
     paths: dict[str, ZooPaths] = {}
     zoo_config = config
+    documents = document_digests(zoo_config)
     for name, entry in zoo_config.models.items():
         if models is not None and name not in models:
             continue
@@ -272,7 +284,8 @@ def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) ->
             base, base_id = Path(entry.pretrained), entry.pretrained
         else:
             base_key = content_hash("base", ZOO_FORMAT_VERSION, library_stamp(), entry.architecture, config.base_tasks,
-                                    config.base_task_fractions, config.base_training, config.seed, config.split_sizes)
+                                    config.base_task_fractions, config.base_training, config.seed, config.split_sizes,
+                                    *documents)
             base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
                                     lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
             base_id = base_key
@@ -283,13 +296,13 @@ def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) ->
                 full[task] = Path(entry.expert_paths[task])
             else:
                 key = content_hash("expert", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.expert_training,
-                                   config.seed, config.split_sizes, config.expert_tasks)
+                                   config.seed, config.split_sizes, config.expert_tasks, *documents)
                 full[task] = cached_directory(
                     root / "zoo" / "experts" / f"{name}-{task}-{key}",
                     lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch),
                 )
             key = content_hash("lora", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.lora, config.seed,
-                               config.split_sizes, config.expert_tasks)
+                               config.split_sizes, config.expert_tasks, *documents)
             lora[task] = cached_directory(
                 root / "zoo" / "lora" / f"{name}-{task}-{key}",
                 lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from bench.config import StrictModel
 from bench.zoo.architectures import ArchitectureConfig
 from tasks import SplitSizes
+from tasks.documents import DocumentSource, declare_document_tasks
 
 
 class TrainingConfig(StrictModel):
@@ -68,6 +69,22 @@ class ZooConfig(StrictModel):
     downstream_tasks: list[str] = Field(
         default_factory=list, description="finetune-track tasks; the base must never see them"
     )
+    document_tasks: dict[str, DocumentSource] = Field(
+        default_factory=dict, description="tasks made of documents (a stock lm-eval task's, a task YAML's or JSONL "
+        "rows), split as procedural ones are; name them in any task list (tasks.documents)")
+
+    @model_validator(mode="after")
+    def _declare_document_tasks(self) -> ZooConfig:
+        declare_document_tasks(self.document_tasks)  # by name only: the documents load on first use
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_empty_documents(self, handler: SerializerFunctionWrapHandler) -> dict:
+        """A zoo without document tasks dumps (and hashes) as it did before they existed."""
+        data = handler(self)
+        if not self.document_tasks:
+            data.pop("document_tasks", None)
+        return data
 
     @model_validator(mode="after")
     def _fractions_name_base_tasks(self) -> ZooConfig:

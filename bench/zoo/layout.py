@@ -13,7 +13,10 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-FAMILIES = frozenset({"llama", "gpt2"})
+from bench.zoo.architectures import TRANSFORMER_FAMILIES
+
+#: The families whose block layout is known here: the transformers of the zoo (Mamba has no heads or MLP).
+FAMILIES = TRANSFORMER_FAMILIES
 
 
 @dataclass

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from bench.device import inputs_on
+
 ANSWER_END = "\n"
 
 
@@ -52,12 +54,9 @@ def tokenise(
 def batch_loss(model: nn.Module, batch: TokenisedBatch, rows: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens of the selected rows."""
     width = int(batch.attention_mask[rows].sum(dim=1).max())
-    output = model(
-        input_ids=batch.input_ids[rows, :width],
-        attention_mask=batch.attention_mask[rows, :width],
-        labels=batch.labels[rows, :width],
-    )
-    return output.loss
+    input_ids, attention_mask, labels = inputs_on(model, batch.input_ids[rows, :width],
+                                                  batch.attention_mask[rows, :width], batch.labels[rows, :width])
+    return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
 @dataclass
