@@ -17,9 +17,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard import LEADERBOARD_FILE, PLOT_FILE, README_FILE, _write_text_atomic
-from bench.readme import TRACK_FAMILIES, TRACKS, formulas, headline_columns, ranked
+from bench.readme import (
+    LEADERBOARD_FILE,
+    PLOT_FILE,
+    README_FILE,
+    TRACK_FAMILIES,
+    TRACKS,
+    formulas,
+    headline_columns,
+    ranked,
+)
 from bench.results import AGGREGATE_METRICS, PROVENANCE_COLUMNS, REFERENCE_DEFENSE, SchemaError, ValidityRule, read_csv
+from bench.storage import write_text_atomic
 
 INDEX_FILE = "index.html"
 SUBMISSIONS_DIR = "submissions"
@@ -371,6 +380,6 @@ def render_index(leaderboard_dir: Path) -> str:
 def write_html_index(leaderboard_dir: Path) -> Path:
     """Regenerate `leaderboard_dir/index.html` (atomically)."""
     path = Path(leaderboard_dir) / INDEX_FILE
-    _write_text_atomic(path, render_index(Path(leaderboard_dir)))
+    write_text_atomic(path, render_index(Path(leaderboard_dir)))
     path.chmod(0o644)  # a page to serve or open by anyone, unlike the 0600 of a temporary file
     return path

@@ -18,7 +18,16 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.readme import PLOT_FILE, TRACKS, markdown_table, render_readme
+from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
+    CELLS_FILE,
+    LEADERBOARD_FILE,
+    PLOT_FILE,
+    README_FILE,
+    RUN_FILES,
+    TRACKS,
+    markdown_table,
+    render_readme,
+)
 from bench.results import (
     LEADERBOARD_COLUMNS,
     REFERENCE_DEFENSE,
@@ -29,11 +38,8 @@ from bench.results import (
     read_csv,
     write_csv,
 )
+from bench.storage import write_text_atomic
 
-CELLS_FILE = "cells.csv"
-LEADERBOARD_FILE = "leaderboard.csv"
-README_FILE = "README.md"
-RUN_FILES: tuple[str, ...] = (CELLS_FILE, LEADERBOARD_FILE, README_FILE, PLOT_FILE)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,19 +48,6 @@ class PublishError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- small helpers
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary sibling and os.replace, so readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
 
 
 # ----------------------------------------------------------------------------- plot
@@ -122,7 +115,7 @@ def write_run_outputs(run_dir: Path, cells: pd.DataFrame, board: pd.DataFrame, t
     write_csv(cells, run_dir / CELLS_FILE, "cells")
     write_csv(board, run_dir / LEADERBOARD_FILE, "leaderboard")
     plot_utility_vs_attack(board, run_dir / PLOT_FILE)
-    _write_text_atomic(run_dir / README_FILE, render_readme(cells, board, title, validity))
+    write_text_atomic(run_dir / README_FILE, render_readme(cells, board, title, validity))
 
 
 # ----------------------------------------------------------------------------- publishing
@@ -279,7 +272,7 @@ def write_index(leaderboard_dir: Path) -> None:
     header = ["run", "title", "tracks", "defenses", "models", "best protection (worst case)",
               "lockbench / zoo hash"]
     lines += markdown_table(header, [_index_row(folder) for folder in folders]) if folders else ["No runs yet."]
-    _write_text_atomic(leaderboard_dir / README_FILE, "\n".join(lines) + "\n")
+    write_text_atomic(leaderboard_dir / README_FILE, "\n".join(lines) + "\n")
 
 
 __all__ = [

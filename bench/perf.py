@@ -438,10 +438,10 @@ def figure_lmeval(ctx: Any) -> Figure:
 
 def _trap2_protect(ctx: Any, job: Any, steps: int, lambda_: float) -> float:
     """Seconds for `Trap2(lambda, eval at the last step only).protect(owner)` with `steps` training steps."""
-    from bench.harness.stages import _owner_view
+    from bench.harness.stages import owner_view
     from defenses.trap2 import Trap2, Trap2Config
 
-    owner = _owner_view(ctx, job)
+    owner = owner_view(ctx, job)
     recipe = owner.recipe
     if job.release_format == "adapter":
         lora = recipe.lora.model_copy(update={"training": recipe.lora.training.model_copy(update={"steps": steps})})
@@ -483,14 +483,14 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
 
     from bench.harness.grid import DefenseJob
     from bench.threads import torch_threads
-    from bench.zoo.build import _task_data
+    from bench.zoo.build import task_data
     from bench.zoo.training import TrainSettings, train
 
     model_name = ctx.zoo.model_names[0]
     task = ctx.preset.zoo.expert_tasks[0]
     job = DefenseJob("trap2", "trap2", "{}", "merge", "full", model_name, task, 0)
     recipe = ctx.preset.zoo.recipe(model_name)
-    data = _task_data(recipe, [task], ctx.zoo.tokenizer(model_name), recipe.expert_training.replay_fraction)
+    data = task_data(recipe, [task], ctx.zoo.tokenizer(model_name), recipe.expert_training.replay_fraction)
 
     def zoo_loop(steps: int) -> float:
         model = ctx.zoo.load_base(model_name).train()
@@ -519,7 +519,7 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
                       f"full_trap2_step_ms_at_{threads}_threads": round(1000 * all_threads["trap2"], 3),
                       "model": model_name, "task": task, "steps": [short, long]}
     figure.notes.append("defenses.trap2.Trap2(Trap2Config(lambda=0.01 | 0, eval_every=steps+1)).protect(owner) with "
-                        "owner = bench.harness.stages._owner_view(ctx, job) (merge job, full format) and the recipe's "
+                        "owner = bench.harness.stages.owner_view(ctx, job) (merge job, full format) and the recipe's "
                         f"expert_training.steps (adapter: lora.training.steps) set to {short} and {long}; per step = "
                         f"(best long run − best short run) / {long - short} over interleaved repeats, so set-up "
                         "cancels. lambda=0 is the same loop with the plain fine-tuning objective; zoo_train is the "
@@ -532,13 +532,13 @@ def figure_flops(ctx: Any, steps: int = 20) -> Figure:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from bench.zoo.build import _task_data
+    from bench.zoo.build import task_data
     from bench.zoo.training import TrainSettings, batch_loss, train
 
     figure = Figure("flops", "training FLOP/s / matmul FLOP/s", ctx.preset.name, unit="%")
     model_name = ctx.zoo.model_names[0]
     recipe = ctx.preset.zoo.recipe(model_name)
-    data = _task_data(recipe, list(recipe.expert_tasks), ctx.zoo.tokenizer(model_name))
+    data = task_data(recipe, list(recipe.expert_tasks), ctx.zoo.tokenizer(model_name))
     batch = recipe.expert_training.batch_size
     model = ctx.zoo.load_base(model_name).train()
     rows = torch.arange(min(batch, data.input_ids.shape[0]))

@@ -19,7 +19,12 @@ from bench.results import (
     validity_failures,
 )
 
+#: The files of a run directory (and of its published copy).
+CELLS_FILE = "cells.csv"
+LEADERBOARD_FILE = "leaderboard.csv"
+README_FILE = "README.md"
 PLOT_FILE = "utility_vs_attack.png"
+RUN_FILES: tuple[str, ...] = (CELLS_FILE, LEADERBOARD_FILE, README_FILE, PLOT_FILE)
 TRACKS: tuple[str, ...] = ("merge", "finetune")
 
 

@@ -328,6 +328,19 @@ def cached_directory(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text via a temporary sibling and os.replace, so readers see the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, scratch = tempfile.mkstemp(prefix=_scratch_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.replace(scratch, path)
+    except BaseException:
+        Path(scratch).unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary sibling (named after this host and pid) and os.replace."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 A submission is checked in three steps before any benchmark compute is spent: the class itself (a
 `Defense` subclass with `protect`, name, description, tracks, formats and a `StrictModel` Config), its
 config, and a dry run of `protect` on the tiny `micro` zoo whose output must pass the same release check
-the harness applies (`bench.harness.stages._check_release`). Each problem is one line.
+the harness applies (`bench.harness.stages.check_release`). Each problem is one line.
 
 The defense is then registered under `NAME@<hash of its source and config>`, so the content-addressed
 cache of its releases and cells is keyed by its code: editing the defense re-runs it, re-submitting
@@ -355,7 +355,7 @@ def dry_run(submission: Submission, root: Path) -> list[str]:
 
     from bench.harness.context import get_context
     from bench.harness.grid import DefenseJob
-    from bench.harness.stages import DefenseOutputError, _check_release, _owner_view
+    from bench.harness.stages import DefenseOutputError, check_release, owner_view
     from bench.presets import load_preset
 
     ctx = get_context(load_preset(DRY_RUN_PRESET), root)
@@ -379,12 +379,12 @@ def dry_run(submission: Submission, root: Path) -> list[str]:
             torch.manual_seed(0)
             started = time.perf_counter()
             try:
-                release = defense.protect(_owner_view(ctx, job))
+                release = defense.protect(owner_view(ctx, job))
             except Exception as error:
                 raise SubmissionError(f"dry run ({where}, micro zoo model {model}): protect raised "
                                       f"{one_line(error)}") from error
             try:
-                _check_release(release, job)
+                check_release(release, job)
             except DefenseOutputError as error:
                 raise SubmissionError(f"dry run ({where}, micro zoo model {model}): {error}") from error
             _check_release_extras(release, f"dry run ({where}, micro zoo model {model})")

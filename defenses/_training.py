@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from bench.measure import evaluate, rows_forward, scaled_update, token_loss  # noqa: F401 - shared with the harness
 from bench.plugins import OwnerView, TaskData
-from bench.zoo.training import TokenisedBatch, TrainSettings, _lr_factor, tokenise
+from bench.zoo.training import TokenisedBatch, TrainSettings, lr_factor, tokenise
 
 
 def settings_from(training, seed: int, grad_clip: float = 1.0) -> TrainSettings:
@@ -89,7 +89,7 @@ def optimise(
     return True to stop early (the schedule is still the one of `settings.steps`).
     """
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, settings))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, settings))
     generator = torch.Generator().manual_seed(settings.seed)
     losses: list[float] = []
     skipped = 0

@@ -21,6 +21,7 @@ from typing import ClassVar
 import pydantic
 
 from tasks.base import Example, ProceduralTask
+from tasks.rows import read_rows
 
 
 class DocumentSource(pydantic.BaseModel, extra="forbid", frozen=True):
@@ -124,8 +125,6 @@ def load_documents(name: str, source: DocumentSource) -> list[Example]:
 
 
 def _jsonl_pairs(name: str, path: Path) -> list[tuple[str, str]]:
-    from tasks.lmeval import read_rows
-
     if not path.is_file():
         raise FileNotFoundError(f"task {name!r}: jsonl file {path} does not exist")
     return [(row["prompt"], row["answer"]) for row in read_rows(path)]

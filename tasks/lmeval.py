@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import re
 import tempfile
@@ -33,6 +32,7 @@ import yaml
 
 from tasks.base import SPLITS, SplitSizes
 from tasks.registry import list_tasks
+from tasks.rows import read_rows
 from tasks.splits import build_splits
 
 if TYPE_CHECKING:
@@ -236,26 +236,6 @@ def write_jsonl_atomic(dataset: datasets.Dataset, dest: Path) -> bool:
         return _replace_if_changed(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, checked to carry string `prompt` and `answer` (lm-eval renders them
-    through templates; a number or missing column would fail late and obscurely)."""
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not JSON ({err})") from None
-            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("prompt", "answer"))):
-                raise ValueError(f"{path}:{lineno}: each row needs string fields 'prompt' and 'answer'")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
 
 
 # ----------------------------------------------------------------------------- lm-eval configs

@@ -148,12 +148,12 @@ def test_reparameterisation_keys_come_from_the_owner_secret(micro_ctx, name: str
     """The key is a function of the owner's secret (+ key_seed), not of the job seed an attack sees; the
     release records nothing of the secret."""
     from bench.harness.owner_secret import owner_secret, root_secret
-    from bench.harness.stages import _owner_view
+    from bench.harness.stages import owner_view
     from bench.plugins import DEFENSES, load_builtin_plugins
 
     load_builtin_plugins()
     cls = DEFENSES.get(name)
-    owner = _owner_view(micro_ctx, _job(name))
+    owner = owner_view(micro_ctx, _job(name))
     assert owner.secret == owner_secret(micro_ctx.root, _job(name).key)
 
     def key(secret: int, key_seed: int = 0) -> dict[str, torch.Tensor]:

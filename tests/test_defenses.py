@@ -206,10 +206,10 @@ def micro_ctx(micro_zoo, micro_preset):
 
 def _owner(ctx, defense: str, track: str, release_format: str, model: str = "llama") -> OwnerView:
     """The owner's view of one job; the merge track protects the zoo's first expert task."""
-    from bench.harness.stages import _owner_view
+    from bench.harness.stages import owner_view
 
     task = ctx.preset.zoo.expert_tasks[0] if track == "merge" else None
-    return _owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
+    return owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
 
 
 def _protect(name: str, owner: OwnerView, **config: Any):

@@ -68,7 +68,7 @@ import dataclasses, hashlib, sys
 import torch
 from bench.presets import load_preset
 from bench.zoo.architectures import build_model
-from bench.zoo.build import _settings, _task_data, _train_with_bar
+from bench.zoo.build import _settings, task_data, _train_with_bar
 from bench.zoo.tokenizer import build_tokenizer
 
 zoo = load_preset("ci").zoo
@@ -77,7 +77,7 @@ tokenizer = build_tokenizer()
 special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
            "eos_token_id": tokenizer.eos_token_id}
 model = build_model(zoo.models["gpt2"].architecture, len(tokenizer), recipe.seed, special)
-data = _task_data(recipe, recipe.base_tasks, tokenizer, fractions=recipe.base_task_fractions)
+data = task_data(recipe, recipe.base_tasks, tokenizer, fractions=recipe.base_task_fractions)
 _train_with_bar(model, data, dataclasses.replace(_settings(recipe.base_training, recipe.seed), steps=60), "t")
 print(torch.get_num_threads(), hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
 """

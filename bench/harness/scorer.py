@@ -25,7 +25,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bench.evaluate import METRIC_BY_FORM, as_plain_model, quiet_hflm_class
 from bench.plugins import TaskData
-from tasks.lmeval import MIN_GEN_TOKS, MaterializedTasks, read_rows, task_config
+from tasks.lmeval import MIN_GEN_TOKS, MaterializedTasks, task_config
+from tasks.rows import read_rows
 
 SPLIT = "attacker_val"
 FORM = "loglikelihood"

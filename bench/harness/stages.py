@@ -63,7 +63,7 @@ def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
     return content_hash(job.key, ctx.zoo.hash, CODE_VERSION)
 
 
-def _owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
+def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     zoo = ctx.zoo
     recipe = ctx.preset.zoo.recipe(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
@@ -104,7 +104,7 @@ def _replay_sample(ctx: HarnessContext, recipe: Any, count: int, seed: int) -> T
     return TaskData([prompts[i] for i in order], [answers[i] for i in order])
 
 
-def _check_release(release: Any, job: DefenseJob) -> Release:
+def check_release(release: Any, job: DefenseJob) -> Release:
     if not isinstance(release, Release):
         raise DefenseOutputError(f"defense '{job.defense}' returned {type(release).__name__}, expected Release")
     model = release.model
@@ -153,7 +153,7 @@ def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
             return
         torch.manual_seed(job.seed)
         started = time.perf_counter()
-        release = _check_release(defense.protect(_owner_view(ctx, job)), job)
+        release = check_release(defense.protect(owner_view(ctx, job)), job)
         seconds = time.perf_counter() - started
         release.model.save_pretrained(str(scratch / "public"), safe_serialization=True)
         ctx.zoo.tokenizer(job.model).save_pretrained(scratch / "public")

@@ -138,7 +138,7 @@ def _owner_examples(config: ZooConfig, task_names: list[str], fractions: dict[st
     return prompts, answers
 
 
-def _task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase,
+def task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase,
                replay_fraction: float = 0.0, seed: int = 0, fractions: dict[str, float] | None = None):
     """Owner-split examples of `task_names`, plus a replayed sample of the base's mixture.
 
@@ -191,7 +191,7 @@ def train_base(config: ZooConfig, name: str, architecture: ArchitectureConfig, s
     special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
                "eos_token_id": tokenizer.eos_token_id}
     model = build_model(architecture, len(tokenizer), seed, special)
-    data = _task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
+    data = task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
     losses = _train_with_bar(model, data, _settings(config.base_training, seed), f"{name} base")
     return model.eval(), tokenizer, losses
 
@@ -202,7 +202,7 @@ def train_full_expert(config: ZooConfig, name: str, base: PreTrainedModel, token
     import copy
 
     model = copy.deepcopy(base)
-    data = _task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
+    data = task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
     losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
     return model.eval(), losses
 
@@ -218,7 +218,7 @@ def train_lora_expert(config: ZooConfig, name: str, base: PreTrainedModel, token
     # (after a kill or a damaged file) would differ from the one an uninterrupted build makes.
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
-    data = _task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
+    data = task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
     losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
     return peft_model.eval(), losses
 

@@ -79,7 +79,7 @@ def train(
     """AdamW with linear warm-up then cosine decay; returns the loss of every step."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, settings))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, settings))
     generator = torch.Generator().manual_seed(settings.seed)
     count = data.input_ids.shape[0]
     losses: list[float] = []
@@ -99,7 +99,7 @@ def train(
     return losses
 
 
-def _lr_factor(step: int, settings: TrainSettings) -> float:
+def lr_factor(step: int, settings: TrainSettings) -> float:
     import math
 
     if settings.warmup_steps and step < settings.warmup_steps:
