@@ -23,6 +23,8 @@ from bench.readme import (
     README_FILE,
     TRACK_FAMILIES,
     TRACKS,
+    architecture_columns,
+    architecture_entries,
     formulas,
     headline_columns,
     ranked,
@@ -339,6 +341,14 @@ def render_index(leaderboard_dir: Path) -> str:
             parts.append(f'<h2 id="headline-{track}">{track} track: ranked by worst-case attack success</h2>')
             parts.append(_table(f"headline-{track}-table", ranked(pooled, track).to_dict("records"),
                                 headline_table_columns(track)))
+    for run, board in published:
+        columns = architecture_columns(board)
+        matrix = [{"defense": defense, **{"|".join(column): found.get(column, "–") for column in columns}}
+                  for defense, found in architecture_entries(board).items()]
+        parts.append(f'<h2 id="architectures-{html.escape(run)}">{html.escape(run)}: architecture × format × defense '
+                     "(worst-case success; N/A: the defense does not apply)</h2>")
+        parts.append(_table(f"architectures-{run}-table", matrix, (Column("defense", "defense"), *(
+            Column("|".join(column), f"{column[0]}: {column[1]}/{column[2]}") for column in columns))))
     parts.append("<h2>All numbers</h2>")
     if published:
         parts.append(_table("results", rows(published)))

@@ -95,27 +95,32 @@ def _track_table(board: pd.DataFrame, track: str) -> list[str]:
     return markdown_table(header, rows)
 
 
-def architecture_matrix(board: pd.DataFrame) -> list[str]:
-    """Defense × (track, architecture, format): the worst-case success where the defense applies, `N/A` where
+def architecture_columns(board: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """The (track, architecture, format) columns of the architecture matrix, sorted."""
+    return sorted({(r["track"], r["family"] or r["model"], r["release_format"]) for _, r in board.iterrows()})
+
+
+def architecture_entries(board: pd.DataFrame) -> dict[str, dict[tuple[str, str, str], str]]:
+    """Defense → (track, architecture, format) → the worst-case success where the defense applies, `N/A` where
     it declares it does not (e.g. a transformer-only re-parameterisation on Mamba), `invalid` where no attack
-    was valid, `–` where the grid did not run it."""
+    was valid; a missing key: the grid did not run it."""
+    entries: dict[str, dict[tuple[str, str, str], str]] = {}
+    for _, row in board.iterrows():
+        key = (row["track"], row["family"] or row["model"], row["release_format"])
+        text = ("N/A" if row["status"] == "n/a" else row["status"] if row["status"] != "ok"
+                else number_text(row["worst_attack_success"]))
+        entries.setdefault(row["defense"], {})[key] = text
+    return dict(sorted(entries.items(), key=lambda item: (item[0] == REFERENCE_DEFENSE, item[0])))
+
+
+def architecture_matrix(board: pd.DataFrame) -> list[str]:
+    """The matrix as a Markdown table (`–`: not run)."""
     if board.empty:
         return ["No rows."]
-    columns = sorted({(r["track"], r["family"] or r["model"], r["release_format"]) for _, r in board.iterrows()})
-    by_key = {(r["defense"], r["track"], r["family"] or r["model"], r["release_format"]): r
-              for _, r in board.iterrows()}
-
-    def entry(defense: str, column: tuple[str, str, str]) -> str:
-        row = by_key.get((defense, *column))
-        if row is None:
-            return "–"
-        if row["status"] == "n/a":
-            return "N/A"
-        return row["status"] if row["status"] != "ok" else number_text(row["worst_attack_success"])
-
-    defenses = sorted(set(board["defense"]), key=lambda name: (name == REFERENCE_DEFENSE, name))
+    columns = architecture_columns(board)
     return markdown_table(["defense", *(f"{track}: {family}/{fmt}" for track, family, fmt in columns)],
-                          [[defense, *(entry(defense, column) for column in columns)] for defense in defenses])
+                          [[defense, *(found.get(column, "–") for column in columns)]
+                           for defense, found in architecture_entries(board).items()])
 
 
 def _weak_table(cells: pd.DataFrame) -> list[str]:

@@ -175,6 +175,9 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     worst = (0.2 / 0.45 + 1 / 3) / 2  # tests/test_results.py computes it by hand
     assert trap2["worst_attack_success"][0].startswith(f"{worst:.3f} ± "), trap2["worst_attack_success"]
     assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), worst)
+    matrix = {r["defense"][0]: r for r in tables.records("architectures-alpha-table")}
+    assert matrix["pmp"]["finetune|mamba|full"][0] == "N/A", "a declared n/a shows as N/A"
+    assert matrix["trap2"]["merge|gpt2|adapter"][0] == "invalid" and matrix["pmp"].get("merge|llama|adapter", ["–"])[0] == "–"
     headline = tables.records("headline-merge-table")
     assert [(r["run"][0], r["defense"][0], r["model"][0]) for r in headline][:2] == [
         ("alpha", "trap2", "llama"), ("beta", "trap2_v2", "llama")], "ranked: lowest worst case first"
