@@ -177,7 +177,8 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), worst)
     matrix = {r["defense"][0]: r for r in tables.records("architectures-alpha-table")}
     assert matrix["pmp"]["finetune|mamba|full"][0] == "N/A", "a declared n/a shows as N/A"
-    assert matrix["trap2"]["merge|gpt2|adapter"][0] == "invalid" and matrix["pmp"].get("merge|llama|adapter", ["–"])[0] == "–"
+    assert matrix["trap2"]["merge|gpt2|adapter"][0] == "invalid"
+    assert matrix["pmp"]["merge|llama|adapter"][0] == "–", "pmp has no merge row: not run"
     headline = tables.records("headline-merge-table")
     assert [(r["run"][0], r["defense"][0], r["model"][0]) for r in headline][:2] == [
         ("alpha", "trap2", "llama"), ("beta", "trap2_v2", "llama")], "ranked: lowest worst case first"
