@@ -266,7 +266,9 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
     row.update({key: value for key, value in record.items() if key in row})
     track = record.get("track", cell.defense.track)
     if track == "merge":
-        row.update(merge_method=record.get("knob_method"), merge_weights=json.dumps(record.get("knob_weights")),
+        # sorted keys: a fresh record and its cached JSON (written sorted) give the same text
+        weights = json.dumps(record.get("knob_weights"), sort_keys=True)
+        row.update(merge_method=record.get("knob_method"), merge_weights=weights,
                    merge_normalize=record.get("knob_normalize"), merge_lambda=record.get("knob_lambda"),
                    merge_density=record.get("knob_density"), merge_rescale=record.get("knob_rescale"))
     else:
