@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import track
 
+from bench.harness.context import scored_tasks
 from bench.harness.grid import Cell, ConfigError, DefenseJob
 from bench.storage import content_hash
+from tasks.base import SplitSizes
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 
 if TYPE_CHECKING:
@@ -42,7 +44,7 @@ def sources_key(sources: list[TaskSource]) -> str:
     return json.dumps(parts)
 
 
-def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes) -> MaterializedTasks | None:
+def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes: SplitSizes) -> MaterializedTasks | None:
     """Materialise the utility tasks and make sure lm-eval knows every one, before any training.
 
     A missing file, a YAML that is not one lm-eval task, or a stock name lm-eval does not index is one
@@ -50,7 +52,7 @@ def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes) -> Materia
     sources = utility_sources(preset)
     if not sources:
         return None
-    clashes = sorted({s.name for s in sources} & set(_trained_tasks(preset)))
+    clashes = sorted({s.name for s in sources} & set(scored_tasks(preset)))
     if clashes:
         raise ConfigError(f"utility_tasks {clashes} are also trained by the zoo or the grid; a utility task is "
                           "scored only, so give it another name")
@@ -67,11 +69,6 @@ def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes) -> Materia
                      "stock lm-eval tasks" if source.kind == "stock" else "its files")
             raise ConfigError(f"utility task '{source.name}': lm-eval has no task '{name}' (looked in {where})")
     return tasks
-
-
-def _trained_tasks(preset: Preset) -> list[str]:
-    zoo = preset.zoo
-    return sorted(set(zoo.base_tasks) | set(zoo.all_expert_tasks()) | set(zoo.downstream_tasks))
 
 
 def score_utility(ctx: HarnessContext, tasks: MaterializedTasks, job: DefenseJob | None, model_name: str
