@@ -47,8 +47,10 @@ def micro_mamba() -> Preset:
     data["zoo"]["models"] = {"mamba": {"architecture": {"family": "mamba", "hidden_size": 32, "num_layers": 1,
                                                         "state_size": 8, "expand": 2}}}
     data["grid"] = {
-        "defenses": [{"name": name, "config": SMALL_DEFENSE_CONFIGS.get(name, {})} for name in builtin(DEFENSES, "defenses.")],
-        "merge_attacks": [{"name": name, "config": SMALL_ATTACK_CONFIGS.get(name, {})} for name in builtin(ATTACKS, "attacks.")
+        "defenses": [{"name": name, "config": SMALL_DEFENSE_CONFIGS.get(name, {})}
+                     for name in builtin(DEFENSES, "defenses.")],
+        "merge_attacks": [{"name": name, "config": SMALL_ATTACK_CONFIGS.get(name, {})}
+                          for name in builtin(ATTACKS, "attacks.")
                           if ATTACKS.get(name).track == "merge"],
         "finetune_attacks": [{"name": name, "config": SMALL_ATTACK_CONFIGS[name]}
                              for name in ("lora_finetune", "full_finetune")],
