@@ -99,7 +99,7 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     console = Console()
     base_root = storage_root(root)
     started = time.perf_counter()
-    check_utility_tasks(preset, base_root, preset.zoo.seed, preset.zoo.split_sizes)  # before any training
+    check_utility_tasks(preset, base_root)  # before any training
     ctx = get_context(preset, base_root)  # builds what is missing and materialises the tasks
     zoo = ctx.zoo
     console.print(f"zoo {zoo.hash} ready in {time.perf_counter() - started:.1f}s under {base_root / 'zoo'}")

@@ -101,7 +101,7 @@ def test_a_yaml_that_is_no_single_task_names_the_task(tmp_path: Path) -> None:
     group.write_text(yaml.safe_dump({"group": "g", "task": ["arc_easy"]}))
     preset = micro_with([{"name": "grouped", "lm_eval_yaml": str(group)}], tmp_path)
     with pytest.raises(ConfigError, match="task 'grouped'.*one lm-eval task"):
-        check_utility_tasks(preset, tmp_path, 0, preset.zoo.split_sizes)
+        check_utility_tasks(preset, tmp_path)
 
 
 def test_utility_tasks_validate_as_task_sources() -> None:

@@ -92,7 +92,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
         raise ConfigError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
     started = time.perf_counter()
     check_zoo_inputs(preset)
-    utility = check_utility_tasks(preset, root, preset.zoo.seed, preset.zoo.split_sizes)
+    utility = check_utility_tasks(preset, root)
     import_plugin_modules()
     # Expanding needs only the zoo's model names, so every grid error surfaces before the zoo is built.
     cells = expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},

@@ -22,7 +22,6 @@ from rich.progress import track
 from bench.harness.context import scored_tasks
 from bench.harness.grid import Cell, ConfigError, DefenseJob
 from bench.storage import content_hash
-from tasks.base import SplitSizes
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ def sources_key(sources: list[TaskSource]) -> str:
     return json.dumps(parts)
 
 
-def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes: SplitSizes) -> MaterializedTasks | None:
+def check_utility_tasks(preset: Preset, root: Path) -> MaterializedTasks | None:
     """Materialise the utility tasks and make sure lm-eval knows every one, before any training.
 
     A missing file, a YAML that is not one lm-eval task, or a stock name lm-eval does not index is one
@@ -57,7 +56,7 @@ def check_utility_tasks(preset: Preset, root: Path, seed: int, sizes: SplitSizes
         raise ConfigError(f"utility_tasks {clashes} are also trained by the zoo or the grid; a utility task is "
                           "scored only, so give it another name")
     try:
-        tasks = materialize(sources, seed, sizes, Path(root) / "tasks" / "utility")
+        tasks = materialize(sources, preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / "utility")
     except (ValueError, FileNotFoundError, KeyError) as error:
         raise ConfigError(f"utility_tasks: {error}".splitlines()[0]) from error
     manager = task_manager(tasks.include_path, tasks.needs_default_tasks)
