@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import torch
 from peft import PeftModel
@@ -21,7 +21,7 @@ from pydantic import Field
 
 from attacks.common import AttackNotApplicable
 from bench.config import StrictModel
-from bench.plugins import Attack, AttackFamily, AttackOutput, PublicView, ReleaseFormat, register_attack
+from bench.plugins import Attack, AttackFamily, AttackOutput, PublicView, register_attack
 
 Combination = Literal["cat", "linear", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
                       "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"]
@@ -36,14 +36,10 @@ class AdapterWeightedConfig(StrictModel):
     majority_sign_method: Literal["total", "frequency"] = "total"
 
 
-@register_attack
-class AdapterWeighted(Attack):
+@register_attack(track="merge", family="rescaling", formats={"adapter"})
+class AdapterWeighted(Attack[AdapterWeightedConfig]):
     name = "adapter_weighted"
     description = "peft add_weighted_adapter of the released LoRA with the experts' LoRAs (adapter releases only)"
-    track = "merge"
-    family = "rescaling"
-    formats: ClassVar[frozenset[ReleaseFormat]] = frozenset({"adapter"})
-    Config = AdapterWeightedConfig
 
     @classmethod
     def attack_family(cls, config: StrictModel) -> AttackFamily:
@@ -54,7 +50,7 @@ class AdapterWeighted(Attack):
         return "pinned" if config.combination_type == "cat" and release_weight == 1.0 else "rescaling"
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: AdapterWeightedConfig = self.config  # type: ignore[assignment]
+        config = self.config
         sparse = config.combination_type.startswith(_SPARSE)
         if sparse and config.density is None:
             raise ValueError(f"combination '{config.combination_type}' needs a density")

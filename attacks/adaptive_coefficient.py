@@ -78,17 +78,14 @@ def search_coefficient(coefficients: list[float], patience: int,
     return best_weight, best
 
 
-@register_attack
-class AdaptiveCoefficient(Attack):
+@register_attack(track="merge", family="rescaling")
+class AdaptiveCoefficient(Attack[AdaptiveCoefficientConfig]):
     name = "adaptive_coefficient"
     description = ("searches one shared merge coefficient (0.1…9.9, early stopping), then the density, "
                    "on the attacker's validation split")
-    track = "merge"
-    family = "rescaling"
-    Config = AdaptiveCoefficientConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: AdaptiveCoefficientConfig = self.config  # type: ignore[assignment]
+        config = self.config
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(config.method)
         evaluate = validation_scorer(view, config.objective)

@@ -358,17 +358,14 @@ def check_applicable(view: PublicView) -> None:
         raise AttackNotApplicable(f"align_to_base knows the block layout of {sorted(FAMILIES)}, not {family!r}")
 
 
-@register_attack
-class AlignToBase(Attack):
+@register_attack(track="merge", family="aligning")
+class AlignToBase(Attack[AlignToBaseConfig]):
     name = "align_to_base"
     description = ("aligns a re-parameterised release back to the public base (Hungarian unit matching, "
                    "norm matching, least-squares unmixing of attention), then merges it pinned at weight 1.0")
-    track = "merge"
-    family = "aligning"
-    Config = AlignToBaseConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: AlignToBaseConfig = self.config  # type: ignore[assignment]
+        config = self.config
         check_applicable(view)
         inputs = MergeInputs.from_view(view)
         before = relative_update(inputs.members[RELEASE], inputs.base)

@@ -261,17 +261,14 @@ def folded(student: PreTrainedModel | PeftModel) -> PreTrainedModel:
     return plain.eval()
 
 
-@register_attack
-class DistillMerge(Attack):
+@register_attack(track="merge", family="data")
+class DistillMerge(Attack[DistillMergeConfig]):
     name = "distill_merge"
     description = ("distils the release's next-token distributions on the attacker's prompts into a fresh "
                    "update on the base (no labels), then merges the student with adaptive_coefficient's search")
-    track = "merge"
-    family = "data"
-    Config = DistillMergeConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: DistillMergeConfig = self.config  # type: ignore[assignment]
+        config = self.config
         teacher = as_plain_model(view.release)
         was_training = teacher.training
         teacher.eval()

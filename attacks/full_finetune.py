@@ -26,13 +26,10 @@ class FullFinetuneConfig(SweepConfig):
         return data
 
 
-@register_attack
-class FullFinetune(Attack):
+@register_attack(track="finetune", family="finetune")
+class FullFinetune(Attack[FullFinetuneConfig]):
     name = "full_finetune"
     description = "full fine-tuning of every weight, lr × steps sweep chosen on the attacker's validation split"
-    track = "finetune"
-    family = "finetune"
-    Config = FullFinetuneConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        return run_sweep(view, self.config, "full")  # type: ignore[arg-type]
+        return run_sweep(view, self.config, "full")

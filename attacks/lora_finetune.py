@@ -39,14 +39,11 @@ class LoraFinetuneConfig(SweepConfig):
         return dataclasses.replace(super().optuna_space(), rank_choices=tuple(self.rank_choices))
 
 
-@register_attack
-class LoraFinetune(Attack):
+@register_attack(track="finetune", family="finetune")
+class LoraFinetune(Attack[LoraFinetuneConfig]):
     name = "lora_finetune"
     description = "peft LoRA fine-tuning of the release, lr × steps sweep chosen on the attacker's validation split"
-    track = "finetune"
-    family = "finetune"
-    Config = LoraFinetuneConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: LoraFinetuneConfig = self.config  # type: ignore[assignment]
+        config = self.config
         return run_sweep(view, config, "lora", config.r, config.alpha)

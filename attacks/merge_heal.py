@@ -37,16 +37,13 @@ class MergeHealConfig(StrictModel):
         return self
 
 
-@register_attack
-class MergeHeal(Attack):
+@register_attack(track="merge", family="data")
+class MergeHeal(Attack[MergeHealConfig]):
     name = "merge_heal"
     description = "mergekit merge, then a short peft LoRA fine-tune of the merged model on the attacker's data"
-    track = "merge"
-    family = "data"
-    Config = MergeHealConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: MergeHealConfig = self.config  # type: ignore[assignment]
+        config = self.config
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(config.method)
         merged = inputs.merge(config.method, dict(config.parameters), layout)

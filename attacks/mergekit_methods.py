@@ -60,7 +60,7 @@ class MergeMethodConfig(StrictModel):
         return self.model_dump(by_alias=True)
 
 
-class MergeMethodAttack(Attack):
+class MergeMethodAttack(Attack[MergeMethodConfig]):
     """Base of the generated family: one fixed mergekit configuration of the release and the experts."""
 
     track = "merge"
@@ -83,7 +83,7 @@ class MergeMethodAttack(Attack):
     def run(self, view: PublicView) -> AttackOutput:
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(self.method)
-        parameters = self.config.mergekit_parameters()  # type: ignore[attr-defined]
+        parameters = self.config.mergekit_parameters()
         merged = inputs.merge(self.method, parameters, layout)
         return AttackOutput(models={1.0: merged}, knobs=merge_knobs(self.method, parameters, layout, view.seed))
 
@@ -133,7 +133,7 @@ def _generate() -> tuple[dict[str, type[MergeMethodAttack]], dict[str, str]]:
         if not counts:
             skipped[method] = "its input contract admits fewer than two models: nothing to merge"
             continue
-        made[method] = register_attack(_make_attack(method, counts))  # type: ignore[assignment]
+        made[method] = register_attack(_make_attack(method, counts))
     return made, skipped
 
 

@@ -45,17 +45,14 @@ class PerMemberConfig(StrictModel):
         return method
 
 
-@register_attack
-class PerMember(Attack):
+@register_attack(track="merge", family="pinned")
+class PerMember(Attack[PerMemberConfig]):
     name = "per_member"
     description = ("pins the release at weight 1.0 and searches the other members' weights on the "
                    "attacker's validation split")
-    track = "merge"
-    family = "pinned"
-    Config = PerMemberConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: PerMemberConfig = self.config  # type: ignore[assignment]
+        config = self.config
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(config.method)
         evaluate = validation_scorer(view, config.objective)

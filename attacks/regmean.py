@@ -192,17 +192,14 @@ def _texts(data: TaskData, config: RegMeanConfig) -> list[str]:
     return [prompt + answer if config.with_answers else prompt for prompt, answer in pairs]
 
 
-@register_attack
-class RegMean(Attack):
+@register_attack(track="merge", family="data")
+class RegMean(Attack[RegMeanConfig]):
     name = "regmean"
     description = ("RegMean (Jin et al., ICLR 2023): per linear layer, the least-squares merge of the members "
                    "weighted by their input Gram matrices on the attacker's data")
-    track = "merge"
-    family = "data"
-    Config = RegMeanConfig
 
     def run(self, view: PublicView) -> AttackOutput:
-        config: RegMeanConfig = self.config  # type: ignore[assignment]
+        config = self.config
         inputs = MergeInputs.from_view(view)
         layers = linear_layers(inputs.template)
         data = member_data(view)

@@ -291,9 +291,8 @@ def list_tasks_command() -> None:
 @list_app.command("defenses")
 def list_defenses_command() -> None:
     """Registered defenses with their tracks and formats."""
-    from bench.plugins import DEFENSES, load_builtin_plugins
+    from bench.plugins import DEFENSES
 
-    load_builtin_plugins()
     for name in DEFENSES.names():
         cls = DEFENSES.get(name)
         typer.echo(f"{name:18s} [{','.join(sorted(cls.tracks))}; {','.join(sorted(cls.formats))}] {cls.description}")
@@ -302,10 +301,9 @@ def list_defenses_command() -> None:
 @list_app.command("architectures")
 def list_architectures_command() -> None:
     """Zoo architecture families, their LoRA targets and the defenses that apply to each."""
-    from bench.plugins import DEFENSES, load_builtin_plugins
+    from bench.plugins import DEFENSES
     from bench.zoo.architectures import FAMILIES, LORA_TARGETS, TRANSFORMER_FAMILIES
 
-    load_builtin_plugins()
     for family in FAMILIES:
         kind = "transformer" if family in TRANSFORMER_FAMILIES else "state-space model"
         applies = [name for name in DEFENSES.names()
@@ -319,9 +317,8 @@ def list_architectures_command() -> None:
 @list_app.command("attacks")
 def list_attacks_command() -> None:
     """Registered attacks with their track and family (DESIGN §4; a fixed merge may refine it per config)."""
-    from bench.plugins import ATTACKS, load_builtin_plugins
+    from bench.plugins import ATTACKS
 
-    load_builtin_plugins()
     for name in ATTACKS.names():
         cls = ATTACKS.get(name)
         typer.echo(f"{name:22s} [{cls.track}; {cls.family}] {cls.description}")

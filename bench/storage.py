@@ -328,32 +328,43 @@ def cached_directory(target: Path, build: Callable[[Path], None]) -> Path:
     return target
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text via a temporary sibling and os.replace, so readers see the old file or the new one."""
+def replace_atomically(path: Path, write: Callable[[Path], None], only_if_changed: bool = False) -> bool:
+    """The one atomic writer: `write(scratch)` fills a temporary sibling (named after this host and pid, with
+    a `.tmp` suffix that no reader's glob matches), which then replaces `path` with os.replace, so readers
+    see the old file or the new one. With `only_if_changed`, equal bytes leave `path` untouched (stable
+    mtimes keep downstream caches valid, and concurrent writers of the same content cannot clash).
+    Returns whether `path` changed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=_scratch_prefix(path), suffix=".tmp", dir=path.parent)
+    handle, name = tempfile.mkstemp(prefix=_scratch_prefix(path), suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    scratch = Path(name)
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        os.chmod(scratch, 0o644)  # mkstemp's 0600 would make shared results unreadable to others
+        write(scratch)
+        if only_if_changed and path.exists() and path.read_bytes() == scratch.read_bytes():
+            return False
         os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
+        return True
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str, only_if_changed: bool = False) -> bool:
+    """Write text atomically (replace_atomically); returns whether `path` changed."""
+    return replace_atomically(path, lambda scratch: scratch.write_text(text, encoding="utf-8"), only_if_changed)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary sibling (named after this host and pid) and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write canonical JSON atomically; a fault point between its halves lets the reliability tests kill a
+    writer mid-file."""
     text = json.dumps(_canonical(data), indent=2, sort_keys=True) + "\n"
-    handle, scratch = tempfile.mkstemp(prefix=_scratch_prefix(path), suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
+
+    def write(scratch: Path) -> None:
+        with scratch.open("w") as stream:
             half = len(text) // 2
             stream.write(text[:half])
             stream.flush()
             fault_point(f"write-json:{path.parent.name}")  # a kill here leaves a half-written temp file
             stream.write(text[half:])
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)  # e.g. data that is not JSON-able: no stray temp file
-        raise
+
+    replace_atomically(path, write)

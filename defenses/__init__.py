@@ -1,3 +1,1 @@
-"""Built-in defenses; importing the package registers them."""
-
-from defenses import anti_finetune, merge_lock, none, params, pmp, trap2  # noqa: F401
+"""Built-in defenses, one module each; `pyproject.toml` declares them as `lockbench.defenses` entry points."""

@@ -94,17 +94,13 @@ class SimulatedAttack:
         return loss.item()
 
 
-@register_defense
-class AntiFinetune(Defense):
+@register_defense(paper="TAR-like baseline (after Tamirisa et al., arXiv 2408.00761)", tracks={"finetune"}, formats={"full"})
+class AntiFinetune(Defense[AntiFinetuneConfig]):
     name = "anti_finetune"
     description = "TAR-like: first-order meta-learning against simulated fine-tuning on owner-built proxy tasks"
-    paper = "TAR-like baseline (after Tamirisa et al., arXiv 2408.00761)"
-    tracks = frozenset({"finetune"})
-    formats = frozenset({"full"})
-    Config = AntiFinetuneConfig
 
     def protect(self, owner: OwnerView) -> Release:
-        config: AntiFinetuneConfig = self.config  # type: ignore[assignment]
+        config = self.config
         tokenizer = owner.tokenizer
         model = copy.deepcopy(owner.base)
         for parameter in model.parameters():

@@ -74,18 +74,13 @@ def _heads_of(block, group: int) -> list[int]:
     return [head for head in range(block.heads) if block.group(head) == group]
 
 
-@register_defense
-class MergeLock(Defense):
+@register_defense(paper="Merge-Lock-style (arXiv 2509.01548)", tracks={"merge"}, formats={"full"}, families=FAMILIES)
+class MergeLock(Defense[MergeLockConfig]):
     name = "merge_lock"
     description = "Merge-Lock-style: random invertible transforms of the query-key and value-output products"
-    paper = "Merge-Lock-style (arXiv 2509.01548)"
-    tracks = frozenset({"merge"})
-    formats = frozenset({"full"})
-    families = FAMILIES
-    Config = MergeLockConfig
 
     def protect(self, owner: OwnerView) -> Release:
-        config: MergeLockConfig = self.config  # type: ignore[assignment]
+        config = self.config
         assert owner.reference_release is not None
         model = copy.deepcopy(owner.reference_release)
         generator = torch.Generator().manual_seed((owner.secret + config.key_seed) % 2**64)

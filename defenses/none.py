@@ -14,12 +14,10 @@ from bench.plugins import Defense, OwnerView, Release, register_defense
 from bench.zoo.build import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
 
 
-@register_defense
+@register_defense(paper="unprotected reference", tracks={"merge", "finetune"})
 class NoDefense(Defense):
     name = "none"
     description = "unprotected reference: plain fine-tuning (merge) or plain pre-training (finetune), re-trained per seed"
-    paper = "unprotected reference"
-    tracks = frozenset({"merge", "finetune"})
 
     def protect(self, owner: OwnerView) -> Release:
         if owner.seed == 0:

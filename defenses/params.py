@@ -64,18 +64,14 @@ def reparameterise(model: torch.nn.Module, config: ParamsConfig, generator: torc
     return key
 
 
-@register_defense
-class Params(Defense):
+@register_defense(paper="PaRaMS-style (ICCV 2025, 'Disrupting model merging')", tracks={"merge"}, formats={"full"},
+                  families=FAMILIES)
+class Params(Defense[ParamsConfig]):
     name = "params"
     description = "PaRaMS-style: permute MLP units and rescale attention heads reciprocally (function unchanged)"
-    paper = "PaRaMS-style (ICCV 2025, 'Disrupting model merging')"
-    tracks = frozenset({"merge"})
-    formats = frozenset({"full"})
-    families = FAMILIES
-    Config = ParamsConfig
 
     def protect(self, owner: OwnerView) -> Release:
-        config: ParamsConfig = self.config  # type: ignore[assignment]
+        config = self.config
         assert owner.reference_release is not None
         model = copy.deepcopy(owner.reference_release)
         generator = torch.Generator().manual_seed((owner.secret + config.key_seed) % 2**64)

@@ -77,17 +77,13 @@ def split_flat(flat: torch.Tensor, like: list[tuple[str, torch.Tensor]]) -> dict
     return out
 
 
-@register_defense
-class PrivateMaskPretraining(Defense):
+@register_defense(paper="PMP (Wang et al., arXiv 2602.00446)", tracks={"finetune"}, formats={"full"})
+class PrivateMaskPretraining(Defense[PMPConfig]):
     name = "pmp"
     description = "Private Mask Pre-Training: pre-train only a private early-bird subnetwork, release dense weights"
-    paper = "PMP (Wang et al., arXiv 2602.00446)"
-    tracks = frozenset({"finetune"})
-    formats = frozenset({"full"})
-    Config = PMPConfig
 
     def protect(self, owner: OwnerView) -> Release:
-        config: PMPConfig = self.config  # type: ignore[assignment]
+        config = self.config
         recipe = owner.recipe
         entry = recipe.models[owner.model_name]
         if entry.architecture is None:

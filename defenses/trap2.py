@@ -154,17 +154,13 @@ def add_scaled_loss_gradient(loss_at_scale: Callable[[], torch.Tensor], paramete
     return loss.detach()
 
 
-@register_defense
-class Trap2(Defense):
+@register_defense(paper="Trap² (Jang et al., ICML 2026, arXiv 2601.21898)", tracks={"merge"}, formats={"adapter", "full"})
+class Trap2(Defense[Trap2Config]):
     name = "trap2"
     description = "Trap²: fine-tune the update to work at scale 1 and fail when a merge re-scales it"
-    paper = "Trap² (Jang et al., ICML 2026, arXiv 2601.21898)"
-    tracks = frozenset({"merge"})
-    formats = frozenset({"adapter", "full"})
-    Config = Trap2Config
 
     def protect(self, owner: OwnerView) -> Release:
-        config: Trap2Config = self.config  # type: ignore[assignment]
+        config = self.config
         recipe = owner.recipe
         adapter = owner.release_format == "adapter"
         # The zoo's seed for this expert at job seed 0 (same LoRA init and row order as `none`).

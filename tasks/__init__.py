@@ -1,10 +1,9 @@
 """Procedural tasks for lockbench: deterministic generators, disjoint splits, lm-eval exposure.
 
-Importing the package registers the built-in tasks (tasks.builtin); third-party tasks register via
-the ``lockbench.tasks`` entry-point group on first lookup.
+Built-in tasks (tasks.builtin) and third-party ones are found through the ``lockbench.tasks``
+entry-point group on first lookup (bench.registry).
 """
 
-from tasks import builtin  # noqa: F401 - registers the built-in tasks
 from tasks.base import SPLITS, Example, ProceduralTask, SplitSizes
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 from tasks.registry import get_task, list_tasks, register_task

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +28,7 @@ import datasets
 import pydantic
 import yaml
 
+from bench.storage import replace_atomically, write_text_atomic
 from tasks.base import SPLITS, SplitSizes
 from tasks.registry import list_tasks
 from tasks.rows import read_rows
@@ -188,34 +187,6 @@ def _dump_yaml(cfg: dict[str, Any]) -> str:
     return header + yaml.dump(cfg, Dumper=_Dumper, sort_keys=False, width=4096)
 
 
-def _replace_if_changed(tmp: Path, dest: Path) -> bool:
-    """Move `tmp` over `dest` unless their bytes agree (then keep dest untouched: stable mtimes
-    keep datasets' cache valid, and concurrent writers of the same content cannot clash)."""
-    if dest.exists() and dest.read_bytes() == tmp.read_bytes():
-        tmp.unlink()
-        return False
-    os.replace(tmp, dest)
-    return True
-
-
-def _temp_path(dest: Path) -> Path:
-    # The suffix is not .yaml/.jsonl so that lm-eval's index never picks up a half-written file.
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(name, 0o644)  # mkstemp's 0600 would make shared results unreadable to others
-    return Path(name)
-
-
-def write_text_atomic(dest: Path, text: str) -> bool:
-    """Write `text` to `dest` atomically and only if it differs; return whether dest changed."""
-    tmp = _temp_path(dest)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        return _replace_if_changed(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
     was_disabled = datasets.are_progress_bars_disabled()
@@ -229,13 +200,12 @@ def _quiet_progress() -> Iterator[None]:
 
 def write_jsonl_atomic(dataset: datasets.Dataset, dest: Path) -> bool:
     """`Dataset.to_json` (JSON lines) to `dest`, atomically and only if the bytes differ."""
-    tmp = _temp_path(dest)
-    try:
+
+    def write(scratch: Path) -> None:
         with _quiet_progress():
-            dataset.to_json(str(tmp), lines=True)
-        return _replace_if_changed(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+            dataset.to_json(str(scratch), lines=True)
+
+    return replace_atomically(dest, write, only_if_changed=True)
 
 
 # ----------------------------------------------------------------------------- lm-eval configs
@@ -286,7 +256,7 @@ def _write_task_dir(task_dir: Path, configs: dict[str, dict]) -> None:
     """Write lm-eval name -> config as YAMLs in task_dir and drop stale lockbench YAMLs there."""
     task_dir.mkdir(parents=True, exist_ok=True)
     for lm_name, cfg in configs.items():
-        write_text_atomic(task_dir / f"{lm_name}.yaml", _dump_yaml(cfg))
+        write_text_atomic(task_dir / f"{lm_name}.yaml", _dump_yaml(cfg), only_if_changed=True)
     for old in task_dir.glob(f"{PREFIX}*.yaml"):
         if old.stem not in configs:
             old.unlink(missing_ok=True)

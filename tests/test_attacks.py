@@ -28,11 +28,10 @@ from attacks.common import AttackNotApplicable, MergeInputs
 from attacks.mergekit_methods import MERGE_ATTACKS, SKIPPED_METHODS
 from bench.harness.grid import GridConfig, PluginSpec, expand
 from bench.merging import layout_for, merge_state_dicts, method_spec
-from bench.plugins import ATTACKS, Attack, PublicView, load_builtin_plugins
+from bench.plugins import ATTACKS, Attack, PublicView
 from bench.presets import Preset, load_preset
 from bench.zoo.build import load_model
 
-load_builtin_plugins()
 BIN = Path(sys.executable).parent
 #: What DESIGN §4 names; each must exist as a registry-generated attack.
 NAMED_METHODS = {"task_arithmetic", "ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",

@@ -149,9 +149,8 @@ def test_reparameterisation_keys_come_from_the_owner_secret(micro_ctx, name: str
     release records nothing of the secret."""
     from bench.harness.owner_secret import owner_secret, root_secret
     from bench.harness.stages import owner_view
-    from bench.plugins import DEFENSES, load_builtin_plugins
+    from bench.plugins import DEFENSES
 
-    load_builtin_plugins()
     cls = DEFENSES.get(name)
     owner = owner_view(micro_ctx, _job(name))
     assert owner.secret == owner_secret(micro_ctx.root, _job(name).key)

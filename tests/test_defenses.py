@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from bench.harness.grid import DefenseJob, GridConfig, PluginSpec
-from bench.plugins import DEFENSES, Attack, AttackOutput, OwnerView, PublicView, load_builtin_plugins, register_attack
+from bench.plugins import DEFENSES, Attack, AttackOutput, OwnerView, PublicView, register_attack
 from bench.presets import Preset, load_preset
 from bench.zoo.architectures import build_model
 from bench.zoo.layout import blocks, random_invertible
@@ -213,7 +213,6 @@ def _owner(ctx, defense: str, track: str, release_format: str, model: str = "lla
 
 
 def _protect(name: str, owner: OwnerView, **config: Any):
-    load_builtin_plugins()
     cls = DEFENSES.get(name)
     return cls(cls.Config.model_validate(config)).protect(owner)
 
@@ -320,7 +319,6 @@ def test_anti_finetune_runs_and_reports_its_probe(micro_ctx) -> None:
 
 
 def test_defenses_declare_tracks_formats_and_families() -> None:
-    load_builtin_plugins()
     expected = {"trap2": ({"merge"}, {"adapter", "full"}), "pmp": ({"finetune"}, {"full"}),
                 "params": ({"merge"}, {"full"}), "merge_lock": ({"merge"}, {"full"}),
                 "anti_finetune": ({"finetune"}, {"full"})}

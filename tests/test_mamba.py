@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from bench.harness.run import run_benchmark
-from bench.plugins import ATTACKS, DEFENSES, load_builtin_plugins
+from bench.plugins import ATTACKS, DEFENSES
 from bench.presets import Preset, load_preset
 from bench.results import read_csv
 from bench.zoo.architectures import TRANSFORMER_FAMILIES
@@ -42,7 +42,6 @@ def builtin(registry, package: str) -> list[str]:
 
 
 def micro_mamba() -> Preset:
-    load_builtin_plugins()
     data = load_preset("micro").model_dump(mode="json")
     data["zoo"]["models"] = {"mamba": {"architecture": {"family": "mamba", "hidden_size": 32, "num_layers": 1,
                                                         "state_size": 8, "expand": 2}}}
@@ -59,7 +58,6 @@ def micro_mamba() -> Preset:
 
 
 def test_mamba_is_not_a_transformer_family() -> None:
-    load_builtin_plugins()
     assert "mamba" not in TRANSFORMER_FAMILIES
     for name in ("params", "merge_lock"):
         assert not DEFENSES.get(name)().supports("merge", "full", "mamba"), name

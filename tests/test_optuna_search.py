@@ -16,11 +16,10 @@ from pydantic import ValidationError
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import bench.optuna_search as optuna_search
-from bench.plugins import ATTACKS, AttackOutput, PublicView, TaskData, load_builtin_plugins
+from bench.plugins import ATTACKS, AttackOutput, PublicView, TaskData
 from bench.zoo.tokenizer import build_tokenizer
 from bench.zoo.training import batch_loss, tokenise
 
-load_builtin_plugins()
 TASK = "copy"
 #: A small space: every trial trains 2–4 steps.
 SPACE = {"search": "optuna", "trials": 5, "lr_range": [1e-4, 1e-2], "steps_choices": [2, 4], "warmup_choices": [0, 1]}

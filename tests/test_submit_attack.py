@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.offline import OFFLINE_ENV
-from bench.plugins import ATTACKS, load_builtin_plugins
+from bench.plugins import ATTACKS
 from bench.zoo.build import Zoo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,14 +70,8 @@ BAD_SOURCES: dict[str, tuple[str, str]] = {
 def restored_attacks() -> Iterator[None]:
     """Submissions register in the process-wide registry; later tests (and other modules) must not see them.
     The built-ins are loaded first: their modules register only once per process."""
-    load_builtin_plugins()
-    ATTACKS.names()
-    saved = dict(ATTACKS._plugins)
-    try:
+    with ATTACKS.scoped():
         yield
-    finally:
-        ATTACKS._plugins.clear()
-        ATTACKS._plugins.update(saved)
 
 
 @pytest.fixture(autouse=True)
@@ -167,7 +161,7 @@ def test_ray_workers_register_the_submission(monkeypatch: pytest.MonkeyPatch) ->
 
     config = {"release_weight": 0.25}
     expected = prepare_attack(str(EXAMPLE), config).registered_name
-    ATTACKS._plugins.pop("scaled_merge", None)
+    ATTACKS.unregister("scaled_merge")
     monkeypatch.setenv(WORKER_ENV, json.dumps({"spec": str(EXAMPLE), "config": config, "salt": ""}))
     worker_setup()
     hashed = ATTACKS.get(expected)

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from bench.config import StrictModel
-from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track, load_builtin_plugins
+from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track
 from bench.storage import content_hash
 from tasks.lmeval import TaskSource
 
@@ -133,7 +133,6 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
     tasks."""
     from bench.harness.controls import CONTROL_DEFENSE
 
-    load_builtin_plugins()
     reserved = [spec.display for spec in grid.defenses if CONTROL_DEFENSE in (spec.name, spec.display)]
     if reserved:
         raise ConfigError(f"grid defenses name '{CONTROL_DEFENSE}', which is reserved for the harness's own "

@@ -38,7 +38,6 @@ from bench.plugins import (
     PublicView,
     Release,
     TaskData,
-    load_builtin_plugins,
 )
 from bench.storage import cached_directory, content_hash, fault_point, is_complete, write_json_atomic
 from bench.zoo.build import load_model
@@ -136,7 +135,6 @@ def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedMode
 
 def run_defense_job(ctx: HarnessContext, job: DefenseJob) -> Path:
     """Produce, check, save and score one release (cached)."""
-    load_builtin_plugins()
     target = release_dir(ctx, job)
     if is_complete(target):
         return target
@@ -280,7 +278,6 @@ def cell_identity(ctx: HarnessContext, cell: Cell) -> dict[str, Any]:
 
 def run_cell(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> dict[str, Any]:
     """Attack one release and score it; returns the raw record (cached when it succeeded)."""
-    load_builtin_plugins()
     path = cell_path(ctx, cell)
     cached = cached_cell(ctx, cell)
     if cached is not None:

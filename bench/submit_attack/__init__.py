@@ -20,8 +20,6 @@ from bench.submit_attack.load import (
     BREAK_MARGIN,
     WORKER_ENV,
     AttackSubmission,
-    check_attack_class,
-    family_problems,
     load_attack,
     load_checked,
     prepare_attack,
@@ -47,7 +45,7 @@ register_listed_on_import()  # `LOCKBENCH_PLUGINS=bench.submit_attack` registers
 
 __all__ = [
     "ATTACKS_ENV", "BREAK_MARGIN", "WORKER_ENV", "AttackReport", "AttackRequest", "AttackResult", "AttackSubmission",
-    "attack_metadata", "attack_preset", "broken", "check_attack_class", "compare", "family_problems",
+    "attack_metadata", "attack_preset", "broken", "compare",
     "load_attack", "load_checked", "none_verdicts", "prepare_attack", "published_board", "refusal",
     "register_attack_submission", "register_listed_attacks", "register_listed_on_import", "register_plain",
     "render_attack_readme", "run_attack_submission", "run_preset", "submit_attack_command", "validation_preset",

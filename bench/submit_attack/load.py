@@ -10,10 +10,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.config import StrictModel
-from bench.plugins import ATTACK_FAMILIES, ATTACKS, TRACKS, Attack, load_builtin_plugins
+from bench.plugin_checks import attack_problems, family_problems
+from bench.plugins import ATTACKS, Attack
 from bench.submit import (
-    NAME_PATTERN,
     Submission,
     SubmissionError,
     attribute_of,
@@ -98,7 +97,7 @@ def _pick(module: ModuleType, where: str) -> type:
 def load_attack(spec: str) -> tuple[type, str, str]:
     """Resolve PATH[.py][:Class], an entry point of `lockbench.attacks`, or MODULE[:Class].
 
-    Returns (class, source description, kind); the class is checked by :func:`check_attack_class`.
+    Returns (class, source description, kind); the class is checked by bench.plugin_checks.attack_problems.
     """
     target, _, attribute = spec.partition(":")
     path = Path(target)
@@ -119,79 +118,6 @@ def load_attack(spec: str) -> tuple[type, str, str]:
     return (attribute_of(module, attribute, target) if attribute else _pick(module, target)), f"module {target}", "module"
 
 
-# ----------------------------------------------------------------------------- static checks
-
-
-def _kind_problems(cls: Any) -> list[str]:
-    """A class, an Attack subclass, with a `run(self, view)`; empty when fine."""
-    import inspect
-
-    if not isinstance(cls, type):
-        return [f"{cls!r} is not a class: an attack submission is a bench.plugins.Attack subclass"]
-    if not issubclass(cls, Attack) or cls is Attack:
-        return [f"{cls.__name__} is not an Attack subclass: write `class {cls.__name__}(bench.plugins.Attack)`"]
-    if "run" in getattr(cls, "__abstractmethods__", ()):
-        return [f"{cls.__name__} is missing the method run(self, view: PublicView) -> AttackOutput"]
-    try:
-        inspect.signature(cls.run).bind(object(), object())
-    except TypeError:
-        return [f"{cls.__name__}.run{inspect.signature(cls.run)} must accept exactly one argument besides self: "
-                "the PublicView"]
-    return []
-
-
-def _label_problems(cls: type) -> list[str]:
-    problems = []
-    for attribute in ("name", "description"):
-        value = getattr(cls, attribute, None)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{cls.__name__} is missing the class attribute {attribute} (a non-empty string)")
-    name = getattr(cls, "name", None)
-    if isinstance(name, str) and name.strip() and not NAME_PATTERN.match(name):
-        problems.append(f"{cls.__name__}.name {name!r} must be 1-64 letters, digits, '_', '.' or '-' (it names folders)")
-    return problems
-
-
-def family_problems(where: str, track: Any, family: Any) -> list[str]:
-    """A family of DESIGN §4 that fits the track: `finetune` for the finetune track, another for merge."""
-    choices = ", ".join(ATTACK_FAMILIES)
-    if family is None:
-        return [f"{where} is not declared: set family = one of {choices} (DESIGN §4)"]
-    if family not in ATTACK_FAMILIES:
-        return [f"{where} {family!r} is not an attack family; choose from {choices}"]
-    if track == "finetune" and family != "finetune":
-        return [f"{where} {family!r} is a merge-track family, but track is 'finetune': use family 'finetune'"]
-    if track == "merge" and family == "finetune":
-        return [f"{where} 'finetune' is for finetune-track attacks, but track is 'merge'"]
-    return []
-
-
-def _track_problems(cls: type) -> list[str]:
-    track = getattr(cls, "track", None)
-    if track is None:
-        hint = " (an attack has one `track`, not a set of `tracks`)" if hasattr(cls, "tracks") else ""
-        return [f"{cls.__name__}.track is not declared: set track = 'merge' or 'finetune'{hint}"]
-    if not isinstance(track, str) or track not in TRACKS:
-        return [f"{cls.__name__}.track must be 'merge' or 'finetune', got {track!r}"]
-    return []
-
-
-def check_attack_class(cls: Any) -> list[str]:
-    """Every static problem of a would-be attack class, one line each (empty: fine)."""
-    problems = _kind_problems(cls)
-    if problems and not (isinstance(cls, type) and issubclass(cls, Attack) and cls is not Attack):
-        return problems
-    track_problems = _track_problems(cls)
-    problems += _label_problems(cls) + track_problems
-    problems += family_problems(f"{cls.__name__}.family", None if track_problems else cls.track,
-                                getattr(cls, "family", None))
-    config_cls = getattr(cls, "Config", None)
-    if not (isinstance(config_cls, type) and issubclass(config_cls, StrictModel)):
-        problems.append(f"{cls.__name__}.Config must subclass bench.config.StrictModel (a typo'd key must be an "
-                        f"error), got {getattr(config_cls, '__name__', repr(config_cls))}")
-    return problems
-
-
 def _same_origin(one: type, other: type) -> bool:
     """Two versions of the same submitted class (a file re-loaded after an edit)."""
     return one.__module__ == other.__module__ and one.__qualname__ == other.__qualname__
@@ -200,7 +126,7 @@ def _same_origin(one: type, other: type) -> bool:
 def _check_name_free(cls: type) -> None:
     """The plain name must not belong to another attack (built-in or installed)."""
     ATTACKS.names()  # loads installed entry points, whose names are taken too
-    existing = ATTACKS._plugins.get(cls.name)  # the registry has no public lookup without loading
+    existing = ATTACKS.registered(cls.name)
     if existing is not None and existing is not cls and not _same_origin(existing, cls):
         raise SubmissionError(f"attack name '{cls.name}' is taken by {existing.__module__}.{existing.__qualname__}: "
                               "rename the submission's `name`")
@@ -208,9 +134,8 @@ def _check_name_free(cls: type) -> None:
 
 def load_checked(spec: str) -> tuple[type[Attack], str, str]:
     """Load and statically check an attack class (no config yet); raises SubmissionError listing every problem."""
-    load_builtin_plugins()
     cls, source, kind = load_attack(spec)
-    problems = check_attack_class(cls)
+    problems = attack_problems(cls)
     if problems:
         raise SubmissionError(problems)
     _check_name_free(cls)
@@ -245,9 +170,9 @@ def _absolute(spec: str, kind: str) -> str:
 
 def register_plain(cls: type[Attack]) -> str:
     """Register the class under its own name (what presets use); an older version of it is replaced."""
-    existing = ATTACKS._plugins.get(cls.name)
+    existing = ATTACKS.registered(cls.name)
     if existing is not None and existing is not cls and _same_origin(existing, cls):
-        del ATTACKS._plugins[cls.name]
+        ATTACKS.unregister(cls.name)
     ATTACKS.register(cls)
     return cls.name
 
@@ -256,7 +181,7 @@ def register_attack_submission(submission: AttackSubmission) -> str:
     """Register under the plain name and under `NAME@hash` (the run's cache key); returns the hashed name."""
     cls, name = submission.cls, submission.registered_name
     register_plain(cls)
-    if name not in ATTACKS._plugins:
+    if ATTACKS.registered(name) is None:
         ATTACKS.register(renamed(cls, name))
     return name
 

@@ -1,0 +1,84 @@
+"""The `Defense` and `Attack` base classes, typed by their config: `class Trap2(Defense[Trap2Config])` makes
+`self.config` a `Trap2Config` and sets `Trap2.Config`. Plugin authors import them from `bench.plugins`."""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
+
+from bench.config import StrictModel
+from bench.threat_model import AttackFamily, AttackOutput, OwnerView, PublicView, Release, ReleaseFormat, Track
+
+FORMATS: tuple[ReleaseFormat, ...] = ("adapter", "full")
+
+
+class EmptyConfig(StrictModel):
+    """For plugins without knobs."""
+
+
+C = TypeVar("C", bound=StrictModel)
+
+
+def config_class_of(cls: type, generic_base: type) -> type[StrictModel] | None:
+    """The config class a class names as its own type parameter (`class Trap2(Defense[Trap2Config])`); None
+    when it names none or sets `Config` itself (a generated class)."""
+    if "Config" in cls.__dict__:
+        return None
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        if get_origin(base) is generic_base:
+            (argument,) = get_args(base)
+            return argument if isinstance(argument, type) else None
+    return None
+
+
+class Defense(abc.ABC, Generic[C]):
+    """Turns what an owner would publish into a protected release."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    paper: ClassVar[str] = ""  # the method's source, as the leaderboard cites it
+    tracks: ClassVar[frozenset[Track]]
+    formats: ClassVar[frozenset[ReleaseFormat]] = frozenset(FORMATS)
+    families: ClassVar[frozenset[str] | None] = None  # None: architecture-agnostic
+    Config: ClassVar[type[StrictModel]] = EmptyConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.Config = config_class_of(cls, Defense) or cls.Config
+
+    def __init__(self, config: C | None = None):
+        self.config: C = cast(C, config if config is not None else self.Config())
+
+    def supports(self, track: Track, release_format: ReleaseFormat, family: str) -> bool:
+        return (track in self.tracks and release_format in self.formats
+                and (self.families is None or family in self.families))
+
+    @abc.abstractmethod
+    def protect(self, owner: OwnerView) -> Release:
+        """Produce the release for `owner.track` (merge: an update for `owner.task`; finetune: a base)."""
+
+
+class Attack(abc.ABC, Generic[C]):
+    name: ClassVar[str]
+    description: ClassVar[str]
+    track: ClassVar[Track]
+    #: The attack's family (DESIGN §4); `attack_family()` may refine it from the configuration.
+    family: ClassVar[AttackFamily]
+    Config: ClassVar[type[StrictModel]] = EmptyConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.Config = config_class_of(cls, Attack) or cls.Config
+
+    def __init__(self, config: C | None = None):
+        self.config: C = cast(C, config if config is not None else self.Config())
+
+    @classmethod
+    def attack_family(cls, config: StrictModel) -> AttackFamily:
+        """The family of this attack under `config` (a fixed merge at weight 1 is pinned, a normalised
+        one rescaling); by default the class's declared family."""
+        return cls.family
+
+    @abc.abstractmethod
+    def run(self, view: PublicView) -> AttackOutput:
+        """Attack using the public view only."""
