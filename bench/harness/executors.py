@@ -1,5 +1,10 @@
 """Executors: run defense jobs and cells serially in-process or as Ray tasks.
 
+A cell names the release it attacks (`WorkItem.after`), and starts as soon as that release exists: on
+Ray the release's object reference is an argument of the cell's task, so Ray's scheduler starts the cell
+the moment its release is done, while slower releases (PMP re-training a base) still run on other
+workers. A cell whose release failed fails with the release's error without running.
+
 Ray: `ray.init(address=$RAY_ADDRESS)` starts a local cluster when the variable is unset and joins a
 real one when it is set. Each task asks for explicit CPUs (and GPUs) and carries the offline variables in
 its runtime environment. Every item computes with one torch thread (`bench.threads`), whatever the
@@ -46,23 +51,29 @@ class WorkItem:
     index: int
     kind: Literal["defend", "cell"]
     payload: Any
+    after: tuple[int, ...] = ()  # indices of the defend items (in the same batch) this item needs first
 
 
-def _execute(preset_json: str, root: str, item: WorkItem, fractions: list[float]) -> Any:
+def execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], *needed: dict[str, Any]) -> Any:
+    """Run one item; `needed` are the results of the items in `item.after` (Ray resolves them first)."""
     from bench.threads import compute_threads
 
     with compute_threads():
-        return _execute_item(preset_json, root, item, fractions)
+        return execute_item(preset_json, root, item, fractions, needed)
 
 
-def _execute_item(preset_json: str, root: str, item: WorkItem, fractions: list[float]) -> Any:
+def execute_item(preset_json: str, root: str, item: WorkItem, fractions: list[float],
+                 needed: Sequence[dict[str, Any]] = ()) -> Any:
     import_plugin_modules()
     from bench.harness.context import get_context, trim_lm_eval_overheads
-    from bench.harness.stages import run_cell, run_defense_job
+    from bench.harness.stages import cell_identity, run_cell, run_defense_job
     from bench.presets import Preset as PresetModel
 
     trim_lm_eval_overheads()  # here, not in the driver: a fully cached run never imports lm-eval
     ctx = get_context(PresetModel.model_validate_json(preset_json), Path(root))
+    failed = [result for result in needed if isinstance(result, dict) and result.get("status") == "failed"]
+    if failed:  # a release that failed fails its cells at once: retrying it per cell would repeat minutes
+        return {**cell_identity(ctx, item.payload), "status": "failed", "error": failed[0]["error"]}
     if item.kind == "defend":
         try:
             run_defense_job(ctx, item.payload)
@@ -78,8 +89,11 @@ class SerialExecutor:
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
         preset_json = preset.model_dump_json()
-        for item in items:
-            yield item, _execute(preset_json, str(root), item, fractions)
+        results: dict[int, Any] = {}
+        for item in items:  # callers list an item after the items it needs
+            results[item.index] = execute(preset_json, str(root), item, fractions,
+                                          *(results[index] for index in item.after if index in results))
+            yield item, results[item.index]
 
     def shutdown(self) -> None:
         pass
@@ -100,15 +114,20 @@ class RayExecutor:
             # whatever cluster `ray start` last left on this machine (someone else's, possibly).
             ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
                      log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
-        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_execute)
+        self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(execute)
 
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
         import ray
 
         preset_json = ray.put(preset.model_dump_json())
-        pending = {self._remote.remote(preset_json, str(root), item, fractions): item
-                   for item in items}
+        refs: dict[int, Any] = {}
+        pending: dict[Any, WorkItem] = {}
+        for item in items:  # an item's dependencies are submitted before it
+            ref = self._remote.remote(preset_json, str(root), item, fractions,
+                                      *(refs[index] for index in item.after if index in refs))
+            refs[item.index] = ref
+            pending[ref] = item
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:

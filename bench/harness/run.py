@@ -68,38 +68,33 @@ def _progress(console: Console) -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
 
 
-def _run_items(executor, preset: Preset, root: Path, items: list[WorkItem], cached: set[int], label: str,
-               fractions: list[float], console: Console) -> dict[int, Any]:
-    results: dict[int, Any] = {}
-    counts: Counter[str] = Counter(cached=len(cached))
+def _run_items(executor: Any, preset: Preset, root: Path, items: list[WorkItem], totals: dict[str, int],
+               cached: dict[str, int], fractions: list[float], console: Console) -> dict[tuple[str, int], Any]:
+    """Run the items (releases and cells together, each cell after its release), one progress bar per kind."""
+    results: dict[tuple[str, int], Any] = {}
+    failed: Counter[str] = Counter()
     with _progress(console) as progress:
-        bar = progress.add_task(label, total=len(items), cached=counts["cached"], failed=0)
+        bars = {kind: progress.add_task(f"{label} ({totals[kind]})", total=totals[kind], completed=cached[kind],
+                                        cached=cached[kind], failed=0)
+                for kind, label in (("defend", "releases"), ("cell", "cells"))}
         for item, result in executor.map(preset, root, items, fractions):
-            results[item.index] = result
+            results[(item.kind, item.index)] = result
             if isinstance(result, dict) and result.get("status") == "failed":
-                counts["failed"] += 1
-            progress.update(bar, advance=1, cached=counts["cached"], failed=counts["failed"])
+                failed[item.kind] += 1
+            progress.update(bars[item.kind], advance=1, cached=cached[item.kind], failed=failed[item.kind])
     return results
 
 
 def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: ExecutorName = "serial",
                   console: Console | None = None, **executor_kwargs: Any) -> RunSummary:
+    """The pipeline: check the inputs, expand the grid, build the zoo, run what the cache lacks (each
+    release, then its cells as soon as it exists), score the records, write the run directory."""
     from bench.leaderboard import write_run_outputs
     from bench.results import aggregate, score_cells, validity_failures
 
     console = console or Console(stderr=True)
-    if preset.grid is None:
-        raise ConfigError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
     started = time.perf_counter()
-    check_zoo_inputs(preset)
-    utility = check_utility_tasks(preset, root)
-    import_plugin_modules()
-    # Expanding needs only the zoo's model names, so every grid error surfaces before the zoo is built.
-    cells = expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},
-                   list(preset.zoo.downstream_tasks))
-    if not cells:
-        raise ConfigError(f"the grid of preset '{preset.name}' expands to no cells: give merge_attacks or "
-                          "finetune_attacks for the tracks its defenses support")
+    cells, utility = _checked_grid(preset, root)
     out_dir.mkdir(parents=True, exist_ok=True)
     for folder in (root / "cells", root / "scores", out_dir):
         remove_stale_temp_files(folder)
@@ -107,32 +102,22 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     with deep_verification():  # the driver checks every cached zoo file's hash once; damaged ones are rebuilt
         ctx = get_context(preset, root)  # builds the zoo in the driver, before any worker needs it
     jobs: list[DefenseJob] = list(dict.fromkeys(cell.defense for cell in cells))
-    fractions = list(preset.grid.budget_fractions)
     job_cached = {i for i, job in enumerate(jobs) if _release_ready(ctx, job)}
     cached_records = {i: record for i, cell in enumerate(cells) if (record := cached_cell(ctx, cell)) is not None}
+    job_of = {job: i for i, job in enumerate(jobs)}
+    items = [WorkItem(i, "defend", job) for i, job in enumerate(jobs) if i not in job_cached]
+    items += [WorkItem(i, "cell", cell, after=(job_of[cell.defense],) if job_of[cell.defense] not in job_cached else ())
+              for i, cell in enumerate(cells) if i not in cached_records]
     # A fully cached re-run starts no executor (a Ray cluster alone takes seconds to start and stop).
-    needs_work = len(job_cached) < len(jobs) or len(cached_records) < len(cells)
-    executor = make_executor(executor_name, **executor_kwargs) if needs_work else _NoExecutor()
+    executor = make_executor(executor_name, **executor_kwargs) if items else _NoExecutor()
     try:
-        job_items = [WorkItem(i, "defend", job) for i, job in enumerate(jobs)]
-        job_results = _run_items(executor, preset, root, [it for it in job_items if it.index not in job_cached],
-                                 job_cached, f"releases ({len(jobs)})", fractions, console)
-        # A release that failed fails all its cells at once: re-running a failing defense per cell would
-        # repeat minutes of training only to fail again.
-        job_errors = {jobs[i]: result["error"] for i, result in job_results.items() if result.get("status") == "failed"}
-        cell_items = [WorkItem(i, "cell", cell) for i, cell in enumerate(cells)]
-        cell_cached = set(cached_records)
-        doomed = {i for i, cell in enumerate(cells) if cell.defense in job_errors and i not in cell_cached}
-        fresh = _run_items(executor, preset, root,
-                           [it for it in cell_items if it.index not in cell_cached | doomed],
-                           cell_cached, f"cells ({len(cells)})", fractions, console)
-        for index in doomed:
-            fresh[index] = {**cell_identity(ctx, cells[index]), "status": "failed",
-                            "error": job_errors[cells[index].defense]}
+        results = _run_items(executor, preset, root, items, {"defend": len(jobs), "cell": len(cells)},
+                             {"defend": len(job_cached), "cell": len(cached_records)},
+                             list(preset.grid.budget_fractions), console)
     finally:
         executor.shutdown()
-    records = [to_raw_row(cached_records[index] if index in cell_cached else fresh[index], cell, ctx.zoo.hash)
-               for index, cell in enumerate(cells)]
+    records = [to_raw_row(cached_records[i] if i in cached_records else results[("cell", i)], cell, ctx.zoo.hash)
+               for i, cell in enumerate(cells)]
     add_utility_scores(ctx, utility, records, cells, console)
     raw = _checked_frame(ctx, records, cells)
     scored = score_cells(raw, preset.validity.rule())
@@ -140,10 +125,25 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     _write_outputs(out_dir, lambda staging: write_run_outputs(staging, scored, board,
                                                              title=f"lockbench — preset {preset.name}"))
     failed_rows = raw[raw["status"] == "failed"]
-    problems = validity_failures(scored)
     first_error = str(failed_rows["error"].iloc[0]) if len(failed_rows) else ""
-    return RunSummary(out_dir, len(cells), len(failed_rows), len(cell_cached), time.perf_counter() - started,
-                      problems, first_error)
+    return RunSummary(out_dir, len(cells), len(failed_rows), len(cached_records), time.perf_counter() - started,
+                      validity_failures(scored), first_error)
+
+
+def _checked_grid(preset: Preset, root: Path) -> tuple[list[Cell], Any]:
+    """Every input error before any compute: the zoo's model folders, the utility tasks, the plugins named
+    in $LOCKBENCH_PLUGINS and the grid (expanding needs only the zoo's model names, not the zoo)."""
+    if preset.grid is None:
+        raise ConfigError(f"preset '{preset.name}' has no 'grid' section; it can only be validated")
+    check_zoo_inputs(preset)
+    utility = check_utility_tasks(preset, root)
+    import_plugin_modules()
+    cells = expand(preset.grid, {model: preset.zoo.expert_tasks_of(model) for model in preset.zoo.models},
+                   list(preset.zoo.downstream_tasks))
+    if not cells:
+        raise ConfigError(f"the grid of preset '{preset.name}' expands to no cells: give merge_attacks or "
+                          "finetune_attacks for the tracks its defenses support")
+    return cells, utility
 
 
 class _NoExecutor:
