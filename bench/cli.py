@@ -153,6 +153,7 @@ def run(
     root: Annotated[Path | None, typer.Option(help="storage root")] = None,
     seeds: Annotated[str | None, typer.Option(help="override the grid's seeds, e.g. 0,1")] = None,
     cpus_per_task: Annotated[int, typer.Option(help="ray: CPUs per cell")] = 1,
+    gpus_per_task: Annotated[float, typer.Option(help="ray: GPUs per cell (with LOCKBENCH_DEVICE=cuda)")] = 0.0,
 ) -> None:
     """Run every defense × attack × model × task × seed cell of a preset and write the run directory."""
     loaded = _load(preset)
@@ -177,7 +178,7 @@ def run(
         probe.unlink()
     except OSError as error:
         _fail(f"cannot write to run directory {out_dir}: {error.strerror}")
-    kwargs = {"cpus_per_task": cpus_per_task} if executor == "ray" else {}
+    kwargs = {"cpus_per_task": cpus_per_task, "gpus_per_task": gpus_per_task} if executor == "ray" else {}
     summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
     typer.echo(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                f"{summary.seconds:.1f}s -> {summary.out_dir}")

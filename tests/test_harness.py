@@ -527,14 +527,15 @@ def _stop_ray(pgids: list[int], temp_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _two_node_ray(env: dict[str, str]) -> Iterator[tuple[str, Path]]:
-    """A head and a worker node on loopback, one CPU each; yields (address, Ray temp dir)."""
+def _two_node_ray(env: dict[str, str], worker_env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
+    """A head and a worker node on loopback, one CPU each (the worker started with `worker_env` when given);
+    yields (address, Ray temp dir)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="lbray-"))  # short: Ray's socket paths must fit in 107 bytes
     port, pgids = _free_port(), []
 
-    def start(*args: str) -> None:
+    def start(*args: str, node_env: dict[str, str] = env) -> None:
         process = subprocess.Popen([str(BIN / "ray"), "start", *args, "--num-cpus=1", "--disable-usage-stats",
-                                    "--object-store-memory=200000000"], cwd=temp_dir, env=env,
+                                    "--object-store-memory=200000000"], cwd=temp_dir, env=node_env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=True)
         pgids.append(process.pid)  # the daemons it spawns keep this process group
@@ -543,7 +544,7 @@ def _two_node_ray(env: dict[str, str]) -> Iterator[tuple[str, Path]]:
 
     try:
         start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}")
-        start(f"--address=127.0.0.1:{port}")
+        start(f"--address=127.0.0.1:{port}", node_env=worker_env or env)
         yield f"127.0.0.1:{port}", temp_dir
     finally:
         _stop_ray(pgids, temp_dir)
@@ -581,6 +582,41 @@ def test_two_node_ray_cluster_matches_serial(micro_root: Path, serial_run: Path,
     _check_micro_exit(result)
     _assert_same_cells(tmp_path, serial_run)
     assert len(nodes) == 2, f"work ran on {len(nodes)} node(s), expected both: {nodes}"
+
+
+@pytest.mark.slow
+def test_a_node_that_cannot_see_the_storage_root_fails_the_run_in_one_line(micro_root: Path, tmp_path: Path) -> None:
+    """The root probe (bench.harness.cluster): a worker node started with another LOCKBENCH_HOME is named,
+    with the root, before any release or cell runs."""
+    _reset_stages(micro_root)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {key: value for key, value in _env().items() if not key.startswith("RAY_AUTH") and key != "LOCKBENCH_HOME"}
+    env["HOME"] = str(home)
+    elsewhere = tmp_path / "elsewhere"
+    with _two_node_ray(env, worker_env={**env, "LOCKBENCH_HOME": str(elsewhere)}) as (address, _):
+        result = _cli_run(micro_root, tmp_path, "--executor", "ray", env={**env, "RAY_ADDRESS": address})
+    assert result.returncode == 2, result.stderr[-2000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    assert "Ray node" in error_lines[0] and str(micro_root.resolve()) in error_lines[0]
+    assert str(elsewhere) in error_lines[0]
+    assert not (micro_root / "releases").exists() or not any((micro_root / "releases").iterdir())
+    assert not list(micro_root.glob(".lockbench-probe-*"))  # the probe file is removed again
+
+
+def test_the_root_probe_reads_the_file_and_compares_the_nodes_lockbench_home(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.harness.cluster import read_probe
+
+    probe = tmp_path / "probe"
+    probe.write_text("token")
+    monkeypatch.delenv("LOCKBENCH_HOME", raising=False)
+    assert read_probe(str(probe), "token", None) == ""
+    assert "another run's token" in read_probe(str(probe), "other", None)
+    assert "cannot read the probe file" in read_probe(str(tmp_path / "missing"), "token", None)
+    monkeypatch.setenv("LOCKBENCH_HOME", "/somewhere/else")
+    assert "/somewhere/else" in read_probe(str(probe), "token", None)
 
 
 def _micro_with_grid(micro_preset: Preset, **grid: Any) -> Preset:

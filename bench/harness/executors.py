@@ -5,10 +5,10 @@ Ray the release's object reference is an argument of the cell's task, so Ray's s
 the moment its release is done, while slower releases (PMP re-training a base) still run on other
 workers. A cell whose release failed fails with the release's error without running.
 
-Ray: `ray.init(address=$RAY_ADDRESS)` starts a local cluster when the variable is unset and joins a
-real one when it is set. Each task asks for explicit CPUs (and GPUs) and carries the offline variables in
-its runtime environment. Every item computes with one torch thread (`bench.threads`), whatever the
-executor, so serial and Ray runs give the same numbers on any machine.
+Ray (bench.harness.cluster): a private local cluster without $RAY_ADDRESS, the named cluster with it,
+every node first proving it sees the storage root. Each task asks for explicit CPUs (and GPUs). Every
+item computes with one torch thread (`bench.threads`), whatever the executor, so serial and Ray runs give
+the same numbers on any machine.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.device import DEVICE_ENV
-from bench.offline import offline_env
+from bench.harness.cluster import check_nodes_see_root, start_ray, stop_local_ray
 from bench.presets import Preset
 
 ExecutorName = Literal["serial", "ray"]
@@ -95,6 +94,9 @@ class SerialExecutor:
                                           *(results[index] for index in item.after if index in results))
             yield item, results[item.index]
 
+    def check_storage(self, root: Path) -> None:
+        pass  # one process, one filesystem
+
     def shutdown(self) -> None:
         pass
 
@@ -106,15 +108,11 @@ class RayExecutor:
         import ray
 
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
-        address = os.environ.get("RAY_ADDRESS") or None
-        env = {**offline_env(), "PYTHONPATH": project_pythonpath(),
-               **{name: os.environ[name] for name in (DEVICE_ENV,) if name in os.environ}}
-        if not ray.is_initialized():
-            # "local": without RAY_ADDRESS, always a private cluster. ray.init(address=None) would join
-            # whatever cluster `ray start` last left on this machine (someone else's, possibly).
-            ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
-                     log_to_driver=False, runtime_env={"env_vars": env}, ignore_reinit_error=True)
+        start_ray(num_cpus)
         self._remote = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(execute)
+
+    def check_storage(self, root: Path) -> None:
+        check_nodes_see_root(root)
 
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
@@ -138,17 +136,7 @@ class RayExecutor:
                     yield item, {"status": "failed", "error": f"{type(error).__name__}: {error}".splitlines()[0]}
 
     def shutdown(self) -> None:
-        import ray
-
-        if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
-            ray.shutdown()
-
-
-def project_pythonpath() -> str:
-    """Workers import lockbench from the same checkout as the driver."""
-    here = str(Path(__file__).resolve().parents[2])
-    existing = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join(part for part in (here, existing) if part)
+        stop_local_ray()
 
 
 def make_executor(name: ExecutorName, **kwargs: Any):

@@ -111,6 +111,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     # A fully cached re-run starts no executor (a Ray cluster alone takes seconds to start and stop).
     executor = make_executor(executor_name, **executor_kwargs) if items else _NoExecutor()
     try:
+        executor.check_storage(root)
         results = _run_items(executor, preset, root, items, {"defend": len(jobs), "cell": len(cells)},
                              {"defend": len(job_cached), "cell": len(cached_records)},
                              list(preset.grid.budget_fractions), console)
@@ -151,6 +152,9 @@ class _NoExecutor:
 
     def map(self, *args: Any) -> list[Any]:
         return []
+
+    def check_storage(self, root: Path) -> None:
+        pass
 
     def shutdown(self) -> None:
         pass

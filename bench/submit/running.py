@@ -114,18 +114,11 @@ def init_ray_for(submission: Submission, salt: str, worker_env: str = WORKER_ENV
                  setup_hook: str = "bench.submit.worker_setup") -> None:
     """Start Ray with a hook that registers the submission in every worker (workers import only lockbench).
     Joining a remote cluster through RAY_ADDRESS needs the submission at the same path on every node."""
-    import ray
-
-    from bench.harness.executors import project_pythonpath
-    from bench.offline import offline_env
+    from bench.harness.cluster import start_ray
 
     extra = [str(Path(submission.spec.partition(":")[0]).parent)] if submission.kind == "file" else []
     payload = json.dumps({"spec": submission.spec, "config": json.loads(submission.config_json), "salt": salt})
-    env = {**offline_env(), "PYTHONPATH": os.pathsep.join([project_pythonpath(), *extra, os.getcwd()]),
-           worker_env: payload}
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False,
-             ignore_reinit_error=True,
-             runtime_env={"env_vars": env, "worker_process_setup_hook": setup_hook})
+    start_ray(env_vars={worker_env: payload}, pythonpath=[*extra, os.getcwd()], setup_hook=setup_hook)
 
 
 # ----------------------------------------------------------------------------- ranking and README

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -98,11 +97,10 @@ def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir
 
 def _stop_local_ray(executor: str) -> None:
     """A fully cached run starts no executor, so our own local cluster would outlive it."""
-    if executor == "ray" and not os.environ.get("RAY_ADDRESS"):
-        import ray
+    if executor == "ray":
+        from bench.harness.cluster import stop_local_ray
 
-        if ray.is_initialized():
-            ray.shutdown()
+        stop_local_ray()
 
 
 def none_verdicts(cells: pd.DataFrame, name: str) -> pd.DataFrame:
