@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from bench.config import StrictModel
 from bench.device import device_of
 from bench.evaluate import as_plain_model
-from bench.finetuning import sweep
+from bench.finetuning import FinetuneSettings, sweep
 from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
 
@@ -244,9 +244,10 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
 
     if config.search == "optuna":
         return _run_optuna(view, config, method, alpha, evaluate)
+    settings = FinetuneSettings(method, lr=0.0, steps=0, seed=view.seed, batch_size=config.batch_size,
+                                lora_r=r, lora_alpha=alpha)
     result = sweep(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
-                   method, config.lr, config.steps, view.seed, evaluate,
-                   view.budget_fractions, config.batch_size, r, alpha, config.independent_runs)
+                   settings, config.lr, config.steps, evaluate, view.budget_fractions, config.independent_runs)
     knobs = {"method": method, "lr": result.lr, "steps": result.steps, "batch_size": config.batch_size,
              "val_score": result.val_score, "sweep_steps": result.trained_steps,
              "independent_runs": config.independent_runs, "trials": result.trials,

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from attacks.common import MergeInputs, merge_knobs
 from bench.config import StrictModel
-from bench.finetuning import finetune_checkpoints
+from bench.finetuning import FinetuneSettings, finetune_checkpoints
 from bench.merging import method_spec
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
@@ -47,9 +47,10 @@ class MergeHeal(Attack[MergeHealConfig]):
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(config.method)
         merged = inputs.merge(config.method, dict(config.parameters), layout)
+        heal = FinetuneSettings("lora", config.lr, config.steps, view.seed, config.batch_size,
+                                lora_r=config.r, lora_alpha=config.alpha)
         healed = finetune_checkpoints(merged, view.tokenizer, view.attacker_train.prompts,
-                                      view.attacker_train.answers, "lora", config.lr, config.steps, view.seed,
-                                      (1.0,), config.batch_size, 0, config.r, config.alpha)[1.0]
+                                      view.attacker_train.answers, heal)[1.0]
         knobs = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal="lora",
                             heal_steps=config.steps, heal_lr=config.lr, heal_r=config.r)
         return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from peft import PeftModel, get_peft_model
@@ -51,23 +51,31 @@ def checkpoint_step(steps: int, fraction: float) -> int:
     return min(steps, max(1, round(fraction * steps)))
 
 
-def train_snapshots(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    answers: list[str],
-    method: Method,
-    lr: float,
-    steps: int,
-    seed: int,
-    at_steps: Sequence[int],
-    batch_size: int = 32,
-    warmup_steps: int = 0,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-) -> dict[int, PreTrainedModel]:
-    """Fine-tune a copy of `model` for `steps` steps; a folded snapshot after each step in `at_steps`."""
-    trained = _trainable(model, method, lora_r, lora_alpha)
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """One fine-tuning run: LoRA (peft, `lora_r` / `lora_alpha`) or full, its optimiser budget and seed."""
+
+    method: Method
+    lr: float
+    steps: int
+    seed: int
+    batch_size: int = 32
+    warmup_steps: int = 0
+    lora_r: int = 8
+    lora_alpha: int = 16
+
+    @classmethod
+    def from_recipe(cls, recipe: FinetuneRecipe, seed: int) -> FinetuneSettings:
+        training = recipe.training
+        return cls(recipe.method, training.lr, training.steps, seed, training.batch_size, training.warmup_steps,
+                   recipe.lora_r, recipe.lora_alpha)
+
+
+def train_snapshots(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                    answers: list[str], settings: FinetuneSettings, at_steps: Sequence[int]
+                    ) -> dict[int, PreTrainedModel]:
+    """Fine-tune a copy of `model` as `settings` say; a folded snapshot after each step in `at_steps`."""
+    trained = _trainable(model, settings.method, settings.lora_r, settings.lora_alpha)
     marks = set(at_steps)
     snapshots: dict[int, PreTrainedModel] = {}
 
@@ -77,46 +85,25 @@ def train_snapshots(
             trained.train()
 
     train(trained, tokenise(tokenizer, prompts, answers),
-          TrainSettings(steps=steps, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps, seed=seed),
+          TrainSettings(steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
+                        warmup_steps=settings.warmup_steps, seed=settings.seed),
           on_step=on_step)
     return snapshots
 
 
-def finetune_checkpoints(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    answers: list[str],
-    method: Method,
-    lr: float,
-    steps: int,
-    seed: int,
-    fractions: Sequence[float] = (1.0,),
-    batch_size: int = 32,
-    warmup_steps: int = 0,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-) -> dict[float, PreTrainedModel]:
-    """Fine-tune a copy of `model` and return a folded snapshot at each budget fraction of `steps`."""
-    snapshots = train_snapshots(model, tokenizer, prompts, answers, method, lr, steps, seed,
-                                [checkpoint_step(steps, f) for f in fractions], batch_size, warmup_steps,
-                                lora_r, lora_alpha)
-    return {fraction: snapshots[checkpoint_step(steps, fraction)] for fraction in fractions}
+def finetune_checkpoints(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+                         answers: list[str], settings: FinetuneSettings, fractions: Sequence[float] = (1.0,)
+                         ) -> dict[float, PreTrainedModel]:
+    """Fine-tune a copy of `model` and return a folded snapshot at each budget fraction of `settings.steps`."""
+    snapshots = train_snapshots(model, tokenizer, prompts, answers, settings,
+                                [checkpoint_step(settings.steps, f) for f in fractions])
+    return {fraction: snapshots[checkpoint_step(settings.steps, fraction)] for fraction in fractions}
 
 
-def finetune(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    answers: list[str],
-    recipe: FinetuneRecipe,
-    seed: int,
-) -> PreTrainedModel:
+def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list[str],
+             recipe: FinetuneRecipe, seed: int) -> PreTrainedModel:
     """Return a fine-tuned copy of `model` (LoRA adapters are folded back in); `model` is untouched."""
-    training = recipe.training
-    return finetune_checkpoints(model, tokenizer, prompts, answers, recipe.method, training.lr, training.steps,
-                                seed, (1.0,), training.batch_size, training.warmup_steps, recipe.lora_r,
-                                recipe.lora_alpha)[1.0]
+    return finetune_checkpoints(model, tokenizer, prompts, answers, FinetuneSettings.from_recipe(recipe, seed))[1.0]
 
 
 @dataclass
@@ -131,25 +118,14 @@ class SweepResult:
     trained_steps: int = 0  # optimiser steps over the whole sweep
 
 
-def sweep(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    answers: list[str],
-    method: Method,
-    lrs: Sequence[float],
-    step_counts: Sequence[int],
-    seed: int,
-    evaluate: Callable[[PreTrainedModel], float],
-    fractions: Sequence[float] = (1.0,),
-    batch_size: int = 32,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    independent_runs: bool = False,
-) -> SweepResult:
-    """Try every (lr, steps) from `model`, pick the best by `evaluate` (the attacker's own split), and keep
-    only the winner's budget-fraction checkpoints. Ties go to fewer steps, then the lower lr; trials are
-    listed in the order they ran (lr-major).
+def sweep(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+          answers: list[str], settings: FinetuneSettings, lrs: Sequence[float], step_counts: Sequence[int],
+          evaluate: Callable[[PreTrainedModel], float], fractions: Sequence[float] = (1.0,),
+          independent_runs: bool = False) -> SweepResult:
+    """Try every (lr, steps) from `model` (the rest as `settings` say; its own lr and steps are ignored), pick
+    the best by `evaluate` (the attacker's own split), and keep only the winner's budget-fraction
+    checkpoints. Ties go to fewer steps, then the lower lr; trials are listed in the order they ran
+    (lr-major).
 
     With `independent_runs` each pair is its own run (its own cosine schedule). Otherwise one run per lr
     of the largest step count is stopped early at each candidate count (checkpoints of the same run):
@@ -161,10 +137,9 @@ def sweep(
     trials: list[dict[str, float]] = []
     for lr in sorted(set(lrs)):
         for stops in ([[steps] for steps in counts] if independent_runs else [counts]):
-            length = max(stops)
-            snapshots = train_snapshots(model, tokenizer, prompts, answers, method, lr, length, seed,
-                                        [checkpoint_step(stop, f) for stop in stops for f in keep], batch_size,
-                                        0, lora_r, lora_alpha)
+            run = replace(settings, lr=lr, steps=max(stops), warmup_steps=0)
+            snapshots = train_snapshots(model, tokenizer, prompts, answers, run,
+                                        [checkpoint_step(stop, f) for stop in stops for f in keep])
             for stop in stops:
                 value = evaluate(snapshots[checkpoint_step(stop, 1.0)])
                 trials.append({"lr": lr, "steps": stop, "val": value})

@@ -22,7 +22,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from bench.finetuning import Method, SweepResult, checkpoint_step, train_snapshots
+from bench.finetuning import FinetuneSettings, Method, SweepResult, checkpoint_step, train_snapshots
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,10 @@ def search(
         steps = int(params["steps"])
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # LoRA's A is drawn at random: same parameters, same weights
-            snapshots = train_snapshots(model, tokenizer, prompts, answers, method, float(params["lr"]), steps,
-                                        seed, [checkpoint_step(steps, f) for f in keep], batch_size,
+            settings = FinetuneSettings(method, float(params["lr"]), steps, seed, batch_size,
                                         int(params["warmup_steps"]), int(params.get("r", 8)), lora_alpha)
+            snapshots = train_snapshots(model, tokenizer, prompts, answers, settings,
+                                        [checkpoint_step(steps, f) for f in keep])
         value = float(evaluate(snapshots[checkpoint_step(steps, 1.0)]))
         trials.append({"number": trial.number, **params, "val": value})
         if best is None or _preference(value, params) > _preference(best.val_score, _params_of(best)):

@@ -72,8 +72,8 @@ def recorded_lrs(monkeypatch, tiny) -> list[float]:
     a scripted objective can score the trial by it."""
     lrs: list[float] = []
 
-    def fake_train(model, tokenizer, prompts, answers, method, lr, steps, seed, at_steps, *rest):
-        lrs.append(lr)
+    def fake_train(model, tokenizer, prompts, answers, settings, at_steps):
+        lrs.append(settings.lr)
         return {step: model for step in at_steps}
 
     monkeypatch.setattr(optuna_search, "train_snapshots", fake_train)
