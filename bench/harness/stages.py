@@ -40,7 +40,7 @@ from bench.plugins import (
     TaskData,
 )
 from bench.storage import cached_directory, content_hash, fault_point, is_complete, write_json_atomic
-from bench.zoo.build import load_model
+from bench.zoo.build import load_model, replay_sample
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
 CODE_VERSION = 2  # bump when a stage's semantics change, so caches are not reused across it
@@ -71,7 +71,7 @@ def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     if job.track == "merge":
         assert job.task is not None
         view.owner_train, view.owner_val = hold_out(ctx.split(job.task, "owner_train"))
-        view.replay = _replay_sample(ctx, recipe, len(view.owner_train.prompts), job.seed)
+        view.replay = TaskData(*replay_sample(recipe, len(view.owner_train.prompts), job.seed))
         view.reference_release = (zoo.load_expert(job.model, job.task) if job.release_format == "full"
                                   else zoo.load_lora_expert(job.model, job.task))
     else:
@@ -88,19 +88,6 @@ def hold_out(data: TaskData, fraction: float = 0.1) -> tuple[TaskData, TaskData]
     held = max(1, round(fraction * len(data.prompts)))
     return (TaskData(data.prompts[:-held], data.answers[:-held]),
             TaskData(data.prompts[-held:], data.answers[-held:]))
-
-
-def _replay_sample(ctx: HarnessContext, recipe: Any, count: int, seed: int) -> TaskData:
-    """A sample of the public skill mixture, as the zoo's experts replay it (DESIGN §6)."""
-    prompts: list[str] = []
-    answers: list[str] = []
-    for task in recipe.base_tasks:
-        owner = ctx.split(task, "owner_train")
-        share = max(1, round(recipe.base_task_fractions.get(task, 1.0) * len(owner.prompts)))
-        prompts += owner.prompts[:share]
-        answers += owner.answers[:share]
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    return TaskData([prompts[i] for i in order], [answers[i] for i in order])
 
 
 def check_release(release: Any, job: DefenseJob) -> Release:

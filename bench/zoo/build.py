@@ -147,12 +147,19 @@ def task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTok
     """
     prompts, answers = _owner_examples(config, task_names, fractions)
     if replay_fraction > 0:
-        mix_prompts, mix_answers = _owner_examples(config, config.base_tasks, config.base_task_fractions)
-        order = torch.randperm(len(mix_prompts), generator=torch.Generator().manual_seed(seed))
-        count = min(len(order), int(replay_fraction * len(prompts)))
-        prompts += [mix_prompts[i] for i in order[:count].tolist()]
-        answers += [mix_answers[i] for i in order[:count].tolist()]
+        replay_prompts, replay_answers = replay_sample(config, int(replay_fraction * len(prompts)), seed)
+        prompts += replay_prompts
+        answers += replay_answers
     return tokenise(tokenizer, prompts, answers)
+
+
+def replay_sample(config: ZooConfig, count: int, seed: int) -> tuple[list[str], list[str]]:
+    """The one replay sampler: `count` examples of the public skill mixture (each base task's owner examples
+    at its share of the mixture), shuffled by `seed`. Experts replay it while training, and defenses get
+    the same sample (OwnerView.replay), so they train on what the zoo's experts saw."""
+    prompts, answers = _owner_examples(config, config.base_tasks, config.base_task_fractions)
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return [prompts[i] for i in order], [answers[i] for i in order]
 
 
 def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
