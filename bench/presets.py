@@ -13,23 +13,14 @@ from pydantic import Field, ValidationError
 from bench.config import StrictModel
 from bench.finetuning import FinetuneRecipe
 from bench.harness.grid import GridConfig
+from bench.results.normalise import ValidityRule
 from bench.zoo.config import ZooConfig
 
 
-class ValidityConfig(StrictModel):
-    """DESIGN §6's validity rule and the attacks it is checked with."""
+class ValidityConfig(ValidityRule):
+    """DESIGN §6's validity rule (the thresholds: `bench.results.ValidityRule`) and the attacks the zoo is
+    checked with."""
 
-    min_expert_gain: float = 0.3
-    min_kept_fraction: float = 0.5
-    max_downstream_base: float = 0.3
-    min_finetune_gain: float = 0.3
-    min_release_margin: float = Field(0.3, description="merge: the none merge must beat the release-free control "
-                                      "on T_p by this much (the release must matter)")
-    min_scratch_margin: float = Field(0.3, description="finetune: the unprotected base must beat the from-scratch "
-                                      "control by this much at the attacker's budget")
-    members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
-    trap_margin: float = Field(0.1, description="a release's answer loss at half scale must exceed none's by this "
-                               "(nats per answer token) for trap_formed")
     merge_coefficients: list[float] = Field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
     finetune_attacks: dict[str, FinetuneRecipe]
     weak_attacks: Literal["fail", "warn"] = Field(
@@ -37,10 +28,8 @@ class ValidityConfig(StrictModel):
         "validation, or (warn) is only reported loudly: its cells are marked weak and left out of the aggregates "
         "either way, and a track × architecture × family without a valid attack is published as invalid (DESIGN §6)")
 
-    def rule(self):
-        """The per-attack part of the rule, as the scoring stage applies it."""
-        from bench.results import ValidityRule
-
+    def rule(self) -> ValidityRule:
+        """The thresholds alone, as the scoring stage applies them."""
         return ValidityRule(**{name: getattr(self, name) for name in ValidityRule.model_fields})
 
 

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from bench.config import StrictModel
 from bench.results.columns import RAW_COLUMNS
@@ -43,12 +44,15 @@ class ValidityRule(StrictModel):
 
     min_expert_gain: float = 0.3
     min_kept_fraction: float = 0.5
-    min_release_margin: float = 0.3
+    min_release_margin: float = Field(0.3, description="merge: the none merge must beat the release-free control "
+                                      "on T_p by this much (the release must matter)")
     max_downstream_base: float = 0.3
     min_finetune_gain: float = 0.3
-    min_scratch_margin: float = 0.3
-    members_floor: float = 0.5
-    trap_margin: float = 0.1
+    min_scratch_margin: float = Field(0.3, description="finetune: the unprotected base must beat the from-scratch "
+                                      "control by this much at the attacker's budget")
+    members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
+    trap_margin: float = Field(0.1, description="a release's answer loss at half scale must exceed none's by this "
+                               "(nats per answer token) for trap_formed")
 
 
 def _join(cells: pd.DataFrame, defense: str, columns: tuple[str, ...], suffix: str, flag: str) -> pd.DataFrame:
