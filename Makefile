@@ -54,9 +54,10 @@ ci-baseline: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Performance figures against their targets -> perf/REPORT.md and perf/report.json (about 15 minutes on
-# 2 cores: cache figure on `micro`, the rest on `smoke`). PERF_ARGS=--full measures the cache figure on
-# `default` (its cold run alone takes 20+ minutes); see `python -m bench.perf --help`.
+# Performance figures against their targets -> perf/REPORT.md and perf/report.json. Every figure by default,
+# including the fresh-clone ones (a cold `make bench`, the same again cached, `make test`: hours on 2 cores);
+# PERF_ARGS="--only cache,ray,merge,lmeval,trap2,flops" measures the quick ones (about 15 minutes, on
+# `smoke`); see `python -m bench.perf --help`.
 .PHONY: perf
 perf: $(STAMP)
 	$(BIN)/python -m bench.perf $(PERF_ARGS)

@@ -15,7 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.perf import FIGURES, REPO, Figure
+from bench.perf import CLONE_FIGURES, FIGURES, REPO, Figure
+from bench.perf.clone_figures import figures_fresh_clone
 from bench.perf.compute_figures import figure_flops, figure_lmeval, figure_merge, figure_trap2
 from bench.perf.harness_figures import figure_cache, figure_ray, figures_cache_and_ray
 from bench.perf.runs import build_zoo
@@ -26,7 +27,9 @@ from bench.perf.runs import build_zoo
 def format_value(figure: Figure) -> str:
     if figure.value is None:
         return figure.status
-    return f"{figure.value:.2f}%" if figure.unit == "%" else f"{figure.value:.2f}x"
+    if figure.unit in ("%", "x"):
+        return f"{figure.value:.2f}{figure.unit}"
+    return f"{figure.value:.1f}{figure.unit}"
 
 
 def verdict(figure: Figure) -> str:
@@ -133,6 +136,10 @@ def report(args: argparse.Namespace) -> int:
         }
         for key in in_process:
             guarded(figures, key, builders[key][0], args.preset, builders[key][1])
+    clone_keys = tuple(key for key in CLONE_FIGURES if key in only)
+    if clone_keys:
+        guarded_many(figures, clone_keys, "default",
+                     lambda: [f for f in figures_fresh_clone(work, "make_test" in only) if f.key in clone_keys])
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
