@@ -220,7 +220,6 @@ def _view(ctx, release_format: str = "full", track: str = "merge", experts: dict
           score_val: Callable | None = None, fractions: list[float] | None = None) -> PublicView:
     """A public view of llama's micro zoo: merge track protects `sort`; `experts` maps member name → task
     whose expert plays it (a second name for one expert gives a third member on a two-expert zoo)."""
-    from bench.harness.stages import ValidationScorer
 
     zoo, tokenizer = ctx.zoo, ctx.zoo.tokenizer("llama")
     load = zoo.load_expert if release_format == "full" else zoo.load_lora_expert
@@ -233,7 +232,7 @@ def _view(ctx, release_format: str = "full", track: str = "merge", experts: dict
         attacker_train=ctx.split(task, "attacker_train"), attacker_val=ctx.split(task, "attacker_val"),
         public_experts={name: load("llama", source) for name, source in experts.items()},
         public_experts_val={name: ctx.split(name, "attacker_val") for name in experts}, seed=0,
-        budget_fractions=fractions or [0.5, 1.0], score_val=score_val or ValidationScorer(ctx.tasks, tokenizer))
+        budget_fractions=fractions or [0.5, 1.0], score_val=score_val or ctx.scorer.attacker_val(tokenizer))
 
 
 #: Small configurations of the searching attacks, so that every registered attack runs in seconds.

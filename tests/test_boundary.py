@@ -56,7 +56,6 @@ def test_attacker_val_scorer_scores_exactly_as_lm_eval_over_the_jsonl(micro_ctx,
     """Same accuracies as `score(..., split="attacker_val")` for every task, from the same lm-eval requests
     answered with the same log-likelihoods (micro's models score near 0, so the requests are what pins it)."""
     from bench.evaluate import score
-    from bench.harness.stages import ValidationScorer
 
     ctx, tokenizer = micro_ctx, micro_ctx.zoo.tokenizer("llama")
     model = (ctx.zoo.load_expert("llama", "sort") if release_format == "full"
@@ -67,7 +66,7 @@ def test_attacker_val_scorer_scores_exactly_as_lm_eval_over_the_jsonl(micro_ctx,
     expected = score(model, tokenizer, tasks, ctx.tasks, split="attacker_val")
     through_jsonl = sorted(seen)
     seen.clear()
-    scorer = ValidationScorer(ctx.tasks, tokenizer, tasks)
+    scorer = ctx.scorer.attacker_val(tokenizer, tasks)
     assert scorer(model, tasks) == expected
     assert sorted(seen) == through_jsonl and len(through_jsonl) == sum(
         len(scorer._rows[task][0]) for task in tasks)
@@ -80,12 +79,11 @@ def test_attacker_val_scorer_holds_only_attacker_val_rows(micro_ctx) -> None:
     other split; and it refuses a task it was not built with (it has nothing else to score)."""
     from test_harness import Snooper
 
-    from bench.harness.stages import ValidationScorer
     from tasks.lmeval import MaterializedTasks
 
     ctx = micro_ctx
     tokenizer = ctx.zoo.tokenizer("llama")
-    scorer = ValidationScorer(ctx.tasks, tokenizer, ["sort", "max"])
+    scorer = ctx.scorer.attacker_val(tokenizer, ["sort", "max"])
     strings: list[str] = []
     objects: list[Any] = []
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.harness.scoring import Scorer, cache_salt, make_scorer
 from bench.plugins import TaskData
 from bench.presets import Preset
 from bench.zoo.build import Zoo, build_zoo
@@ -24,6 +25,12 @@ class HarnessContext:
     root: Path
     zoo: Zoo
     tasks: MaterializedTasks
+    scorer: Scorer  # every recorded accuracy goes through it (bench.harness.scoring)
+
+    @property
+    def cache_salt(self) -> tuple[str, ...]:
+        """Added to the key of every cached entry that holds a score."""
+        return cache_salt(self.scorer)
 
     def split(self, task: str, split: str) -> TaskData:
         data = build_splits(task, self.preset.zoo.seed, self.preset.zoo.split_sizes)[split]
@@ -109,7 +116,7 @@ def _context(preset_json: str, root: str) -> HarnessContext:
     preset = Preset.model_validate_json(preset_json)
     zoo = build_zoo(preset.zoo, Path(root), preset.grid.models if preset.grid else None)
     tasks = materialize(scored_tasks(preset), preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
-    return HarnessContext(preset, Path(root), zoo, tasks)
+    return HarnessContext(preset, Path(root), zoo, tasks, make_scorer(tasks))
 
 
 def get_context(preset: Preset, root: Path) -> HarnessContext:

@@ -9,7 +9,7 @@ attacker_val rows (already in memory, the same rows the attack gets as `attacker
 Scores equal `bench.evaluate.score(..., split="attacker_val")`: the lm-eval task config is the one
 `tasks.lmeval` writes for the attacker_val YAML (same name, templates, delimiter, metric), except that its
 documents come from an in-memory `datasets.Dataset` through lm-eval's `custom_dataset` hook instead of
-`dataset_path: json` over the JSONL file. Nothing is written to disk. `bench.harness.stages.ValidationScorer`
+`dataset_path: json` over the JSONL file. Nothing is written to disk. `bench.harness.scoring.LmEvalScorer`
 builds one from the materialised tasks (`read_attacker_val`), keeping none of them.
 """
 
@@ -23,6 +23,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from bench.device import device_of
 from bench.evaluate import METRIC_BY_FORM, as_plain_model, quiet_hflm_class
 from bench.plugins import TaskData
 from tasks.lmeval import MIN_GEN_TOKS, MaterializedTasks, task_config
@@ -84,7 +85,7 @@ class AttackerValScorer:
         self.calls += 1
         plain = as_plain_model(model).eval()
         lm = quiet_hflm_class()(pretrained=plain, tokenizer=self._tokenizer, batch_size=self._batch_size,
-                                 device="cpu", max_length=plain.config.max_position_embeddings
+                                 device=str(device_of(plain)), max_length=plain.config.max_position_embeddings
                                  if hasattr(plain.config, "max_position_embeddings") else None)
         with torch.no_grad():
             # By name, as `score` asks for its YAML tasks (the same lm-eval names: a caller watching

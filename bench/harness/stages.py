@@ -22,12 +22,10 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
-from bench.evaluate import score
 from bench.harness.context import HarnessContext
 from bench.harness.controls import CONTROL_DEFENSE, ControlRelease
 from bench.harness.grid import Cell, DefenseJob
 from bench.harness.owner_secret import owner_secret
-from bench.harness.scorer import AttackerValScorer, read_attacker_val
 from bench.measure import release_diagnostics
 from bench.plugins import (
     ATTACKS,
@@ -59,7 +57,7 @@ def private_dir(ctx: HarnessContext, job: DefenseJob) -> Path:
 
 
 def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
-    return content_hash(job.key, ctx.zoo.hash, CODE_VERSION)
+    return content_hash(job.key, ctx.zoo.hash, CODE_VERSION, *ctx.cache_salt)
 
 
 def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
@@ -111,11 +109,11 @@ def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedMode
     if job.track == "merge":
         assert job.task is not None
         held_out = hold_out(ctx.split(job.task, "owner_train"))[1]
-        return {"utility": score(model, tokenizer, [job.task], ctx.tasks)[job.task],
+        return {"utility": ctx.scorer.score(model, tokenizer, [job.task])[job.task],
                 **release_diagnostics(ctx.zoo.load_base(job.model), model, tokenizer, held_out.prompts,
                                       held_out.answers)}
     capability = list(ctx.preset.zoo.base_tasks)  # the base's skills: what a protected base must keep
-    scores = score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks), ctx.tasks)
+    scores = ctx.scorer.score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks))
     return {"utility": sum(scores[t] for t in capability) / len(capability),
             **{f"acc:{task}": value for task, value in scores.items()}}
 
@@ -183,22 +181,11 @@ def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> Pub
                       task=cell.task, attacker_train=ctx.split(cell.task, "attacker_train"),
                       attacker_val=ctx.split(cell.task, "attacker_val"), public_experts=experts,
                       public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions,
-                      score_val=ValidationScorer(ctx.tasks, zoo.tokenizer(job.model), [cell.task, *cell.members]))
-
-
-class ValidationScorer(AttackerValScorer):
-    """What an adaptive attack may measure: lm-eval accuracy on the attacker's validation split only.
-
-    Built from the materialised tasks, it keeps only the attacker_val rows of `task_names` (None: of every
-    task that has that split) and their lm-eval names: no path, no storage root (bench.harness.scorer).
-    """
-
-    def __init__(self, tasks: Any, tokenizer: Any, task_names: list[str] | None = None):
-        super().__init__(tokenizer, *read_attacker_val(tasks, task_names))
+                      score_val=ctx.scorer.attacker_val(zoo.tokenizer(job.model), [cell.task, *cell.members]))
 
 
 def cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
-    path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION)}.json"
+    path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION, *ctx.cache_salt)}.json"
     cached = read_json_record(path)
     if isinstance(cached, dict):
         return cached
@@ -208,15 +195,15 @@ def cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str
 
 
 def _base_scores(ctx: HarnessContext, model: str) -> dict[str, float]:
-    return cached_scores(ctx, f"base-{model}", model, lambda: score(
-        ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks, ctx.tasks))
+    return cached_scores(ctx, f"base-{model}", model, lambda: ctx.scorer.score(
+        ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks))
 
 
 def _expert_score(ctx: HarnessContext, model: str, release_format: str, task: str) -> float:
     def compute() -> dict[str, float]:
         expert = (ctx.zoo.load_expert(model, task) if release_format == "full"
                   else ctx.zoo.load_lora_expert(model, task))
-        return score(expert, ctx.zoo.tokenizer(model), [task], ctx.tasks)
+        return ctx.scorer.score(expert, ctx.zoo.tokenizer(model), [task])
 
     return cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
                           compute)[task]
@@ -242,7 +229,7 @@ def cached_cell(ctx: HarnessContext, cell: Cell) -> dict[str, Any] | None:
 
 
 def cell_path(ctx: HarnessContext, cell: Cell) -> Path:
-    return ctx.root / "cells" / f"{content_hash(cell.key, ctx.zoo.hash, CODE_VERSION)}.json"
+    return ctx.root / "cells" / f"{content_hash(cell.key, ctx.zoo.hash, CODE_VERSION, *ctx.cache_salt)}.json"
 
 
 def attack_family(cell: Cell) -> str:
@@ -307,7 +294,7 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
     }
     if job.track == "merge":
         merged = output.models[1.0]
-        scores = score(merged, tokenizer, [cell.task, *cell.members], ctx.tasks)
+        scores = ctx.scorer.score(merged, tokenizer, [cell.task, *cell.members])
         result["merged_acc"] = scores[cell.task]
         members = list(cell.members)
         experts = {m: _expert_score(ctx, job.model, job.release_format, m) for m in members}
@@ -318,12 +305,12 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
         result["expert_acc_by_member"] = json.dumps(experts, sort_keys=True)
         result.update(release_metrics_of(metrics))
         for stage, model in output.stages.items():
-            result[f"{stage}_acc"] = score(model, tokenizer, [cell.task], ctx.tasks)[cell.task]
+            result[f"{stage}_acc"] = ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
     else:
         before = metrics[f"acc:{cell.task}"]
         result["acc_before"] = before
         for fraction, model in sorted(output.models.items()):
-            after = score(model, tokenizer, [cell.task], ctx.tasks)[cell.task]
+            after = ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
             result[f"gain_at_{fraction:g}"] = after - before
             result[f"acc_at_{fraction:g}"] = after
             if fraction == max(output.models):

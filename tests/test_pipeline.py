@@ -1,0 +1,67 @@
+"""The pipeline's plumbing on the micro zoo with the scorer double (tests/fakes.FakeScorer): no lm-eval, so
+the fast tier covers it. What lm-eval would score is covered by the slow tests of test_harness.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fakes import FakeScorer
+
+from bench.harness.grid import PluginSpec
+from bench.results import read_csv
+
+
+def no_lm_eval(*args, **kwargs):
+    raise AssertionError("lm-eval was called although LOCKBENCH_SCORER names the double")
+
+
+@pytest.fixture
+def fake_scoring(monkeypatch: pytest.MonkeyPatch):
+    import bench.evaluate
+    import bench.harness.scorer
+    from bench.harness.context import clear_contexts
+
+    clear_contexts()  # a context remembers its scorer
+    monkeypatch.setenv("LOCKBENCH_SCORER", "fakes:FakeScorer")
+    monkeypatch.setattr(bench.evaluate, "score", no_lm_eval)
+    monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
+    yield
+    clear_contexts()
+
+
+def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_preset, micro_zoo, tmp_path: Path,
+                                                                        fake_scoring) -> None:
+    from bench.harness.context import clear_contexts, get_context
+    from bench.harness.run import run_benchmark
+
+    root = micro_zoo.root
+    grid = micro_preset.grid.model_copy(update={"defenses": [PluginSpec(name="none"), PluginSpec(name="params")],
+                                                "models": ["llama"], "protected_tasks": ["sort"]})
+    preset = micro_preset.model_copy(update={"grid": grid})
+    first = run_benchmark(preset, root, tmp_path / "first")
+    assert first.failed == 0 and first.cells > 0
+    cells = read_csv(tmp_path / "first" / "cells.csv", "cells")
+    ok = cells[cells.status == "ok"]
+    not_ok = cells[cells.status != "ok"]
+    assert set(not_ok.status) <= {"n/a"} and set(not_ok.defense) <= {"params"}  # full weights only (declared)
+    ctx = get_context(preset, root)
+    assert ctx.scorer.name == "fake" and ctx.cache_salt == ("scorer:fake",)
+    # `none` releases the zoo's own expert at seed 0: its utility is the double's number for that expert
+    none_row = ok[(ok.track == "merge") & (ok.defense == "none") & (ok.release_format == "full")].iloc[0]
+    assert none_row.utility == pytest.approx(FakeScorer.accuracy(ctx.zoo.load_expert("llama", none_row.task),
+                                                                 none_row.task))
+    second = run_benchmark(preset, root, tmp_path / "second")
+    assert second.cached == second.cells  # resumed from the double's own cache entries
+    from bench.harness.grid import expand
+    from bench.harness.stages import cell_path
+
+    cell = expand(grid, {"llama": preset.zoo.expert_tasks_of("llama")}, list(preset.zoo.downstream_tasks))[0]
+    fake_path = cell_path(ctx, cell)
+    clear_contexts()
+    monkeypatch_env = pytest.MonkeyPatch()
+    monkeypatch_env.delenv("LOCKBENCH_SCORER")
+    try:
+        assert cell_path(get_context(preset, root), cell) != fake_path  # lm-eval's cells are keyed apart
+    finally:
+        monkeypatch_env.undo()
