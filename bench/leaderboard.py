@@ -1,4 +1,6 @@
-"""A run directory's human outputs (README with formulas, plot) and publishing it under leaderboard/.
+"""Writing a run directory and publishing it under leaderboard/: the renderers (bench.readme for the README,
+bench.plots for the plot, bench.html_report for the index page) each read the results layer, and this
+module calls them.
 
 A run directory holds exactly RUN_FILES. README.md is written last, so a run killed mid-way lacks it and
 :func:`publish` refuses it; publish also re-reads both CSVs through their schemas and recomputes the
@@ -7,7 +9,6 @@ leaderboard from cells.csv, so what lands in leaderboard/ is always complete and
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -15,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from bench.html_report import write_html_index
+from bench.plots import plot_utility_vs_attack
 from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
     CELLS_FILE,
     LEADERBOARD_FILE,
@@ -45,62 +46,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class PublishError(RuntimeError):
     """A run that cannot be published as it is; the message says which file and why."""
-
-
-# ----------------------------------------------------------------------------- small helpers
-
-
-# ----------------------------------------------------------------------------- plot
-
-
-def plot_utility_vs_attack(board: pd.DataFrame, path: Path) -> None:
-    """Utility retention vs worst-case attack success, one point per defense × model × format, a panel per
-    track. Colour names the defense, the marker the model, a hollow marker the adapter format; legends say
-    which, so labels never overlap where points cluster (they do near success 1). Error bars are the 95%
-    intervals, cut at the metrics' bounds. Uses the Agg canvas directly: no global backend change."""
-    from matplotlib.lines import Line2D
-
-    tracks = [track for track in TRACKS if (board["track"] == track).any()] or ["merge"]
-    figure = Figure(figsize=(6.5 * len(tracks) + 2.5, 5.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    scored = board[(board["status"] == "ok") & board["worst_attack_success"].notna()
-                   & board["utility_retention"].notna()]
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
-    colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted(scored["defense"].unique()))}
-    markers = {model: "osD^v<>p"[i % 8] for i, model in enumerate(sorted(scored["model"].unique()))}
-    for axes, track in zip(figure.subplots(1, len(tracks), squeeze=False)[0], tracks, strict=True):
-        rows = scored[scored["track"] == track]
-        for _, row in rows.iterrows():
-            x, y = row["worst_attack_success"], row["utility_retention"]
-            x_ci, y_ci = _bar(row["worst_attack_success_ci95"]), _bar(row["utility_retention_ci95"])
-            colour = colours[row["defense"]]
-            axes.errorbar(x, y, xerr=[[min(x_ci, x)], [min(x_ci, 1.0 - x)]], yerr=[[min(y_ci, y)], [y_ci]],
-                          fmt=markers[row["model"]], capsize=3, color=colour, markersize=8, alpha=0.85,
-                          markerfacecolor="none" if row["release_format"] == "adapter" else colour)
-        if rows.empty:
-            axes.text(0.5, 0.5, "no scored rows", ha="center", va="center", transform=axes.transAxes)
-        top = max(1.1, float(rows["utility_retention"].max()) + 0.1) if not rows.empty else 1.1
-        axes.set(xlim=(-0.05, 1.1), ylim=(0.0, top), title=f"{track} track",
-                 xlabel="worst-case attack success (lower is better)", ylabel="utility retention")
-        axes.grid(alpha=0.3)
-    handles = [Line2D([], [], color=colour, marker="o", linestyle="", label=name) for name, colour in colours.items()]
-    handles += [Line2D([], [], color="#444", marker=marker, linestyle="", label=model) for model, marker in markers.items()]
-    handles += [Line2D([], [], color="#444", marker="o", linestyle="", label="full weights"),
-                Line2D([], [], color="#444", marker="o", markerfacecolor="none", linestyle="", label="adapter")]
-    figure.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        figure.savefig(scratch, format="png", dpi=110)
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-
-
-def _bar(ci: float) -> float:
-    return 0.0 if ci is None or math.isnan(ci) else float(ci)
 
 
 # ----------------------------------------------------------------------------- run outputs
@@ -227,8 +172,6 @@ def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Pa
 
     publish_directory(target, fill)
     write_index(leaderboard_dir)
-    from bench.html_report import write_html_index  # imports this module: deferred
-
     write_html_index(leaderboard_dir)
     return target
 

@@ -7,8 +7,6 @@ frame, rows sorted by the key columns (`bench.results.schema.sort_frame`).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pandas as pd
 
 from bench.results.columns import ColumnKind
 from bench.results.schema import SCHEMAS, FrameKind, SchemaError, conform_frame, is_missing, sort_frame
+from bench.storage import replace_atomically
 
 
 def _to_text(series: pd.Series, kind: ColumnKind) -> list[str]:
@@ -51,20 +50,11 @@ def _from_text(texts: pd.Series, kind: ColumnKind, where: str) -> pd.Series:
 
 
 def write_csv(df: pd.DataFrame, path: Path, kind: FrameKind) -> None:
-    """Validate, sort and write `df` atomically (temporary file + os.replace): readers never see half."""
+    """Validate, sort and write `df` atomically (bench.storage.replace_atomically): readers never see half."""
     frame = sort_frame(conform_frame(df, kind), kind)
     text = pd.DataFrame({column.name: _to_text(frame[column.name], column.kind) for column in SCHEMAS[kind]},
                         dtype=object)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", newline="") as stream:
-            text.to_csv(stream, index=False, lineterminator="\n")
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
+    replace_atomically(Path(path), lambda scratch: text.to_csv(scratch, index=False, lineterminator="\n"))
 
 
 def read_csv(path: Path, kind: FrameKind) -> pd.DataFrame:
