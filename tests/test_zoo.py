@@ -119,3 +119,23 @@ def test_none_retrains_through_the_zoos_code_path(micro_zoo, micro_preset):
     other, _ = train_full_expert(recipe, name, base, tokenizer, task, expert_seed(recipe, task, False, job_seed=1))
     assert not all(torch.equal(tensor, stored_tensor) for tensor, stored_tensor in zip(
         other.state_dict().values(), micro_zoo.load_expert(name, task).state_dict().values(), strict=True))
+
+
+@pytest.mark.slow
+def test_models_built_in_parallel_processes_equal_the_one_by_one_build(micro_preset, tmp_path, monkeypatch):
+    """bench.zoo.build: the micro zoo's two models trained in two processes give the same files (weights
+    and all) as one after the other in this process."""
+    import hashlib
+
+    from bench.zoo.build import build_zoo
+
+    def digests(root):
+        return {path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in sorted((root / "zoo").rglob("*.safetensors"))}
+
+    monkeypatch.setenv("LOCKBENCH_ZOO_PROCESSES", "2")
+    build_zoo(micro_preset.zoo, tmp_path / "parallel")
+    monkeypatch.setenv("LOCKBENCH_ZOO_PROCESSES", "1")
+    build_zoo(micro_preset.zoo, tmp_path / "serial")
+    parallel, serial = digests(tmp_path / "parallel"), digests(tmp_path / "serial")
+    assert len(parallel) == 2 * (1 + 2 * len(micro_preset.zoo.expert_tasks)) and parallel == serial

@@ -7,7 +7,12 @@ with the same config loads from disk, and changing the expert recipe never retra
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 import bench
 from bench.device import compute_device
-from bench.storage import cached_directory, content_hash, write_json_atomic
+from bench.storage import FAULT_ENV, cached_directory, content_hash, is_complete, write_json_atomic
 from bench.threads import compute_threads
 from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
 from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
@@ -274,45 +279,87 @@ def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scra
     })
 
 
+#: How many zoo models train at once, each in its own process (default: one per CPU core, at most one per model).
+ZOO_PROCESSES_ENV = "LOCKBENCH_ZOO_PROCESSES"
+
+
 def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) -> Zoo:
     """Train whatever is missing under `root/zoo/` and return the zoo (only `models`, when given: a grid
-    on one architecture need not train the others)."""
+    on one architecture need not train the others). Models that are missing train in parallel processes
+    (`$LOCKBENCH_ZOO_PROCESSES`); each one's artefacts are seeded alike either way."""
     unknown = sorted(set(models or []) - set(config.models))
     if unknown:
         raise ValueError(f"unknown zoo models {unknown}; the zoo has {sorted(config.models)}")
-    paths: dict[str, ZooPaths] = {}
-    zoo_config = config
-    documents = document_digests(zoo_config)
-    for name, entry in zoo_config.models.items():
-        if models is not None and name not in models:
-            continue
-        config = zoo_config.recipe(name)
-        if entry.pretrained is not None:
-            base, base_id = Path(entry.pretrained), entry.pretrained
+    names = [name for name in config.models if models is None or name in models]
+    documents = document_digests(config)
+    missing = [name for name in names if not all(is_complete(path) for path in
+                                                 _artefacts(model_paths(config, root, name, documents, build=False))
+                                                 if root / "zoo" in path.parents)]  # not a user's own folders
+    processes = min(len(missing), zoo_processes())
+    if processes > 1:
+        _build_in_processes(config, root, missing, processes)
+    return Zoo(config, root, {name: model_paths(config, root, name, documents) for name in names})
+
+
+def zoo_processes() -> int:
+    value = os.environ.get(ZOO_PROCESSES_ENV, "").strip()
+    return int(value) if value else len(os.sched_getaffinity(0))
+
+
+def _artefacts(paths: ZooPaths) -> list[Path]:
+    return [paths.base, *paths.experts_full.values(), *paths.experts_lora.values()]
+
+
+def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int) -> None:
+    """Build each model in its own (spawned) process. A fault point that fires in one (bench.storage) kills
+    the whole run, as a crash of the machine would; any other death is an error naming the model."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(processes, mp_context=context) as pool:
+        futures = {pool.submit(build_one_model, config.model_dump_json(), str(root), name): name for name in names}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except BrokenProcessPool as error:
+                if os.environ.get(FAULT_ENV):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError(f"the process building zoo model '{futures[future]}' died: {error}") from error
+
+
+def build_one_model(config_json: str, root: str, name: str) -> None:
+    """A build process's work: one model's base, experts and LoRA experts."""
+    config = ZooConfig.model_validate_json(config_json)
+    model_paths(config, Path(root), name, document_digests(config))
+
+
+def model_paths(zoo_config: ZooConfig, root: Path, name: str, documents: list, build: bool = True) -> ZooPaths:
+    """Where model `name`'s artefacts live, training each that is missing (unless `build` is False)."""
+
+    def cached(target: Path, make) -> Path:
+        return cached_directory(target, make) if build else target
+
+    entry = zoo_config.models[name]
+    config = zoo_config.recipe(name)
+    if entry.pretrained is not None:
+        base, base_id = Path(entry.pretrained), entry.pretrained
+    else:
+        base_key = content_hash("base", ZOO_FORMAT_VERSION, library_stamp(), entry.architecture, config.base_tasks,
+                                config.base_task_fractions, config.base_training, config.seed, config.split_sizes,
+                                *documents)
+        base = cached(root / "zoo" / "base" / f"{name}-{base_key}",
+                      lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
+        base_id = base_key
+    full: dict[str, Path] = {}
+    lora: dict[str, Path] = {}
+    for task in config.expert_tasks:
+        if task in entry.expert_paths:
+            full[task] = Path(entry.expert_paths[task])
         else:
-            base_key = content_hash("base", ZOO_FORMAT_VERSION, library_stamp(), entry.architecture, config.base_tasks,
-                                    config.base_task_fractions, config.base_training, config.seed, config.split_sizes,
-                                    *documents)
-            base = cached_directory(root / "zoo" / "base" / f"{name}-{base_key}",
-                                    lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
-            base_id = base_key
-        full: dict[str, Path] = {}
-        lora: dict[str, Path] = {}
-        for task in config.expert_tasks:
-            if task in entry.expert_paths:
-                full[task] = Path(entry.expert_paths[task])
-            else:
-                key = content_hash("expert", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.expert_training,
-                                   config.seed, config.split_sizes, config.expert_tasks, *documents)
-                full[task] = cached_directory(
-                    root / "zoo" / "experts" / f"{name}-{task}-{key}",
-                    lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch),
-                )
-            key = content_hash("lora", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.lora, config.seed,
-                               config.split_sizes, config.expert_tasks, *documents)
-            lora[task] = cached_directory(
-                root / "zoo" / "lora" / f"{name}-{task}-{key}",
-                lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch),
-            )
-        paths[name] = ZooPaths(base=base, experts_full=full, experts_lora=lora)
-    return Zoo(zoo_config, root, paths)
+            key = content_hash("expert", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.expert_training,
+                               config.seed, config.split_sizes, config.expert_tasks, *documents)
+            full[task] = cached(root / "zoo" / "experts" / f"{name}-{task}-{key}",
+                                lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch))
+        key = content_hash("lora", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.lora, config.seed,
+                           config.split_sizes, config.expert_tasks, *documents)
+        lora[task] = cached(root / "zoo" / "lora" / f"{name}-{task}-{key}",
+                            lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch))
+    return ZooPaths(base=base, experts_full=full, experts_lora=lora)
