@@ -24,6 +24,26 @@ def _document_tasks_stay_in_their_test():
     restore_declared(before)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _test_plugins_stay_in_their_module(request):
+    """Test modules register their plugins when imported, and pytest imports every module before the first
+    test: each module sees the built-ins and its own plugins only, and the registries are as they were after it."""
+    import contextlib
+
+    from bench.plugins import ATTACKS, DEFENSES
+    from tasks.registry import TASKS
+
+    own = request.module.__name__
+    with contextlib.ExitStack() as stack:
+        for registry in (DEFENSES, ATTACKS, TASKS):
+            stack.enter_context(registry.scoped())
+            for name in registry.names():
+                module = registry.get(name).__module__
+                if module.split(".")[0].startswith("test_") and module != own:
+                    registry.unregister(name)
+        yield
+
+
 @pytest.fixture(scope="session")
 def micro_preset():
     from bench.presets import load_preset

@@ -77,7 +77,7 @@ def test_attacker_val_scorer_scores_exactly_as_lm_eval_over_the_jsonl(micro_ctx,
 def test_attacker_val_scorer_holds_only_attacker_val_rows(micro_ctx) -> None:
     """Walked like an attack would walk it: no path, no storage root, no MaterializedTasks, no row of any
     other split; and it refuses a task it was not built with (it has nothing else to score)."""
-    from test_harness import Snooper
+    from snooper import Snooper
 
     from tasks.lmeval import MaterializedTasks
 

@@ -347,7 +347,7 @@ class FinetuneSnoop(Attack):
     family = "finetune"
 
     def run(self, view: PublicView) -> AttackOutput:
-        from test_harness import Snooper  # the merge-track snooper's traversal, reused
+        from snooper import Snooper  # the merge-track snooper's traversal, reused
 
         class Recorder(Snooper):
             def __init__(self) -> None:

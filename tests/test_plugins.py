@@ -138,3 +138,10 @@ def test_the_decorator_checks_metadata_as_strictly_as_a_submission() -> None:
         registered = register_defense(tracks={"merge"})(NoTracks)
         assert DEFENSES.get("no_tracks") is registered and registered.tracks == frozenset({"merge"})
     assert DEFENSES.registered("no_tracks") is None  # scoped: gone after the block
+
+
+def test_another_test_modules_plugins_are_not_registered_here() -> None:
+    """tests/conftest.py: test_harness's and test_reliability's plugins exist only while their own module runs."""
+    foreign = {name: cls.__module__ for registry in (DEFENSES, ATTACKS) for name in registry.names()
+               if (cls := registry.get(name)).__module__.startswith("test_")}
+    assert foreign == {}

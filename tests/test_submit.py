@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_html import parse
+from html_tables import parse
 from typer.testing import CliRunner
 
 from bench.cli import app
