@@ -17,6 +17,7 @@ from bench.evaluate import as_plain_model
 from bench.finetuning import FinetuneSettings, sweep
 from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
+from bench.zoo.training import TrainSettings
 
 if TYPE_CHECKING:
     from bench.optuna_search import OptunaSpace
@@ -244,7 +245,7 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
 
     if config.search == "optuna":
         return _run_optuna(view, config, method, alpha, evaluate)
-    settings = FinetuneSettings(method, lr=0.0, steps=0, seed=view.seed, batch_size=config.batch_size,
+    settings = FinetuneSettings(method, TrainSettings(steps=0, lr=0.0, batch_size=config.batch_size, seed=view.seed),
                                 lora_r=r, lora_alpha=alpha)
     result = sweep(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
                    settings, config.lr, config.steps, evaluate, view.budget_fractions, config.independent_runs)

@@ -16,6 +16,7 @@ from bench.config import StrictModel
 from bench.finetuning import FinetuneSettings, finetune_checkpoints
 from bench.merging import method_spec
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.zoo.training import TrainSettings
 
 
 class MergeHealConfig(StrictModel):
@@ -47,8 +48,8 @@ class MergeHeal(Attack[MergeHealConfig]):
         inputs = MergeInputs.from_view(view)
         layout = inputs.layout(config.method)
         merged = inputs.merge(config.method, dict(config.parameters), layout)
-        heal = FinetuneSettings("lora", config.lr, config.steps, view.seed, config.batch_size,
-                                lora_r=config.r, lora_alpha=config.alpha)
+        heal = FinetuneSettings("lora", TrainSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+                                                      seed=view.seed), config.r, config.alpha)
         healed = finetune_checkpoints(merged, view.tokenizer, view.attacker_train.prompts,
                                       view.attacker_train.answers, heal)[1.0]
         knobs = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal="lora",

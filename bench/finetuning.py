@@ -53,21 +53,18 @@ def checkpoint_step(steps: int, fraction: float) -> int:
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """One fine-tuning run: LoRA (peft, `lora_r` / `lora_alpha`) or full, its optimiser budget and seed."""
+    """One fine-tuning run: LoRA (peft, `lora_r` / `lora_alpha`) or full, and its training loop's settings."""
 
     method: Method
-    lr: float
-    steps: int
-    seed: int
-    batch_size: int = 32
-    warmup_steps: int = 0
+    training: TrainSettings
     lora_r: int = 8
     lora_alpha: int = 16
 
     @classmethod
     def from_recipe(cls, recipe: FinetuneRecipe, seed: int) -> FinetuneSettings:
         training = recipe.training
-        return cls(recipe.method, training.lr, training.steps, seed, training.batch_size, training.warmup_steps,
+        return cls(recipe.method, TrainSettings(steps=training.steps, lr=training.lr, batch_size=training.batch_size,
+                                                warmup_steps=training.warmup_steps, seed=seed),
                    recipe.lora_r, recipe.lora_alpha)
 
 
@@ -84,20 +81,18 @@ def train_snapshots(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTok
             snapshots[step + 1] = _folded(trained)
             trained.train()
 
-    train(trained, tokenise(tokenizer, prompts, answers),
-          TrainSettings(steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
-                        warmup_steps=settings.warmup_steps, seed=settings.seed),
-          on_step=on_step)
+    train(trained, tokenise(tokenizer, prompts, answers), settings.training, on_step=on_step)
     return snapshots
 
 
 def finetune_checkpoints(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
                          answers: list[str], settings: FinetuneSettings, fractions: Sequence[float] = (1.0,)
                          ) -> dict[float, PreTrainedModel]:
-    """Fine-tune a copy of `model` and return a folded snapshot at each budget fraction of `settings.steps`."""
+    """Fine-tune a copy of `model` and return a folded snapshot at each budget fraction of its steps."""
+    steps = settings.training.steps
     snapshots = train_snapshots(model, tokenizer, prompts, answers, settings,
-                                [checkpoint_step(settings.steps, f) for f in fractions])
-    return {fraction: snapshots[checkpoint_step(settings.steps, fraction)] for fraction in fractions}
+                                [checkpoint_step(steps, f) for f in fractions])
+    return {fraction: snapshots[checkpoint_step(steps, fraction)] for fraction in fractions}
 
 
 def finetune(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], answers: list[str],
@@ -122,7 +117,7 @@ def sweep(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase
           answers: list[str], settings: FinetuneSettings, lrs: Sequence[float], step_counts: Sequence[int],
           evaluate: Callable[[PreTrainedModel], float], fractions: Sequence[float] = (1.0,),
           independent_runs: bool = False) -> SweepResult:
-    """Try every (lr, steps) from `model` (the rest as `settings` say; its own lr and steps are ignored), pick
+    """Try every (lr, steps) from `model` (the rest as `settings` say; their lr and steps are ignored), pick
     the best by `evaluate` (the attacker's own split), and keep only the winner's budget-fraction
     checkpoints. Ties go to fewer steps, then the lower lr; trials are listed in the order they ran
     (lr-major).
@@ -137,7 +132,7 @@ def sweep(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase
     trials: list[dict[str, float]] = []
     for lr in sorted(set(lrs)):
         for stops in ([[steps] for steps in counts] if independent_runs else [counts]):
-            run = replace(settings, lr=lr, steps=max(stops), warmup_steps=0)
+            run = replace(settings, training=replace(settings.training, lr=lr, steps=max(stops), warmup_steps=0))
             snapshots = train_snapshots(model, tokenizer, prompts, answers, run,
                                         [checkpoint_step(stop, f) for stop in stops for f in keep])
             for stop in stops:

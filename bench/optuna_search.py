@@ -23,6 +23,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bench.finetuning import FinetuneSettings, Method, SweepResult, checkpoint_step, train_snapshots
+from bench.zoo.training import TrainSettings
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,9 @@ def search(
         steps = int(params["steps"])
         with torch.random.fork_rng():
             torch.manual_seed(seed)  # LoRA's A is drawn at random: same parameters, same weights
-            settings = FinetuneSettings(method, float(params["lr"]), steps, seed, batch_size,
-                                        int(params["warmup_steps"]), int(params.get("r", 8)), lora_alpha)
+            training = TrainSettings(steps=steps, lr=float(params["lr"]), batch_size=batch_size,
+                                     warmup_steps=int(params["warmup_steps"]), seed=seed)
+            settings = FinetuneSettings(method, training, int(params.get("r", 8)), lora_alpha)
             snapshots = train_snapshots(model, tokenizer, prompts, answers, settings,
                                         [checkpoint_step(steps, f) for f in keep])
         value = float(evaluate(snapshots[checkpoint_step(steps, 1.0)]))

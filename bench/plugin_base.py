@@ -19,35 +19,41 @@ class EmptyConfig(StrictModel):
 C = TypeVar("C", bound=StrictModel)
 
 
-def config_class_of(cls: type, generic_base: type) -> type[StrictModel] | None:
+def config_class_of(cls: type) -> type[StrictModel] | None:
     """The config class a class names as its own type parameter (`class Trap2(Defense[Trap2Config])`); None
     when it names none or sets `Config` itself (a generated class)."""
     if "Config" in cls.__dict__:
         return None
     for base in cls.__dict__.get("__orig_bases__", ()):
-        if get_origin(base) is generic_base:
+        origin = get_origin(base)
+        if isinstance(origin, type) and issubclass(origin, Plugin):
             (argument,) = get_args(base)
             return argument if isinstance(argument, type) else None
     return None
 
 
-class Defense(abc.ABC, Generic[C]):
-    """Turns what an owner would publish into a protected release."""
+class Plugin(abc.ABC, Generic[C]):
+    """What defenses and attacks share: a name, a one-line description and a validated config."""
 
     name: ClassVar[str]
     description: ClassVar[str]
-    paper: ClassVar[str] = ""  # the method's source, as the leaderboard cites it
-    tracks: ClassVar[frozenset[Track]]
-    formats: ClassVar[frozenset[ReleaseFormat]] = frozenset(FORMATS)
-    families: ClassVar[frozenset[str] | None] = None  # None: architecture-agnostic
     Config: ClassVar[type[StrictModel]] = EmptyConfig
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.Config = config_class_of(cls, Defense) or cls.Config
+        cls.Config = config_class_of(cls) or cls.Config
 
     def __init__(self, config: C | None = None):
         self.config: C = cast(C, config if config is not None else self.Config())
+
+
+class Defense(Plugin[C]):
+    """Turns what an owner would publish into a protected release."""
+
+    paper: ClassVar[str] = ""  # the method's source, as the leaderboard cites it
+    tracks: ClassVar[frozenset[Track]]
+    formats: ClassVar[frozenset[ReleaseFormat]] = frozenset(FORMATS)
+    families: ClassVar[frozenset[str] | None] = None  # None: architecture-agnostic
 
     def supports(self, track: Track, release_format: ReleaseFormat, family: str) -> bool:
         return (track in self.tracks and release_format in self.formats
@@ -58,20 +64,10 @@ class Defense(abc.ABC, Generic[C]):
         """Produce the release for `owner.track` (merge: an update for `owner.task`; finetune: a base)."""
 
 
-class Attack(abc.ABC, Generic[C]):
-    name: ClassVar[str]
-    description: ClassVar[str]
+class Attack(Plugin[C]):
     track: ClassVar[Track]
     #: The attack's family (DESIGN §4); `attack_family()` may refine it from the configuration.
     family: ClassVar[AttackFamily]
-    Config: ClassVar[type[StrictModel]] = EmptyConfig
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.Config = config_class_of(cls, Attack) or cls.Config
-
-    def __init__(self, config: C | None = None):
-        self.config: C = cast(C, config if config is not None else self.Config())
 
     @classmethod
     def attack_family(cls, config: StrictModel) -> AttackFamily:

@@ -57,14 +57,7 @@ def defense_problems(cls: Any) -> list[str]:
         except TypeError:
             problems.append(f"{cls.__name__}.protect{inspect.signature(cls.protect)} must accept exactly one "
                             "argument besides self: the OwnerView")
-    for attribute in ("name", "description"):
-        value = getattr(cls, attribute, None)
-        if not isinstance(value, str) or not value.strip():
-            problems.append(f"{cls.__name__} is missing the class attribute {attribute} (a non-empty string)")
-    name = getattr(cls, "name", None)
-    if isinstance(name, str) and name.strip() and not NAME_PATTERN.match(name.partition(HASH_SEPARATOR)[0]):
-        problems.append(f"{cls.__name__}.name {name!r} must be 1-64 letters, digits, '_', '.' or '-' "
-                        "(it names folders)")
+    problems += label_problems(cls)
     tracks, track_problems = label_set(cls, "tracks", TRACKS, "frozenset({'merge'})")
     formats, format_problems = label_set(cls, "formats", FORMATS, "frozenset({'adapter', 'full'})")
     problems += track_problems + format_problems

@@ -73,7 +73,7 @@ def recorded_lrs(monkeypatch, tiny) -> list[float]:
     lrs: list[float] = []
 
     def fake_train(model, tokenizer, prompts, answers, settings, at_steps):
-        lrs.append(settings.lr)
+        lrs.append(settings.training.lr)
         return {step: model for step in at_steps}
 
     monkeypatch.setattr(optuna_search, "train_snapshots", fake_train)

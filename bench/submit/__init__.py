@@ -26,7 +26,9 @@ from bench.submit.loading import (
     one_line,
     prepare,
     register,
+    register_from_env,
     renamed,
+    resolve_plugin,
     worker_setup,
 )
 from bench.submit.running import (
@@ -45,8 +47,9 @@ from bench.submit.running import (
 )
 
 __all__ = [
-    "DRY_RUN_PRESET", "NAME_PATTERN", "SUBMISSION_FILE", "WORKER_ENV", "Submission", "SubmissionError", "SubmitResult",
-    "attribute_of", "check_config", "class_name", "code_hash", "dry_run", "fmt", "init_ray_for", "load_defense",
-    "load_file", "one_line", "prepare", "published_boards", "rank_rows", "register", "render_submission_readme",
-    "renamed", "run_submission", "submit_command", "with_submission", "worker_setup", "write_submission",
+    "DRY_RUN_PRESET", "NAME_PATTERN", "SUBMISSION_FILE", "WORKER_ENV", "Submission", "SubmissionError",
+    "SubmitResult", "attribute_of", "check_config", "class_name", "code_hash", "dry_run", "fmt", "init_ray_for",
+    "load_defense", "load_file", "one_line", "prepare", "published_boards", "rank_rows", "register",
+    "register_from_env", "render_submission_readme", "renamed", "resolve_plugin", "run_submission", "submit_command",
+    "with_submission", "worker_setup", "write_submission",
 ]

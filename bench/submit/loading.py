@@ -103,51 +103,71 @@ def load_file(path: Path) -> ModuleType:
     return module
 
 
-def _entry_point(name: str) -> EntryPoint | None:
-    for entry in entry_points(group=GROUP):
-        if entry.name == name:
-            return entry
-    return None
+def _entry_point(group: str, name: str) -> EntryPoint | None:
+    return next((entry for entry in entry_points(group=group) if entry.name == name), None)
 
 
-def _import_module(name: str) -> ModuleType:
+def _import_module(name: str, group: str) -> ModuleType:
+    """Import a module, saying what `name` could have been when it is none of them."""
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as error:
         if error.name and name.startswith(error.name):
-            known = sorted({entry.name for entry in entry_points(group=GROUP)})
-            hint = f"; installed '{GROUP}' entry points: {', '.join(known)}" if known else ""
-            raise SubmissionError(f"'{name}' is neither a file, an installed '{GROUP}' entry point nor an "
+            known = sorted({entry.name for entry in entry_points(group=group)})
+            hint = f"; installed '{group}' entry points: {', '.join(known)}" if known else ""
+            raise SubmissionError(f"'{name}' is neither a file, an installed '{group}' entry point nor an "
                                   f"importable module{hint}") from error
         raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
     except Exception as error:
         raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
 
 
-def _candidates(module: ModuleType) -> tuple[list[type], list[type]]:
-    """(Defense subclasses defined in the module, other classes defined there that have a `protect`)."""
-    defined = [obj for obj in vars(module).values()
-               if isinstance(obj, type) and obj.__module__ == module.__name__]
-    defenses = [obj for obj in defined if issubclass(obj, Defense) and obj is not Defense]
-    lookalikes = [obj for obj in defined if not issubclass(obj, Defense) and hasattr(obj, "protect")]
-    return defenses, lookalikes
-
-
-def _pick(module: ModuleType, where: str) -> type:
-    defenses, lookalikes = _candidates(module)
-    if not defenses:
+def _pick(module: ModuleType, where: str, base: type, method: str) -> type:
+    """The one `base` subclass defined in `module` (imported classes do not count), else the one concrete one."""
+    defined = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__module__ == module.__name__]
+    found = [obj for obj in defined if issubclass(obj, base) and obj is not base]
+    kind = base.__name__
+    article = "an" if kind[0] in "AEIOU" else "a"
+    if not found:
+        lookalikes = [obj for obj in defined if hasattr(obj, method)]
         if lookalikes:
             names = ", ".join(cls.__name__ for cls in lookalikes)
-            raise SubmissionError(f"{names} in {where} is not a Defense subclass: write "
-                                  f"`class {lookalikes[0].__name__}(bench.plugins.Defense)`")
-        raise SubmissionError(f"no Defense subclass found in {where}")
-    concrete = [cls for cls in defenses if not inspect.isabstract(cls)]
-    if len(defenses) == 1:
-        return defenses[0]
-    if len(concrete) == 1:
-        return concrete[0]
-    names = ", ".join(cls.__name__ for cls in (concrete or defenses))
-    raise SubmissionError(f"{where} defines several Defense subclasses ({names}); pick one as {where}:ClassName")
+            raise SubmissionError(f"{names} in {where} is not {article} {kind} subclass: write "
+                                  f"`class {lookalikes[0].__name__}(bench.plugins.{kind})`")
+        raise SubmissionError(f"no {kind} subclass found in {where}")
+    concrete = [cls for cls in found if not inspect.isabstract(cls)]
+    for candidates in (found, concrete):  # one class, else one concrete class (beside abstract bases)
+        if len(candidates) == 1:
+            return candidates[0]
+    names = ", ".join(cls.__name__ for cls in (concrete or found))
+    raise SubmissionError(f"{where} defines several {kind} subclasses ({names}); pick one as {where}:ClassName")
+
+
+def resolve_plugin(spec: str, base: type, group: str, method: str) -> tuple[type, str, str]:
+    """Resolve PATH[.py][:Class], an entry-point name of `group`, or MODULE[:Class] to a `base` subclass
+    (the one defined there, when no Class is named; `method` names the lookalikes a mistake would define).
+
+    Returns (class, source description, kind); the class is not yet checked (bench.plugin_checks).
+    """
+    target, _, attribute = spec.partition(":")
+    path = Path(target)
+    if path.suffix == ".py" or path.is_file():
+        module, where = load_file(path), str(path.resolve())
+        cls = attribute_of(module, attribute, where) if attribute else _pick(module, where, base, method)
+        return cls, f"file {where}", "file"
+    entry = None if attribute else _entry_point(group, target)
+    if entry is not None:
+        try:
+            loaded = entry.load()
+        except Exception as error:
+            raise SubmissionError(f"loading entry point '{entry.name}' ({entry.value}) failed: "
+                                  f"{one_line(error)}") from error
+        dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
+        cls = _pick(loaded, entry.value, base, method) if isinstance(loaded, ModuleType) else loaded
+        return cls, f"entry point '{entry.name}' = {entry.value}{dist}", "entry point"
+    module = _import_module(target, group)
+    cls = attribute_of(module, attribute, target) if attribute else _pick(module, target, base, method)
+    return cls, f"module {target}", "module"
 
 
 def attribute_of(module: ModuleType, attribute: str, where: str) -> Any:
@@ -157,31 +177,8 @@ def attribute_of(module: ModuleType, attribute: str, where: str) -> Any:
 
 
 def load_defense(spec: str) -> tuple[type, str, str]:
-    """Resolve PATH[.py][:Class], an entry-point name of `lockbench.defenses`, or MODULE[:Class].
-
-    Returns (class, source description, kind). The class is not yet checked: see bench.plugin_checks.defense_problems.
-    """
-    target, _, attribute = spec.partition(":")
-    path = Path(target)
-    if path.suffix == ".py" or path.is_file():
-        module = load_file(path)
-        where = str(path.resolve())
-        cls = attribute_of(module, attribute, where) if attribute else _pick(module, where)
-        return cls, f"file {where}", "file"
-    entry = None if attribute else _entry_point(target)
-    if entry is not None:
-        try:
-            loaded = entry.load()
-        except Exception as error:
-            raise SubmissionError(f"loading entry point '{entry.name}' ({entry.value}) failed: "
-                                  f"{one_line(error)}") from error
-        dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
-        source = f"entry point '{entry.name}' = {entry.value}{dist}"
-        cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
-        return cls, source, "entry point"
-    module = _import_module(target)
-    cls = attribute_of(module, attribute, target) if attribute else _pick(module, target)
-    return cls, f"module {target}", "module"
+    """A defense file, `lockbench.defenses` entry point or module (resolve_plugin)."""
+    return resolve_plugin(spec, Defense, GROUP, "protect")
 
 
 # ----------------------------------------------------------------------------- static checks
@@ -252,11 +249,17 @@ def register(submission: Submission) -> str:
     return name
 
 
-def worker_setup() -> None:
-    """Ray workers' start-up hook: register the submission named in $LOCKBENCH_SUBMISSION."""
-    payload = os.environ.get(WORKER_ENV)
+def register_from_env(variable: str, prepare_one: Any, register_one: Any) -> None:
+    """A Ray worker's start-up: prepare and register the submission described in $variable (JSON: spec,
+    config, salt), if set; the defense and the attack submissions share it."""
+    payload = os.environ.get(variable)
     if payload:
         data = json.loads(payload)
-        register(prepare(data["spec"], data["config"], data["salt"]))
+        register_one(prepare_one(data["spec"], data["config"], data["salt"]))
+
+
+def worker_setup() -> None:
+    """Ray workers' start-up hook: register the submission named in $LOCKBENCH_SUBMISSION."""
+    register_from_env(WORKER_ENV, prepare, register)
 
 

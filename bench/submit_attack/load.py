@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from bench.plugin_checks import attack_problems, family_problems
@@ -15,12 +12,12 @@ from bench.plugins import ATTACKS, Attack
 from bench.submit import (
     Submission,
     SubmissionError,
-    attribute_of,
     check_config,
     code_hash,
-    load_file,
     one_line,
+    register_from_env,
     renamed,
+    resolve_plugin,
 )
 
 ATTACK_GROUP = "lockbench.attacks"
@@ -57,65 +54,10 @@ class AttackSubmission(Submission):
 # ----------------------------------------------------------------------------- loading
 
 
-def _entry_point(name: str) -> EntryPoint | None:
-    return next((entry for entry in entry_points(group=ATTACK_GROUP) if entry.name == name), None)
-
-
-def _import(name: str) -> ModuleType:
-    """Import a module, saying what `name` could have been when it is none of them."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name and name.startswith(error.name):
-            raise SubmissionError(f"'{name}' is neither a file, an installed '{ATTACK_GROUP}' entry point nor an "
-                                  "importable module") from error
-        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
-    except Exception as error:
-        raise SubmissionError(f"importing module {name} failed: {one_line(error)}") from error
-
-
-def _pick(module: ModuleType, where: str) -> type:
-    """The one Attack subclass defined in `module` (imported classes do not count)."""
-    defined = [obj for obj in vars(module).values() if isinstance(obj, type) and obj.__module__ == module.__name__]
-    found = [obj for obj in defined if issubclass(obj, Attack) and obj is not Attack]
-    if not found:
-        lookalikes = [obj.__name__ for obj in defined if hasattr(obj, "run")]
-        if lookalikes:
-            raise SubmissionError(f"{', '.join(lookalikes)} in {where} is not an Attack subclass: write "
-                                  f"`class {lookalikes[0]}(bench.plugins.Attack)`")
-        raise SubmissionError(f"no Attack subclass found in {where}")
-    concrete = [cls for cls in found if "run" not in getattr(cls, "__abstractmethods__", ())]
-    for candidates in (found, concrete):  # one class, else one concrete class (beside abstract bases)
-        if len(candidates) == 1:
-            return candidates[0]
-    names = ", ".join(cls.__name__ for cls in (concrete or found))
-    raise SubmissionError(f"{where} defines several Attack subclasses ({names}); pick one as {where}:ClassName")
-
-
 def load_attack(spec: str) -> tuple[type, str, str]:
-    """Resolve PATH[.py][:Class], an entry point of `lockbench.attacks`, or MODULE[:Class].
-
-    Returns (class, source description, kind); the class is checked by bench.plugin_checks.attack_problems.
-    """
-    target, _, attribute = spec.partition(":")
-    path = Path(target)
-    if path.suffix == ".py" or path.is_file():
-        module, where = load_file(path), str(path.resolve())
-        return (attribute_of(module, attribute, where) if attribute else _pick(module, where)), f"file {where}", "file"
-    entry = None if attribute else _entry_point(target)
-    if entry is not None:
-        try:
-            loaded = entry.load()
-        except Exception as error:
-            raise SubmissionError(f"loading entry point '{entry.name}' ({entry.value}) failed: "
-                                  f"{one_line(error)}") from error
-        dist = f" from {entry.dist.name} {entry.dist.version}" if entry.dist is not None else ""
-        cls = _pick(loaded, entry.value) if isinstance(loaded, ModuleType) else loaded
-        return cls, f"entry point '{entry.name}' = {entry.value}{dist}", "entry point"
-    module = _import(target)
-    return (attribute_of(module, attribute, target) if attribute else _pick(module, target)), f"module {target}", "module"
+    """An attack file, `lockbench.attacks` entry point or module (bench.submit.resolve_plugin); the class is
+    checked by bench.plugin_checks.attack_problems."""
+    return resolve_plugin(spec, Attack, ATTACK_GROUP, "run")
 
 
 def _same_origin(one: type, other: type) -> bool:
@@ -188,10 +130,7 @@ def register_attack_submission(submission: AttackSubmission) -> str:
 
 def worker_setup() -> None:
     """Ray workers' start-up hook: register the attack named in $LOCKBENCH_ATTACK_SUBMISSION."""
-    payload = os.environ.get(WORKER_ENV)
-    if payload:
-        data = json.loads(payload)
-        register_attack_submission(prepare_attack(data["spec"], data["config"], data["salt"]))
+    register_from_env(WORKER_ENV, prepare_attack, register_attack_submission)
 
 
 def register_listed_attacks() -> list[str]:
