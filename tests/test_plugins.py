@@ -58,10 +58,13 @@ def write_distribution(where: Path, module: str, source: str, group: str, entry:
 
 
 @pytest.fixture
-def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def plugin_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The plugin's distribution on the path; its module is forgotten afterwards, so the next test's
+    entry-point scan imports it (and its decorator registers it) again, as a fresh process would."""
     write_distribution(tmp_path, "shrink_plugin", PLUGIN_SOURCE, "lockbench.defenses", "shrink")
     monkeypatch.syspath_prepend(str(tmp_path))
-    return tmp_path
+    yield tmp_path
+    sys.modules.pop("shrink_plugin", None)
 
 
 def test_a_defense_in_a_temporary_file_is_listed_through_its_entry_point(plugin_path: Path) -> None:
