@@ -65,8 +65,13 @@ class Registry(Generic[P]):
         """Import every module the entry-point group names (once); their decorators register the classes."""
         if self._loaded:
             return
+        entries = sorted(entry_points(group=self.group), key=lambda e: (not is_builtin(e), e.name))
+        if not any(is_builtin(entry) for entry in entries):
+            raise RuntimeError(f"no built-in {self.kind}s are declared under the '{self.group}' entry points: the "
+                               f"installed {PROJECT_DISTRIBUTION} metadata is older than pyproject.toml; reinstall "
+                               "it (`make setup`, or `pip install -e .`)")
         self._loaded = True
-        for entry in sorted(entry_points(group=self.group), key=lambda e: (not is_builtin(e), e.name)):
+        for entry in entries:
             try:
                 loaded = entry.load()
                 if isinstance(loaded, type) and issubclass(loaded, self.base):

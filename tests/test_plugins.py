@@ -148,3 +148,13 @@ def test_another_test_modules_plugins_are_not_registered_here() -> None:
     foreign = {name: cls.__module__ for registry in (DEFENSES, ATTACKS) for name in registry.names()
                if (cls := registry.get(name)).__module__.startswith("test_")}
     assert foreign == {}
+
+
+def test_an_install_without_the_built_in_entry_points_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout whose installed metadata predates the entry points (pulled, not reinstalled) says so."""
+    import bench.registry
+
+    monkeypatch.setattr(bench.registry, "entry_points", lambda group: [])
+    registry = bench.registry.Registry("defense", Defense, "lockbench.defenses")
+    with pytest.raises(RuntimeError, match="reinstall it"):
+        registry.names()
