@@ -52,6 +52,7 @@ def test_changing_expert_recipe_keeps_the_base(micro_zoo, micro_preset, monkeypa
         return original(model, data, settings, label)
 
     monkeypatch.setattr(build, "_train_with_bar", record)
+    monkeypatch.setenv("LOCKBENCH_ZOO_PROCESSES", "1")  # train in this process, where `record` watches
     changed = micro_preset.zoo.model_copy(
         update={"expert_training": micro_preset.zoo.expert_training.model_copy(update={"steps": 3})})
     rebuilt = build.build_zoo(changed, micro_zoo.root)
