@@ -78,6 +78,7 @@ class Registry(Generic[P]):
                     self.register(loaded)  # type: ignore[arg-type]
             except Exception as error:
                 if is_builtin(entry):
+                    self._loaded = False  # the next lookup tries again and raises again, never a partial list
                     raise
                 logger.warning("could not load %s plugin %r (%s): %s", self.kind, entry.name, entry.value, error)
 
