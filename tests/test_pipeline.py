@@ -65,3 +65,27 @@ def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_pr
         assert cell_path(get_context(preset, root), cell) != fake_path  # lm-eval's cells are keyed apart
     finally:
         monkeypatch_env.undo()
+
+
+def test_a_cell_waits_on_its_release_not_on_a_cell_of_the_same_index(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Releases and cells are numbered separately; a cell's `after` names releases only, so a failed cell
+    0 must not fail another cell of release 0."""
+    import bench.harness.executors as executors
+
+    seen: dict[tuple[str, int], tuple] = {}
+
+    def fake_execute(preset_json, root, item, fractions, *needed):
+        seen[(item.kind, item.index)] = needed
+        return {"status": "failed", "error": "cell 0 broke"} if (item.kind, item.index) == ("cell", 0) else {
+            "status": "ok", "of": f"{item.kind}{item.index}"}
+
+    monkeypatch.setattr(executors, "execute", fake_execute)
+    items = [executors.WorkItem(0, "defend", None), executors.WorkItem(0, "cell", None, after=(0,)),
+             executors.WorkItem(1, "cell", None, after=(0,))]
+
+    class Preset:
+        def model_dump_json(self) -> str:
+            return "{}"
+
+    list(executors.SerialExecutor().map(Preset(), Path("."), items, [1.0]))
+    assert seen[("cell", 1)] == ({"status": "ok", "of": "defend0"},)

@@ -50,7 +50,7 @@ class WorkItem:
     index: int
     kind: Literal["defend", "cell"]
     payload: Any
-    after: tuple[int, ...] = ()  # indices of the defend items (in the same batch) this item needs first
+    after: tuple[int, ...] = ()  # indices of the defend items (in the same batch) this cell needs first
 
 
 def execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], *needed: dict[str, Any]) -> Any:
@@ -88,11 +88,13 @@ class SerialExecutor:
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
         preset_json = preset.model_dump_json()
-        results: dict[int, Any] = {}
+        releases: dict[int, Any] = {}  # defend items' results, which cells name in `after`
         for item in items:  # callers list an item after the items it needs
-            results[item.index] = execute(preset_json, str(root), item, fractions,
-                                          *(results[index] for index in item.after if index in results))
-            yield item, results[item.index]
+            result = execute(preset_json, str(root), item, fractions,
+                             *(releases[index] for index in item.after if index in releases))
+            if item.kind == "defend":
+                releases[item.index] = result
+            yield item, result
 
     def check_storage(self, root: Path) -> None:
         pass  # one process, one filesystem
@@ -119,12 +121,13 @@ class RayExecutor:
         import ray
 
         preset_json = ray.put(preset.model_dump_json())
-        refs: dict[int, Any] = {}
+        releases: dict[int, Any] = {}  # defend items' object references, which cells name in `after`
         pending: dict[Any, WorkItem] = {}
         for item in items:  # an item's dependencies are submitted before it
             ref = self._remote.remote(preset_json, str(root), item, fractions,
-                                      *(refs[index] for index in item.after if index in refs))
-            refs[item.index] = ref
+                                      *(releases[index] for index in item.after if index in releases))
+            if item.kind == "defend":
+                releases[item.index] = ref
             pending[ref] = item
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
