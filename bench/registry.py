@@ -91,10 +91,6 @@ class Registry(Generic[P]):
         self.load()
         return sorted(self._classes)
 
-    def classes(self) -> list[P]:
-        self.load()
-        return [self._classes[name] for name in sorted(self._classes)]
-
     def get(self, name: str) -> P:
         self.load()
         if name not in self._classes:
