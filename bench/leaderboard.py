@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.claims import claims_section, trap2_sweep_section
 from bench.html_report import write_html_index
 from bench.plots import plot_utility_vs_attack
 from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
@@ -40,6 +41,7 @@ from bench.results import (
     write_csv,
 )
 from bench.storage import write_text_atomic
+from bench.tradeoff import TRADEOFF_PATTERN, plot_tradeoffs
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -53,14 +55,32 @@ class PublishError(RuntimeError):
 
 def write_run_outputs(run_dir: Path, cells: pd.DataFrame, board: pd.DataFrame, title: str,
                       validity: ValidityRule | None = None) -> None:
-    """Write RUN_FILES into `run_dir`; README.md last, so its presence marks a complete run."""
+    """Write RUN_FILES into `run_dir`, and for a run that sweeps a paper's strength knob its trade-off
+    plots and claims; README.md last, so its presence marks a complete run."""
     run_dir = Path(run_dir)
     cells = conform_frame(cells, "cells")
     board = conform_frame(board, "leaderboard")
     write_csv(cells, run_dir / CELLS_FILE, "cells")
     write_csv(board, run_dir / LEADERBOARD_FILE, "leaderboard")
     plot_utility_vs_attack(board, run_dir / PLOT_FILE)
-    write_text_atomic(run_dir / README_FILE, render_readme(cells, board, title, validity))
+    plots = plot_tradeoffs(cells, board, run_dir)
+    readme = render_readme(cells, board, title, validity)
+    papers = claims_section(cells, board) + [""] + trap2_sweep_section(cells, board)
+    if plots:
+        papers += ["", "Trade-off plots (utility retention against worst-case protection per setting): "
+                   + ", ".join(f"`{path.name}`" for path in plots) + "."]
+    write_text_atomic(run_dir / README_FILE, with_section(readme, "\n".join(papers)) if any(papers) else readme)
+
+
+def run_files(run_dir: Path) -> list[str]:
+    """The files of a run directory to publish: RUN_FILES and the trade-off plots it holds."""
+    return [*RUN_FILES, *sorted(path.name for path in Path(run_dir).glob(TRADEOFF_PATTERN))]
+
+
+def remove_optional_files(run_dir: Path) -> None:
+    """Remove a run directory's trade-off plots, so a re-render that draws none leaves none behind."""
+    for path in Path(run_dir).glob(TRADEOFF_PATTERN):
+        path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- publishing
@@ -143,10 +163,15 @@ def publish_directory(target: Path, fill: Callable[[Path], None]) -> Path:
 FINDINGS_DIR = "findings"
 
 
+def with_section(readme: str, section: str) -> str:
+    """The README with `section` (markdown starting at its own `## ` heading) after the opening paragraph."""
+    head, _, rest = readme.partition("\n## ")
+    return f"{head.rstrip()}\n\n{section.strip()}\n\n## {rest}" if rest else f"{readme}\n{section}"
+
+
 def with_findings(readme: str, findings: str) -> str:
     """The README with a `## Findings` section after its opening paragraph."""
-    head, _, rest = readme.partition("\n## ")
-    return f"{head.rstrip()}\n\n## Findings\n\n{findings.strip()}\n\n## {rest}" if rest else readme + findings
+    return with_section(readme, f"## Findings\n\n{findings.strip()}")
 
 
 def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Path:
@@ -164,7 +189,7 @@ def publish(run_dir: Path, leaderboard_dir: Path, name: str | None = None) -> Pa
     findings = leaderboard_dir / FINDINGS_DIR / f"{name}.md"
 
     def fill(scratch: Path) -> None:
-        for file in RUN_FILES:
+        for file in run_files(run_dir):
             shutil.copy2(run_dir / file, scratch / file)
         if findings.is_file():
             readme = scratch / README_FILE
@@ -220,5 +245,5 @@ def write_index(leaderboard_dir: Path) -> None:
 
 __all__ = [
     "PublishError", "RUN_FILES", "check_run", "plot_utility_vs_attack", "publish",
-    "render_readme", "write_index", "write_run_outputs",
+    "remove_optional_files", "render_readme", "run_files", "write_index", "write_run_outputs",
 ]

@@ -9,9 +9,10 @@ notes say which did); (2) rewind to the random initialisation and pre-train upda
 entries, with the zoo's base budget on the zoo's capability mixture; (3) release the dense weights and
 keep the mask private (`Release.private`). Complement modes: `frozen` keeps every complement entry
 exactly at its initial value (gradients masked and the complement re-imposed after every step);
-`projected` also projects the complement onto an L2 ball (radius 2 by default) every `project_every`
-steps, as the public code does. The complement gets no gradient in either mode, so with the zoo's
-weight-decay-free recipe only the first projection moves it; later ones are no-ops.
+`projected` also projects the complement onto an L2 ball (radius 2 by default, or `radius_fraction` of
+the complement's norm at the init, which carries the code's shrinkage to our init scale) every
+`project_every` steps, as the public code does. The complement gets no gradient in either mode and is re-imposed after
+every step (weight decay included), so only the first projection moves it; later ones are no-ops.
 
 ρ is the mask density: the fraction of entries that are trained (ρ = 1 is plain pre-training).
 Assumptions: the initialisation is that of `none`'s base at the job seed (`build_model` with
@@ -24,6 +25,7 @@ refuses it with a clear error. Tracks: finetune. Formats: full. Architectures: a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import secrets
 from typing import Literal
@@ -42,6 +44,12 @@ class PMPConfig(StrictModel):
     rho: float = Field(0.5, gt=0, le=1, description="mask density: fraction of entries trained")
     complement: Literal["frozen", "projected"] = "frozen"
     radius: float = Field(2.0, gt=0, description="projected mode: L2 radius of the complement")
+    radius_fraction: float | None = Field(
+        None, gt=0, le=1, description="projected mode: the radius as this fraction of the complement's norm at "
+        "the init (per tensor or global, as the scope), instead of `radius`: the code's radius 2 shrinks a "
+        "full-size model's complement, while at our init scale no tensor's complement is that long")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of both training phases (the zoo "
+                                "trains its bases without)")
     project_every: int = Field(50, ge=1, description="projected mode: projection period in steps")
     projection_scope: Literal["tensor", "global"] = Field(
         "tensor", description="projected mode: one ball per parameter tensor, or one over the whole complement")
@@ -104,7 +112,7 @@ class PrivateMaskPretraining(Defense[PMPConfig]):
         init = {n: p.detach().clone() for n, p in named}
         data = batch_of(tokenizer, concat(list(owner.capability_data.values())))
         count = data.input_ids.shape[0]
-        settings = settings_from(recipe.base_training, seed)
+        settings = dataclasses.replace(settings_from(recipe.base_training, seed), weight_decay=config.weight_decay)
         parameters = [p for _, p in named]
 
         def objective(rows: torch.Tensor, step: int) -> float:
@@ -147,13 +155,14 @@ class PrivateMaskPretraining(Defense[PMPConfig]):
                     p.grad.mul_(masks[name])
 
         held = {name: tensor.clone() for name, tensor in init.items()}  # what the complement is held at
+        radii = self._radii(named, masks, config)
 
         def keep_complement(step: int) -> None:
             with torch.no_grad():
                 for name, p in named:  # exact, whatever the optimiser did
                     p.copy_(torch.where(masks[name], p, held[name]))
                 if config.complement == "projected" and step % config.project_every == 0:
-                    self._project(named, masks, config)
+                    self._project(named, masks, radii, config.projection_scope)
                     for name, p in named:
                         held[name].copy_(p)
 
@@ -166,6 +175,7 @@ class PrivateMaskPretraining(Defense[PMPConfig]):
         ious = state["ious"]
         notes = {
             "rho": config.rho, "complement": config.complement, "init": config.init,
+            "weight_decay": config.weight_decay, "radius_fraction": config.radius_fraction,
             "mask_stop": state["stop"], "mask_steps": state["steps"],
             "mask_final_iou": ious[-1] if ious else None, "mask_max_iou": max(ious) if ious else None,
             "mask_density": float(flat_mask.float().mean()), "pretrain_steps": settings.steps,
@@ -178,17 +188,33 @@ class PrivateMaskPretraining(Defense[PMPConfig]):
         return Release(model, private=private, notes=notes)
 
     @staticmethod
-    def _project(named: list[tuple[str, torch.Tensor]], masks: dict[str, torch.Tensor], config: PMPConfig) -> None:
-        """Project the complement (entries outside the mask) onto the L2 ball of radius `config.radius`."""
+    def _radii(named: list[tuple[str, torch.Tensor]], masks: dict[str, torch.Tensor],
+               config: PMPConfig) -> dict[str, float]:
+        """The projection radius of each tensor's complement (scope `tensor`) or of the whole one (`global`,
+        under every name): `radius`, or `radius_fraction` of the complement's norm now (at the init)."""
+        def norm(n: str, p: torch.Tensor) -> float:
+            return float(p[~masks[n]].norm()) if (~masks[n]).any() else 0.0
+
+        if config.projection_scope == "global":
+            whole = math.sqrt(sum(norm(n, p) ** 2 for n, p in named))
+            value = config.radius if config.radius_fraction is None else config.radius_fraction * whole
+            return {n: value for n, _ in named}
+        return {n: config.radius if config.radius_fraction is None else config.radius_fraction * norm(n, p)
+                for n, p in named}
+
+    @staticmethod
+    def _project(named: list[tuple[str, torch.Tensor]], masks: dict[str, torch.Tensor], radii: dict[str, float],
+                 scope: str) -> None:
+        """Project the complement (entries outside the mask) onto the L2 ball of its radius."""
         with torch.no_grad():
-            if config.projection_scope == "global":
+            if scope == "global":
                 norm = math.sqrt(sum(float((p[~masks[n]] ** 2).sum()) for n, p in named))
-                factors = {n: min(1.0, config.radius / norm) if norm > 0 else 1.0 for n, _ in named}
+                factors = {n: min(1.0, radii[n] / norm) if norm > 0 else 1.0 for n, _ in named}
             else:
                 factors = {}
                 for n, p in named:
                     norm = float(p[~masks[n]].norm()) if (~masks[n]).any() else 0.0
-                    factors[n] = min(1.0, config.radius / norm) if norm > 0 else 1.0
+                    factors[n] = min(1.0, radii[n] / norm) if norm > 0 else 1.0
             for n, p in named:
                 if factors[n] < 1.0:
                     p.copy_(torch.where(masks[n], p, p * factors[n]))

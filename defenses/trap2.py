@@ -16,7 +16,9 @@ choosing the checkpoint on the nominal (s = 1) validation accuracy of the owner'
 Budget: the zoo's own expert recipe for this model (`recipe.expert_training`, or `recipe.lora.training`
 with the LoRA shape of the zoo's adapters), the same replay share of the public mixture, started from
 the base — so `none` and `trap2` differ in the objective (and Trap²'s checkpoint selection), not in
-budget. Tracks: merge. Formats: adapter, full. Architectures: any causal LM peft can put LoRA on.
+budget. `steps` overrides the step count (the λ × budget sweep of issue 15); compare such a release
+with `trap2` at λ = 0 and the same `steps`, not with `none`, whose expert keeps the zoo's budget.
+Tracks: merge. Formats: adapter, full. Architectures: any causal LM peft can put LoRA on.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Trap2Config(StrictModel):
     delta: float = Field(0.05, ge=0, lt=1)
     grad_clip: float = Field(1.0, gt=0)
     eval_every: int = Field(0, ge=0, description="validation period in steps for checkpoint choice (0: a tenth)")
+    steps: int | None = Field(None, ge=1, description="training steps instead of the zoo's expert budget (the "
+                              "papers train far longer than our zoo: a longer budget lets the trap form)")
 
     @model_validator(mode="after")
     def _interval(self) -> Trap2Config:
@@ -177,6 +181,8 @@ class Trap2(Defense[Trap2Config]):
             for parameter in model.parameters():
                 parameter.requires_grad_(True)
             anchor = {name: p.detach().clone() for name, p in model.named_parameters()}
+        if config.steps is not None:
+            training = training.model_copy(update={"steps": config.steps})
         data = batch_of(owner.tokenizer, owner_task_data(owner, training.replay_fraction))
         assert owner.owner_val is not None
         val = batch_of(owner.tokenizer, owner.owner_val)

@@ -67,3 +67,22 @@ def ci_root(tmp_path_factory) -> Path:
     at a root that may already hold them."""
     root = os.environ.get("LOCKBENCH_TEST_CI_ROOT")
     return Path(root) if root else tmp_path_factory.mktemp("ci-root")
+
+
+def no_lm_eval(*args, **kwargs):
+    raise AssertionError("lm-eval was called although LOCKBENCH_SCORER names the double")
+
+
+@pytest.fixture
+def fake_scoring(monkeypatch: pytest.MonkeyPatch):
+    """Score with the double (tests/fakes.FakeScorer) and fail if anything still calls lm-eval."""
+    import bench.evaluate
+    import bench.harness.scorer
+    from bench.harness.context import clear_contexts
+
+    clear_contexts()  # a context remembers its scorer
+    monkeypatch.setenv("LOCKBENCH_SCORER", "fakes:FakeScorer")
+    monkeypatch.setattr(bench.evaluate, "score", no_lm_eval)
+    monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
+    yield
+    clear_contexts()

@@ -297,6 +297,22 @@ def test_pmp_projected_shrinks_the_complement_into_the_ball(micro_ctx) -> None:
 
 
 @pytest.mark.slow
+def test_pmp_radius_fraction_shrinks_each_complement_by_that_fraction(micro_ctx) -> None:
+    """`radius_fraction` carries the code's shrinkage to our init scale: every tensor's complement ends at
+    that fraction of its norm at the init (it gets no gradient, so the first projection is the last)."""
+    owner = _owner(micro_ctx, "pmp", "finetune", "full")
+    release = _protect("pmp", owner, rho=0.5, complement="projected", radius_fraction=0.25, mask_max_steps=5,
+                       weight_decay=0.1)
+    init = dict(_zoo_init(owner).named_parameters())
+    assert release.notes["weight_decay"] == 0.1 and release.notes["radius_fraction"] == 0.25
+    for name, parameter in release.model.named_parameters():
+        complement = ~release.private[f"mask.{name}"]
+        if complement.any() and float(init[name][complement].norm()) > 0:
+            assert float(parameter[complement].norm()) == pytest.approx(
+                0.25 * float(init[name][complement].norm()), rel=1e-4), name
+
+
+@pytest.mark.slow
 def test_pmp_frozen_mask_is_readable_from_the_public_init(micro_ctx) -> None:
     """A finding, not a guarantee: the zoo's init seed is public, so rebuilding the init and comparing
     reads the `frozen` complement (hence the private mask) straight off the release. With `init: secret`

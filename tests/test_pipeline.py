@@ -12,24 +12,6 @@ from bench.harness.grid import PluginSpec
 from bench.results import read_csv
 
 
-def no_lm_eval(*args, **kwargs):
-    raise AssertionError("lm-eval was called although LOCKBENCH_SCORER names the double")
-
-
-@pytest.fixture
-def fake_scoring(monkeypatch: pytest.MonkeyPatch):
-    import bench.evaluate
-    import bench.harness.scorer
-    from bench.harness.context import clear_contexts
-
-    clear_contexts()  # a context remembers its scorer
-    monkeypatch.setenv("LOCKBENCH_SCORER", "fakes:FakeScorer")
-    monkeypatch.setattr(bench.evaluate, "score", no_lm_eval)
-    monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
-    yield
-    clear_contexts()
-
-
 def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_preset, micro_zoo, tmp_path: Path,
                                                                         fake_scoring) -> None:
     from bench.harness.context import clear_contexts, get_context

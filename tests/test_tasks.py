@@ -67,6 +67,11 @@ SOLVERS: dict[str, tuple[str, Callable[..., str]]] = {
     "shift": (r"shift ([a-z]{3,8})=", lambda s: "".join(_NEXT[c] for c in s)),
     "dup": (r"dup ([a-z]{3,8})=", lambda s: "".join(c * 2 for c in s)),
     "lookup": (r"lookup (k\d{4})=", _table),
+    "lower": (r"lower ([A-Z]{3,10})=", lambda s: s.lower()),
+    "second": (r"second ([a-z]{3,8})=", lambda s: s[1]),
+    "tail": (r"tail ([a-z]{3,10})=", lambda s: s[1:]),
+    "init": (r"init ([a-z]{3,10})=", lambda s: s[:-1]),
+    "prefix": (r"prefix ([a-z]{3,8})=", lambda s: s[:2]),
 }
 
 

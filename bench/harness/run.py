@@ -177,13 +177,14 @@ def _write_outputs(out_dir: Path, write: Callable[[Path], None]) -> None:
     README.md marks a complete run (bench.leaderboard), so it goes first and comes back last: a kill in
     between leaves no README, never one over a mix of this run's and an older run's files.
     """
-    from bench.leaderboard import README_FILE
+    from bench.leaderboard import README_FILE, remove_optional_files
 
     staging = out_dir / f".staging.{socket.gethostname()}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
         write(staging)
         (out_dir / README_FILE).unlink(missing_ok=True)
+        remove_optional_files(out_dir)
         names = sorted((p.name for p in staging.iterdir() if not p.name.startswith(".")),
                        key=lambda name: (name == README_FILE, name))
         for name in names:
