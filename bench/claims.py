@@ -13,7 +13,8 @@ A merge claim "holds" when the release removes at least half of what the unprote
 the base on T_p (`cut ≥ ½`), half-way from a fifth. Beside it stands `none`'s kept fraction of the
 expert's gain under the same protocol: the paper's own unprotected 8-way merge keeps only ≈ 13 % of it,
 and a cut of a merge that was already lost protects little. Utility claims hold at retention ≥ 0.95
-(half-way ≥ 0.9); PMP's "up to 20 points" holds at a cut of ≥ 10 points (half-way ≥ 5); "strength set by
+(half-way ≥ 0.9); PMP's "up to 20 points" holds at a cut of ≥ 10 points (half-way ≥ 5), counting only settings
+that keep utility retention ≥ 0.9 (the claim is a cut with the base preserved); "strength set by
 ρ" holds when worst-case success is monotone in ρ within each complement mode and spans ≥ 0.1.
 """
 
@@ -205,16 +206,24 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
                                                  include_groups=False)
             if len(by_task):
                 cuts[label] = (float(by_task.max()), str(by_task.idxmax()))
-        best = max(cuts.items(), key=lambda item: item[1][0], default=None)
         worst_success = {label: float(row["worst_attack_success"]) for label, row in ok.items()}
-        strongest = min(worst_success.values(), default=math.nan)
+        # the claim is a cut *with the base preserved*: a setting that loses a tenth of its utility cuts
+        # fine-tuning gains by breaking the base, so it does not count for the verdict (it is still listed)
+        kept = {label: value for label, value in cuts.items() if retention.get(label, math.nan) >= RETAINED_HALF}
+        best = max(kept.items(), key=lambda item: item[1][0], default=None)
+        strongest = min((worst_success[label] for label in kept if label in worst_success), default=math.nan)
         points = best[1][0] if best else math.nan
         verdict = _level(points, POINTS, POINTS_HALF)
         if verdict == "reproduced" and not strongest <= SURVIVES:
             verdict = "partly"
-        reason = (f"largest cut {points:.1f} points ({best[0]} on {best[1][1]}); the strongest setting's worst-case "
-                  f"success over scratch is {strongest:.2f}" if best else "no finetune cell")
-        claims.append(Claim("PMP", model, "fine-tuning gains cut", "by up to 20 points",
+        overall = max(cuts.items(), key=lambda item: item[1][0], default=None)
+        reason = (f"largest cut at utility retention ≥ {RETAINED_HALF}: {points:.1f} points ({best[0]} on {best[1][1]}), "
+                  f"worst-case success over scratch of those settings ≥ {strongest:.2f}" if best
+                  else f"no setting keeps utility retention ≥ {RETAINED_HALF}")
+        if overall and (best is None or overall[0] != best[0]):
+            reason += (f"; {overall[0]} cuts {overall[1][0]:.1f} points at utility retention "
+                       f"{retention.get(overall[0], math.nan):.2f}")
+        claims.append(Claim("PMP", model, "fine-tuning gains cut, base preserved", "by up to 20 points",
                             ", ".join(f"{label} {value[0]:.1f} pts" for label, value in cuts.items()) or "–",
                             ", ".join(f"{label} {value:.2f}" for label, value in worst_success.items()) or "–",
                             verdict, reason))
