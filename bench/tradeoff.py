@@ -56,7 +56,8 @@ def plot_tradeoffs(cells: pd.DataFrame, board: pd.DataFrame, directory: Path) ->
             for _, row in group.iterrows():
                 axes.annotate(f"{row[knob]:g}", (row["protection_worst"], row["utility_retention"]), fontsize=8,
                               color=line.get_color(), xytext=(4, 4), textcoords="offset points")
-        axes.set(xlim=(-0.05, 1.05), title=f"{track} track, {model}: utility against worst-case protection",
+        right = max(1.05, float(rows["protection_worst"].max()) + 0.1)  # protection exceeds 1 when utility does
+        axes.set(xlim=(-0.05, right), title=f"{track} track, {model}: utility against worst-case protection",
                  xlabel="worst-case protection = utility retention × (1 − worst attack success)",
                  ylabel="utility retention")
         axes.grid(alpha=0.3)
