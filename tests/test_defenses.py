@@ -461,10 +461,16 @@ def test_trap2_keeps_utility_and_raises_the_loss_at_half_scale(ci_ctx, release_f
     """Issue 6 acceptance at the default λ: standalone utility no more than 0.02 below `none` (lm-eval, test
     split; Trap² picks its checkpoint on the owner's validation tail and may score above `none`, which is
     no loss of utility) and a higher loss than `none` at s = 0.5 (the property Trap² trains for)."""
+    _check_trap(ci_ctx, release_format, margin=0.0)
+
+
+def _check_trap(ci_ctx, release_format: str, margin: float, **config: Any) -> None:
+    """A Trap² release on the ci zoo keeps `none`'s utility (within 0.02) and its test loss at s = 0.5 exceeds
+    `none`'s by more than `margin`."""
     from bench.evaluate import score
 
     owner = _owner(ci_ctx, "trap2", "merge", release_format)
-    release = _protect("trap2", owner)
+    release = _protect("trap2", owner, **config)
     task, tokenizer = owner.task, owner.tokenizer
     utility = {label: score(model, tokenizer, [task], ci_ctx.tasks)[task]
                for label, model in (("none", owner.reference_release), ("trap2", release.model))}
@@ -472,7 +478,7 @@ def test_trap2_keeps_utility_and_raises_the_loss_at_half_scale(ci_ctx, release_f
     test = batch_of(tokenizer, ci_ctx.split(task, "test"))
     half = {label: evaluate(scaled_update(owner.base, model, 0.5), test)[1]
             for label, model in (("none", owner.reference_release), ("trap2", release.model))}
-    assert half["trap2"] > half["none"], half
+    assert half["trap2"] > half["none"] + margin, half
 
 
 @pytest.mark.slow
@@ -480,15 +486,4 @@ def test_trap2_full_forms_its_trap_at_the_paper_lambda_with_a_longer_budget(ci_c
     """The full-format half of the xfail above, at a budget where the trap forms: the `paper` preset measured
     it on its 8-expert zoo (Llama-style `tail`, λ = 0.01, 800 steps: loss at s = 0.5 4.97 nats against 0.85
     for λ = 0 at the same budget). Here on the ci zoo's `length`, against `none`'s zoo expert."""
-    from bench.evaluate import score
-
-    owner = _owner(ci_ctx, "trap2", "merge", "full")
-    release = _protect("trap2", owner, steps=800)
-    task, tokenizer = owner.task, owner.tokenizer
-    utility = {label: score(model, tokenizer, [task], ci_ctx.tasks)[task]
-               for label, model in (("none", owner.reference_release), ("trap2", release.model))}
-    assert utility["trap2"] >= utility["none"] - 0.02, utility
-    test = batch_of(tokenizer, ci_ctx.split(task, "test"))
-    half = {label: evaluate(scaled_update(owner.base, model, 0.5), test)[1]
-            for label, model in (("none", owner.reference_release), ("trap2", release.model))}
-    assert half["trap2"] > half["none"] + 0.1, half  # the leaderboard's trap margin
+    _check_trap(ci_ctx, "full", margin=0.1, steps=800)  # the leaderboard's trap margin
