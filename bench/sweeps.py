@@ -4,23 +4,19 @@ step budget, and which are PMP at which mask ratio and complement mode, read off
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
+
+from bench.results.columns import json_cell
 
 #: Trap²'s own default λ (its paper trains at 1e-2): the setting its claims are checked at.
 TRAP2_PAPER_LAMBDA = 0.01
-
-
-def _config(text: object) -> dict:
-    return json.loads(text) if isinstance(text, str) and text else {}
 
 
 def trap2_settings(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per Trap² label: `defense`, `lambda_` (λ), `steps` (None: the zoo's expert budget)."""
     rows = []
     for label, text in cells[["defense", "defense_config"]].drop_duplicates("defense").itertuples(index=False):
-        config = _config(text)
+        config = json_cell(text)
         if {"lambda", "s_min", "s_max"} <= set(config):
             rows.append({"defense": label, "lambda_": float(config["lambda"]), "steps": config.get("steps")})
     return pd.DataFrame(rows, columns=["defense", "lambda_", "steps"])
@@ -30,7 +26,7 @@ def pmp_settings(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per PMP label: `defense`, `rho`, `complement` (frozen / projected)."""
     rows = []
     for label, text in cells[["defense", "defense_config"]].drop_duplicates("defense").itertuples(index=False):
-        config = _config(text)
+        config = json_cell(text)
         if {"rho", "complement", "mask_max_steps"} <= set(config):
             rows.append({"defense": label, "rho": float(config["rho"]), "complement": config["complement"]})
     return pd.DataFrame(rows, columns=["defense", "rho", "complement"])
@@ -54,7 +50,7 @@ def trap2_reference(settings: pd.DataFrame) -> str | None:
 
 def attack_config(cells: pd.DataFrame) -> pd.Series:
     """Each cell's attack configuration, parsed."""
-    return cells["attack_config"].map(_config)
+    return cells["attack_config"].map(json_cell)
 
 
 def paper_protocol_mask(cells: pd.DataFrame) -> pd.Series:

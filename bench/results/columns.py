@@ -7,6 +7,7 @@ The derived columns of the cells table and the leaderboard's columns are declare
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Literal
 
@@ -108,3 +109,8 @@ RAW_SCHEMA: tuple[Column, ...] = (
     *(Column(name, "str") for name in PROVENANCE_COLUMNS),
 )
 RAW_COLUMNS: tuple[str, ...] = tuple(column.name for column in RAW_SCHEMA)
+
+
+def json_cell(text: object) -> dict:
+    """A cell that holds a JSON object (a config, accuracies by member), parsed; {} when empty."""
+    return json.loads(text) if isinstance(text, str) and text else {}

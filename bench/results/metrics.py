@@ -13,7 +13,6 @@ Series; it may use the metrics declared before it. Formula texts may name the va
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from bench.plugins import ATTACK_FAMILIES
-from bench.results.columns import ACC_COLUMNS, BUDGETS, ColumnKind
+from bench.results.columns import ACC_COLUMNS, BUDGETS, ColumnKind, json_cell
 
 Frame = pd.DataFrame
 Stage = Literal["control", "reference"]
@@ -53,17 +52,13 @@ def clip01(values: pd.Series) -> pd.Series:
     return values.clip(0.0, 1.0)
 
 
-def _members(text: object) -> dict[str, float]:
-    return json.loads(text) if isinstance(text, str) and text else {}
-
-
 def kept_members(frame: Frame) -> pd.Series:
     """Mean over the other members m of (merged_m − base_m) / (merged_m[none] − base_m); NaN without members
     or where no member's none merge gained over the base."""
     values = []
     for merged, base, reference in zip(frame["merged_acc_by_member"], frame["base_acc_by_member"],
                                        frame["merged_acc_by_member_none"], strict=True):
-        merged, base, reference = _members(merged), _members(base), _members(reference)
+        merged, base, reference = json_cell(merged), json_cell(base), json_cell(reference)
         kept = [(merged[m] - base[m]) / (reference[m] - base[m]) for m in merged
                 if m in base and m in reference and reference[m] - base[m] > 0]
         values.append(sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan)
@@ -76,7 +71,7 @@ def paper_normalised_acc(frame: Frame) -> pd.Series:
     for merged, utility, by_member, experts in zip(frame["merged_acc"], frame["utility_none"],
                                                    frame["merged_acc_by_member"], frame["expert_acc_by_member"],
                                                    strict=True):
-        by_member, experts = _members(by_member), _members(experts)
+        by_member, experts = json_cell(by_member), json_cell(experts)
         ratios = [merged / utility] if utility and utility > 0 else []
         ratios += [by_member[m] / experts[m] for m in by_member if experts.get(m, 0) > 0]
         whole = len(ratios) == 1 + len(by_member) and not pd.isna(merged)
