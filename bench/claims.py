@@ -286,14 +286,12 @@ def trap2_sweep_rows(cells: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
     protocol = merge[paper_protocol_mask(merge) & (protocol_method(merge) == "task_arithmetic")]
     rows = []
     for setting in settings.itertuples(index=False):
+        same_budget = settings[(settings["lambda_"] == 0) & (settings["steps"].fillna(-1) ==
+                                                            (-1 if pd.isna(setting.steps) else setting.steps))]
         for (model, release_format), mine in merge[merge["defense"] == setting.defense].groupby(
                 ["model", "release_format"], sort=True):
-            same_budget = settings[(settings["lambda_"] == 0) & (settings["steps"].fillna(-1) ==
-                                                                (-1 if pd.isna(setting.steps) else setting.steps))]
             control = merge[merge["defense"].isin(same_budget["defense"]) & (merge["model"] == model)
                             & (merge["release_format"] == release_format)]
-            row = _board_row(board, setting.defense, model, "merge", release_format)
-            scored = row is not None and row["status"] == "ok"
             rows.append({
                 "model": model, "format": release_format, "lambda_": setting.lambda_,
                 "steps": "zoo" if pd.isna(setting.steps) else int(setting.steps),
@@ -303,7 +301,7 @@ def trap2_sweep_rows(cells: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
                 "gap_vs_lambda0": _mean(mine, "release_loss_s05") - _mean(control, "release_loss_s05")
                 if len(control) else math.nan,
                 "utility_retention": _mean(mine, "utility_retention"),
-                "worst_attack_success": float(row["worst_attack_success"]) if scored else math.nan,
+                "worst_attack_success": _adaptive(board, setting.defense, model, "merge", release_format)[0],
                 "protocol_merged_acc": _mean(protocol[(protocol["defense"] == setting.defense) & (protocol["model"] == model)
                                                       & (protocol["release_format"] == release_format)], "merged_acc"),
             })
