@@ -203,7 +203,7 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
         for label in settings["defense"]:
             mine = finetune[(finetune["model"] == model) & (finetune["defense"] == label)]
             by_task = mine.groupby("task").apply(lambda t: 100 * (_mean(t, "gain_none") - _mean(t, "gain_b1")),
-                                                 include_groups=False)
+                                                 include_groups=False).dropna()
             if len(by_task):
                 cuts[label] = (float(by_task.max()), str(by_task.idxmax()))
         worst_success = {label: float(row["worst_attack_success"]) for label, row in ok.items()}

@@ -58,8 +58,10 @@ def paper_protocol_mask(cells: pd.DataFrame) -> pd.Series:
     label, known by its configuration) chosen by the mean normalised accuracy of all members (objective
     `normalised`), at the run's largest merge."""
     configs = attack_config(cells)
-    normalised = configs.map(lambda c: {"coefficients", "patience", "method"} <= set(c)
-                             and c.get("objective") == "normalised") & (cells["track"] == "merge")
+    # astype: mapping an empty column keeps its string dtype, which `&` with a boolean mask refuses
+    searched = configs.map(lambda c: {"coefficients", "patience", "method"} <= set(c)
+                           and c.get("objective") == "normalised").astype(bool)
+    normalised = searched & (cells["track"] == "merge")
     largest = cells.loc[normalised, "n_members"].max() if normalised.any() else None
     return normalised & (cells["n_members"] == largest)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.claims import HOLDS, ProtocolMerge, merge_verdict, rho_claim
+from bench.claims import HOLDS, ProtocolMerge, claims_section, merge_verdict, pmp_claims, rho_claim
 from bench.harness.grid import PluginSpec
 from bench.results import read_csv
 from bench.sweeps import paper_protocol_mask, pmp_settings, trap2_reference, trap2_settings
@@ -72,6 +72,31 @@ def test_the_paper_protocol_is_the_normalised_search_at_the_largest_merge() -> N
         {"attack": "per_member", "attack_config": "{}", "n_members": 8, "track": "merge"},
     ])
     assert list(paper_protocol_mask(cells)) == [True, False, False, False]
+
+
+def test_the_protocol_mask_of_a_run_without_merge_cells_is_empty() -> None:
+    # a fine-tuning-only run: pandas 3 keeps the empty string dtype through `map`, which `&` refused (CI, s7)
+    empty = pd.DataFrame({"attack_config": pd.Series([], dtype="str"), "track": pd.Series([], dtype="str"),
+                          "n_members": pd.Series([], dtype="int64")})
+    assert paper_protocol_mask(empty).empty
+
+
+def _pmp_cells(gain_none: float) -> pd.DataFrame:
+    config = json.dumps({"rho": 0.5, "complement": "frozen", "mask_max_steps": 5})
+    return _cells([{"defense": "pmp", "defense_config": config, "model": "llama", "track": "finetune",
+                    "release_format": "full", "status": "ok", "task": "shift", "gain_none": gain_none,
+                    "gain_b1": 0.1, "utility_retention": 0.95, "attack_config": "{}", "n_members": 1}])
+
+
+def test_pmp_claims_skip_tasks_without_a_gain_over_scratch_and_count_the_rest() -> None:
+    # a micro run has no scratch control: every gain is missing, so there is no cut (was: idxmax on all-NA)
+    board = pd.DataFrame([{"defense": "pmp", "model": "llama", "track": "finetune", "release_format": "full",
+                           "status": "ok", "worst_attack_success": 0.4}])
+    claims = {c.claim: c for c in pmp_claims(_pmp_cells(math.nan), board)}
+    assert claims["fine-tuning gains cut, base preserved"].ours_protocol == "–"
+    claims = {c.claim: c for c in pmp_claims(_pmp_cells(0.3), board)}
+    assert claims["fine-tuning gains cut, base preserved"].ours_protocol == "pmp 20.0 pts"
+    assert claims_section(_pmp_cells(math.nan), board)[0] == "## Claims against the papers"
 
 
 @pytest.mark.slow
