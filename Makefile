@@ -44,15 +44,17 @@ bench: $(STAMP)
 # After an intended change of the numbers, regenerate the baseline with `make ci-baseline` and commit it.
 REGRESS_TOLERANCE ?= 0.05
 # The tests' ci zoo is trained into the same storage root the gate reads, so it is trained once.
+# PYTEST_ARGS passes options through, e.g. `make test PYTEST_ARGS=--durations=30` lists the slowest tests.
+PYTEST_ARGS ?=
 test: $(STAMP) browser
-	LOCKBENCH_TEST_CI_ROOT=$(CURDIR)/.lockbench $(BIN)/python -m pytest -q
+	LOCKBENCH_TEST_CI_ROOT=$(CURDIR)/.lockbench $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(BIN)/lockbench regress --preset smoke --baseline leaderboard/ci-baseline.csv --tolerance $(REGRESS_TOLERANCE) --out runs/regress-smoke
 
 ci-baseline: $(STAMP)
 	$(BIN)/lockbench regress --preset smoke --out runs/regress-smoke --write-baseline leaderboard/ci-baseline.csv
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Performance figures against their targets -> perf/REPORT.md and perf/report.json. Every figure by default,
 # including the fresh-clone ones (a cold `make bench`, the same again cached, `make test`: hours on 2 cores);
