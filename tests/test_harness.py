@@ -1,7 +1,8 @@
 """End-to-end harness guarantees (DESIGN §2, §7) on the micro preset.
 
 Micro's models are too small to score above 0, so these tests check plumbing: determinism, resuming
-after SIGKILL, a two-node Ray cluster, the information boundary and failure isolation. Every test
+after SIGKILL, a two-node Ray cluster, the information boundary and failure isolation. CLI runs score
+with the double (tests/fakes.FakeScorer); the in-process boundary and failure tests keep lm-eval. Every test
 shares one micro zoo (conftest's `micro_zoo`); stages after the zoo are content-addressed caches, so
 a test that wants them recomputed deletes their folders (`_reset_stages`).
 """
@@ -34,6 +35,7 @@ from snooper import BOUNDARY, SECRET, Snooper
 
 from attacks.common import merge_release
 from bench.harness.grid import GridConfig, PluginSpec
+from bench.harness.scoring import SCORER_ENV
 from bench.offline import OFFLINE_ENV
 from bench.plugins import (
     Attack,
@@ -51,6 +53,7 @@ from bench.storage import _scratch_prefix, cached_directory, is_complete
 from bench.zoo.build import Zoo
 
 BIN = Path(sys.executable).parent
+TESTS = Path(__file__).resolve().parent
 STAGE_DIRS = ("releases", "cells", "scores", "private")
 CLI_TIMEOUT_S = 900
 #: What the test defense keeps private; its float32 bytes are distinctive in any file.
@@ -146,9 +149,12 @@ class Snoop(Attack):
 
 
 def _env() -> dict[str, str]:
-    """The CLI's environment: offline, and no inherited RAY_ADDRESS (the Ray test adds its own)."""
+    """The CLI's environment: offline, no inherited RAY_ADDRESS (the Ray test adds its own), and scored by
+    the double (tests/fakes.FakeScorer): a hash of the weights, so comparing cells compares the models,
+    where lm-eval scores micro's models 0 everywhere."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    return {**env, **OFFLINE_ENV}
+    path = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
+    return {**env, **OFFLINE_ENV, SCORER_ENV: "fakes:FakeScorer", "PYTHONPATH": path}
 
 
 def _reset_stages(root: Path) -> None:
@@ -585,7 +591,7 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
             normalised = (sum(a / e for a, e in pairs) / len(pairs) if all(e > 0 for _, e in pairs)
                           else math.nan)  # an expert at 0 has no gain to normalise by
             assert row["paper_normalised_acc"] == pytest.approx(normalised, nan_ok=True)
-            raw = min(kept_p, kept_m) if not math.isnan(kept_m) else kept_p
+            raw = kept_p if math.isnan(kept_p) or math.isnan(kept_m) else min(kept_p, kept_m)
             assert row["attack_success_raw"] == pytest.approx(raw, nan_ok=True)
             success = min(max(raw, 0.0), 1.0) if not math.isnan(raw) else math.nan
             assert row["attack_success"] == pytest.approx(success, nan_ok=True)

@@ -1,5 +1,5 @@
 """Reliability (issue 8): SIGKILL at five points of a run, bad inputs, safe weight loading, damaged caches,
-and a 300-cell grid through Ray with bounded memory.
+and a 300-cell grid through Ray with bounded memory. Scored by the double (tests/fakes.FakeScorer).
 
 Every run uses `rel`: micro's Llama zoo and a 3-cell grid of this module's fast plugins, so results do
 not move when the reference attacks are retuned. Subprocess runs import this module through
@@ -35,6 +35,7 @@ import yaml
 from pydantic import Field
 
 from bench.config import StrictModel
+from bench.harness.scoring import SCORER_ENV
 from bench.plugins import (
     Attack,
     AttackOutput,
@@ -51,6 +52,14 @@ TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 MODULE = Path(__file__).stem  # what LOCKBENCH_PLUGINS imports in subprocesses and Ray workers
 TIMEOUT_S = 600
+FAKE_SCORER = "fakes:FakeScorer"
+
+
+@pytest.fixture(autouse=True)
+def _scored_by_the_double(fake_scoring):
+    """Every run of this module, in-process or through `_env`, scores with the double (tests/fakes): these
+    tests check resuming, failures and memory, not accuracy, so lm-eval would only cost time."""
+    yield
 
 
 # ----------------------------------------------------------------------------- plugins (fast, deterministic)
@@ -177,6 +186,7 @@ def _env(**extra: str) -> dict[str, str]:
     # One torch thread: as fast for micro's tiny models, and immune to oversubscription on a busy machine.
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["LOCKBENCH_PLUGINS"] = MODULE
+    env[SCORER_ENV] = FAKE_SCORER  # plumbing: no lm-eval in the CLI or its Ray workers either
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env

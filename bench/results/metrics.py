@@ -65,6 +65,13 @@ def kept_members(frame: Frame) -> pd.Series:
     return pd.Series(values, index=frame.index, dtype="float64")
 
 
+def joint_kept(frame: Frame) -> pd.Series:
+    """min(kept_protected, kept_members): kept_protected alone where no member has a gain to keep, and
+    nothing where T_p has none (np.fmin alone would then report the members' share as the joint success)."""
+    joint = pd.Series(np.fmin(frame["kept_protected"], frame["kept_members"]), index=frame.index)
+    return joint.where(frame["kept_protected"].notna())
+
+
 def paper_normalised_acc(frame: Frame) -> pd.Series:
     """Trap²'s normalised accuracy: the mean over T_p and the other members of merged / expert accuracy."""
     values = []
@@ -177,11 +184,10 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "columns `merged_acc_by_member`, `base_acc_by_member`, `merged_acc_by_member_none` (empty without "
                "other members)", lambda frame, rule: kept_members(frame)),
     CellMetric("attack_success_raw", "float", "both", "reference",
-               "unclipped headline: merge `min(kept_protected, kept_members)` (kept_protected alone without other "
-               "members); finetune `advantage_auc / advantage_auc_none`. Above 1: the release gives the attacker "
-               "more than the unprotected one",
-               lambda frame, rule: _by_track(frame, pd.Series(np.fmin(frame["kept_protected"], frame["kept_members"]),
-                                                              index=frame.index),
+               "unclipped headline: merge `min(kept_protected, kept_members)` (kept_protected alone where "
+               "kept_members is empty; empty where kept_protected is); finetune `advantage_auc / "
+               "advantage_auc_none`. Above 1: the release gives the attacker more than the unprotected one",
+               lambda frame, rule: _by_track(frame, joint_kept(frame),
                                              ratio(frame["advantage_auc"], frame["advantage_auc_none"]))),
     CellMetric("attack_success", "float", "both", "reference",
                "merge `clip(attack_success_raw, 0, 1)` (joint: T_p and every other member); finetune at the full "
