@@ -282,3 +282,13 @@ def test_publish_puts_the_hand_written_findings_into_the_readme(tmp_path: Path, 
     readme = (publish(run, tmp_path / "leaderboard") / "README.md").read_text()
     assert readme.index("## Findings") < readme.index("Trap² now loses") < readme.index("## merge track")
     assert "findings" not in (tmp_path / "leaderboard" / "README.md").read_text()  # not listed as a run
+
+
+def test_the_joint_success_is_empty_where_the_protected_task_has_nothing_to_keep() -> None:
+    from bench.results.metrics import joint_kept
+
+    nan = math.nan
+    frame = pd.DataFrame({"kept_protected": [0.4, 0.4, nan, nan], "kept_members": [0.7, nan, 0.6, nan]})
+    # the smaller share; T_p alone without a member share; never the members' share alone
+    assert joint_kept(frame).tolist()[:2] == [0.4, 0.4]
+    assert joint_kept(frame).isna().tolist() == [False, False, True, True]
