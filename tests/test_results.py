@@ -292,3 +292,12 @@ def test_the_joint_success_is_empty_where_the_protected_task_has_nothing_to_keep
     # the smaller share; T_p alone without a member share; never the members' share alone
     assert joint_kept(frame).tolist()[:2] == [0.4, 0.4]
     assert joint_kept(frame).isna().tolist() == [False, False, True, True]
+
+
+def test_the_validity_rules_kept_fraction_follows_the_same_joint_rule() -> None:
+    from bench.results.normalise import joint_kept_vs_experts
+
+    # T_p: (0.5 − 0.2) / (0.8 − 0.2) = 0.5; the member: (0.5 − 0.1) / (0.9 − 0.1) = 0.5
+    assert joint_kept_vs_experts(pd.Series(merge_row("none", "ta", 0, 0.8, 0.5, 0.5))) == pytest.approx(0.5)
+    # the T_p expert gained nothing over the base: not measurable, never the member's share alone
+    assert math.isnan(joint_kept_vs_experts(pd.Series(merge_row("none", "ta", 0, 0.2, 0.5, 0.5))))

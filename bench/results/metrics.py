@@ -65,11 +65,17 @@ def kept_members(frame: Frame) -> pd.Series:
     return pd.Series(values, index=frame.index, dtype="float64")
 
 
+def joint_share(kept_p, kept_m):
+    """min(kept_p, kept_m) of scalars or arrays: kept_p alone where no member has a gain to keep, and NaN
+    where T_p has none (np.fmin alone would then give the members' share as the joint one). One rule for the
+    headline (`joint_kept`) and the validity rule's kept fraction (normalise.joint_kept_vs_experts)."""
+    return np.where(np.isnan(kept_p), np.nan, np.fmin(kept_p, kept_m))
+
+
 def joint_kept(frame: Frame) -> pd.Series:
-    """min(kept_protected, kept_members): kept_protected alone where no member has a gain to keep, and
-    nothing where T_p has none (np.fmin alone would then report the members' share as the joint success)."""
-    joint = pd.Series(np.fmin(frame["kept_protected"], frame["kept_members"]), index=frame.index)
-    return joint.where(frame["kept_protected"].notna())
+    """min(kept_protected, kept_members), by `joint_share`."""
+    return pd.Series(joint_share(frame["kept_protected"].to_numpy(dtype=float),
+                                 frame["kept_members"].to_numpy(dtype=float)), index=frame.index)
 
 
 def paper_normalised_acc(frame: Frame) -> pd.Series:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from bench.config import StrictModel
 from bench.results.columns import RAW_COLUMNS
-from bench.results.metrics import CELL_METRICS, CONTROL_COPIES, REFERENCE_COPIES, CellMetric
+from bench.results.metrics import CELL_METRICS, CONTROL_COPIES, REFERENCE_COPIES, CellMetric, joint_share
 from bench.results.schema import (
     CELL_KEY,
     CONTROL_DEFENSE,
@@ -76,14 +75,15 @@ def _apply(frame: pd.DataFrame, metric: CellMetric, rule: ValidityRule) -> None:
 
 
 def joint_kept_vs_experts(row: pd.Series) -> float:
-    """min(kept_p, kept_m) of a none merge against the experts' own gains (DESIGN §6's joint kept fraction)."""
+    """min(kept_p, kept_m) of a none merge against the experts' own gains (DESIGN §6's joint kept fraction),
+    by the headline's rule (`joint_share`): not measurable where the T_p expert gained nothing."""
     gain = row["utility"] - row["base_acc"]
     kept_p = (row["merged_acc"] - row["base_acc"]) / gain if gain > 0 else math.nan
     merged, base = json.loads(row["merged_acc_by_member"] or "{}"), json.loads(row["base_acc_by_member"] or "{}")
     experts = json.loads(row["expert_acc_by_member"] or "{}")
     kept = [(merged[m] - base[m]) / (experts[m] - base[m]) if experts[m] - base[m] > 0 else math.nan for m in merged]
     kept_m = sum(kept) / len(kept) if kept else math.nan
-    return float(np.fmin(kept_p, kept_m))
+    return float(joint_share(kept_p, kept_m))
 
 
 def _verdict(group: pd.DataFrame, rule: ValidityRule) -> str:
