@@ -76,12 +76,15 @@ def no_lm_eval(*args, **kwargs):
 @pytest.fixture
 def fake_scoring(monkeypatch: pytest.MonkeyPatch):
     """Score with the double (tests/fakes.FakeScorer) and fail if anything still calls lm-eval."""
+    from fakes import FAKE_SCORER
+
     import bench.evaluate
     import bench.harness.scorer
     from bench.harness.context import clear_contexts
+    from bench.harness.scoring import SCORER_ENV
 
     clear_contexts()  # a context remembers its scorer
-    monkeypatch.setenv("LOCKBENCH_SCORER", "fakes:FakeScorer")
+    monkeypatch.setenv(SCORER_ENV, FAKE_SCORER)
     monkeypatch.setattr(bench.evaluate, "score", no_lm_eval)
     monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
     yield

@@ -130,10 +130,14 @@ def perturbed(model, seed: int, scale: float):
     return other
 
 
+#: What `$LOCKBENCH_SCORER` names to select the double below (tests/ must be on the path).
+FAKE_SCORER = "fakes:FakeScorer"
+
+
 class FakeScorer:
     """A scorer double (bench.harness.scoring), as lm-eval's `DummyLM` stands in for a model: a number in
     [0, 1) from a hash of the model's weights and the task, so different models score differently and the
-    same model the same, with no lm-eval. Select it with LOCKBENCH_SCORER=fakes:FakeScorer."""
+    same model the same, with no lm-eval. Select it with LOCKBENCH_SCORER=FAKE_SCORER."""
 
     name = "fake"
 

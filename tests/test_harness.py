@@ -30,6 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from fakes import FAKE_SCORER
 from safetensors.torch import load_file
 from snooper import BOUNDARY, SECRET, Snooper
 
@@ -154,7 +155,7 @@ def _env() -> dict[str, str]:
     where lm-eval scores micro's models 0 everywhere."""
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     path = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
-    return {**env, **OFFLINE_ENV, SCORER_ENV: "fakes:FakeScorer", "PYTHONPATH": path}
+    return {**env, **OFFLINE_ENV, SCORER_ENV: FAKE_SCORER, "PYTHONPATH": path}
 
 
 def _reset_stages(root: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from fakes import FAKE_SCORER
 from pydantic import Field
 
 from bench.config import StrictModel
@@ -52,14 +53,9 @@ TESTS = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 MODULE = Path(__file__).stem  # what LOCKBENCH_PLUGINS imports in subprocesses and Ray workers
 TIMEOUT_S = 600
-FAKE_SCORER = "fakes:FakeScorer"
-
-
-@pytest.fixture(autouse=True)
-def _scored_by_the_double(fake_scoring):
-    """Every run of this module, in-process or through `_env`, scores with the double (tests/fakes): these
-    tests check resuming, failures and memory, not accuracy, so lm-eval would only cost time."""
-    yield
+# Every run of this module scores with the double (tests/fakes), in-process through `fake_scoring` and in
+# subprocesses through `_env`: these tests check resuming, failures and memory, not accuracy.
+pytestmark = pytest.mark.usefixtures("fake_scoring")
 
 
 # ----------------------------------------------------------------------------- plugins (fast, deterministic)
