@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import warnings
@@ -57,15 +58,56 @@ def _one_line(text: str, limit: int = 600) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _usage_error_type() -> type[Exception]:
+    """typer vendors click privately; its UsageError is the base class of the public `typer.BadParameter`."""
+    return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
+def describe_usage_error(error: Exception) -> str:
+    """One line for a command-line usage error, with a "did you mean" drawn from the options of the command
+    that rejected it (a subcommand's own options, not the top level's)."""
+    ctx = getattr(error, "ctx", None)
+    where = ctx.command_path if ctx is not None else "lockbench"
+    option = getattr(error, "option_name", None)
+    if option and ctx is not None:
+        known = sorted({name for param in ctx.command.params for name in getattr(param, "opts", [])
+                        if name.startswith("-")} | {"--help"})
+        close = difflib.get_close_matches(option, known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; its options: {', '.join(known)}"
+        return f"{where}: no such option {option}{hint}"
+    message = error.format_message() if hasattr(error, "format_message") else str(error)
+    return _one_line(f"{where}: {message}")
+
+
+def _usage_exit(error: Exception) -> typer.Exit:
+    typer.secho(f"error: {describe_usage_error(error)}", fg=typer.colors.RED, err=True)
+    return typer.Exit(2)
+
+
 class _Commands(TyperGroup):
     """Top-level error handler: an exception becomes one `error: …` line on stderr and exit code 2 or 1
-    (see `describe_error`), not a traceback; `--debug` or LOCKBENCH_DEBUG=1 re-raises it instead."""
+    (see `describe_error`), not a traceback; `--debug` or LOCKBENCH_DEBUG=1 re-raises it instead. Usage
+    errors (unknown options, missing arguments) of the top level and of every subcommand are one line and
+    exit code 2 alike, instead of a usage box at the top and a traceback below."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _usage_error_type() as error:
+            if type(error).__name__ == "NoArgsIsHelpError":
+                raise  # `lockbench` alone prints its help
+            raise _usage_exit(error) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except _usage_error_type() as error:
+            if type(error).__name__ == "NoArgsIsHelpError":
+                raise
+            raise _usage_exit(error) from None
         except Exception as error:
             if _debug():
                 raise
@@ -154,8 +196,14 @@ def run(
     seeds: Annotated[str | None, typer.Option(help="override the grid's seeds, e.g. 0,1")] = None,
     cpus_per_task: Annotated[int, typer.Option(help="ray: CPUs per cell")] = 1,
     gpus_per_task: Annotated[float, typer.Option(help="ray: GPUs per cell (with LOCKBENCH_DEVICE=cuda)")] = 0.0,
+    strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when the run breaks the validity rule "
+                                         "(DESIGN §6); --no-strict only reports it (plumbing presets such as micro, "
+                                         "which always break it)")] = True,
 ) -> None:
-    """Run every defense × attack × model × task × seed cell of a preset and write the run directory."""
+    """Run every defense × attack × model × task × seed cell of a preset and write the run directory.
+
+    Exit 0: every cell ran and the validity rule holds (or --no-strict); 1: cells failed, or the rule broke
+    under --strict; 2: bad input (nothing is written then)."""
     loaded = _load(preset)
     if executor not in ("serial", "ray"):
         _fail(f"unknown executor '{executor}'; choose serial or ray")
@@ -168,28 +216,43 @@ def run(
             _fail(f"--seeds takes comma-separated integers, got '{seeds}'")
         loaded = loaded.model_copy(update={"grid": loaded.grid.model_copy(update={"seeds": seed_list})})
     from bench.harness.run import run_benchmark
+    from bench.runlog import library_output
     from bench.storage import storage_root
 
     out_dir = (out or Path("runs") / loaded.name).resolve()
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        _fail(f"cannot write to run directory {out_dir}: {error.strerror}")
+    problem = unwritable(out_dir)
+    if problem:
+        _fail(f"cannot write to run directory {out_dir}: {problem}")
     kwargs = {"cpus_per_task": cpus_per_task, "gpus_per_task": gpus_per_task} if executor == "ray" else {}
-    summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
+    with library_output(out_dir):
+        summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
     typer.echo(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                f"{summary.seconds:.1f}s -> {summary.out_dir}")
+    label = "VALIDITY" if strict else "VALIDITY (not enforced: --no-strict)"
     for problem in summary.problems:
-        typer.secho(f"VALIDITY: {problem}", fg=typer.colors.RED, err=True)
+        typer.secho(f"{label}: {problem}", fg=typer.colors.RED if strict else typer.colors.YELLOW, err=True)
     if summary.failed:
         typer.secho(f"error: {summary.failed} of {summary.cells} cells failed (first: "
                     f"{_one_line(summary.first_error, 300)}); details in {summary.out_dir / 'cells.csv'}",
                     fg=typer.colors.RED, err=True)
-    if not summary.ok:
+    elif summary.problems and strict:
+        typer.secho("error: the run broke the validity rule (above); --no-strict reports it without failing",
+                    fg=typer.colors.RED, err=True)
+    if summary.failed or (summary.problems and strict):
         raise typer.Exit(1)
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why `folder` could not be created or written, checked without creating it (input is checked before
+    anything is written), or None."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 @app.command()

@@ -77,3 +77,87 @@ def test_a_hub_id_passes_the_input_check_only_with_the_hub_on(monkeypatch):
     missing = preset.model_copy(update={"zoo": preset.zoo.model_copy(update={"models": {"qwen": local}})})
     with pytest.raises(ConfigError, match="is not a directory"):
         check_zoo_inputs(missing)
+
+
+# ----------------------------------------------------------------------------- the exit-code contract
+
+
+def _cli(args: list[str]):
+    return runner.invoke(app, args, prog_name="lockbench")
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+def test_an_unknown_option_of_a_subcommand_is_one_line_with_that_subcommands_hint():
+    result = _cli(["run", "--seed", "0"])
+    assert result.exit_code == 2
+    assert _error_lines(result.output) == ["error: lockbench run: no such option --seed (did you mean --seeds?)"]
+    assert "Traceback" not in result.output
+    other = _cli(["submit", "x.py", "--allow-invalidd"])
+    assert other.exit_code == 2
+    assert "did you mean --allow-invalid?" in other.output and "--seeds" not in other.output
+
+
+def test_an_unknown_top_level_option_agrees_with_a_subcommands():
+    result = _cli(["--bogus", "run"])
+    assert result.exit_code == 2
+    assert _error_lines(result.output) == ["error: lockbench: no such option --bogus; its options: --debug, --help"]
+    close = _cli(["--debg", "run"])
+    assert _error_lines(close.output) == ["error: lockbench: no such option --debg (did you mean --debug?)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["list"], "error: lockbench list: Missing command."),
+    (["submit"], "error: lockbench submit: Missing argument 'PLUGIN'."),
+    (["run", "--cpus-per-task", "x"], "error: lockbench run: Invalid value for '--cpus-per-task'"),
+])
+def test_other_usage_errors_are_one_line_and_exit_2(args: list[str], message: str):
+    result = _cli(args)
+    assert result.exit_code == 2
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_bad_input_creates_no_run_directory(tmp_path: Path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("extends: micro\nname: bad\ngrid:\n  defenses: [{name: no_such_defense}]\n")
+    out = tmp_path / "runs" / "bad"
+    result = _cli(["run", "--preset", str(preset), "--out", str(out), "--root", str(tmp_path / "root")])
+    assert result.exit_code == 2, result.output
+    assert "unknown defense 'no_such_defense'" in result.output
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_an_unwritable_run_directory_is_bad_input(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = _cli(["run", "--preset", "micro", "--out", str(blocker / "run")])
+    assert result.exit_code == 2
+    assert f"cannot write to run directory {blocker / 'run'}: {blocker} is not a directory" in result.output
+
+
+@pytest.mark.parametrize("failed, problems, flags, code", [
+    (0, [], [], 0),
+    (0, ["merge track, llama: no attack is valid against 'none'"], [], 1),
+    (0, ["merge track, llama: no attack is valid against 'none'"], ["--strict"], 1),
+    (0, ["merge track, llama: no attack is valid against 'none'"], ["--no-strict"], 0),
+    (2, [], ["--no-strict"], 1),
+])
+def test_run_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failed: int, problems: list[str],
+                        flags: list[str], code: int):
+    """0 success; 1 a finished run broke a declared rule (the validity rule, unless --no-strict) or lost
+    cells (always); the mapping from the run's summary to the code, without computing the run."""
+    import bench.harness.run
+    from bench.harness.run import RunSummary
+
+    monkeypatch.setattr(bench.harness.run, "run_benchmark", lambda preset, root, out, executor, **kw: RunSummary(
+        out, 20, failed, 0, 1.0, list(problems), "RuntimeError: boom" if failed else ""))
+    result = _cli(["run", "--preset", "micro", "--out", str(tmp_path / "run"), *flags])
+    assert result.exit_code == code, result.output
+    if problems:
+        label = "VALIDITY (not enforced: --no-strict)" if "--no-strict" in flags else "VALIDITY"
+        assert f"{label}: {problems[0]}" in result.output
+    if code == 1 and not failed:
+        assert "error: the run broke the validity rule (above); --no-strict reports it without failing" in result.output
