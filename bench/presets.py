@@ -5,10 +5,10 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from bench.config import StrictModel
 from bench.finetuning import FinetuneRecipe
@@ -50,32 +50,37 @@ def preset_names() -> list[str]:
     return sorted(Path(str(entry)).stem for entry in folder.iterdir() if str(entry).endswith(".yaml"))
 
 
-def _known_keys() -> list[str]:
-    """Every field name of every config model reachable from Preset, for typo suggestions."""
-    from pydantic import BaseModel
-
-    seen: set[type] = set()
-    names: set[str] = set()
-
-    def visit(model: type) -> None:
-        if model in seen:
-            return
-        seen.add(model)
-        for name, info in model.model_fields.items():
-            names.add(info.alias or name)
-            for candidate in _types_in(info.annotation):
-                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                    visit(candidate)
-
-    visit(Preset)
-    return sorted(names)
+def section_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed where pydantic reports an unknown key at `loc` (its last part), from the pydantic model
+    of that very section: `grid.seedz` is compared with GridConfig's fields only, never with another
+    section's. Empty when the section is not a model reachable from Preset."""
+    model = _model_at(Preset, list(loc[:-1]))
+    if model is None:
+        return []
+    return sorted(info.alias or name for name, info in model.model_fields.items())
 
 
-def _types_in(annotation) -> list:
-    from typing import get_args
-
-    args = get_args(annotation)
-    return [annotation] if not args else [t for arg in args for t in _types_in(arg)]
+def _model_at(annotation: Any, path: list[int | str]) -> type[BaseModel] | None:
+    """The pydantic model reached from `annotation` by a pydantic error location: field names step into a
+    model, list indices and dict keys into the item type, a union's tag (e.g. its class name) into that
+    member."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if not path:
+            return annotation
+        info = annotation.model_fields.get(str(path[0])) or next(
+            (info for info in annotation.model_fields.values() if info.alias == path[0]), None)
+        return _model_at(info.annotation, path[1:]) if info is not None else None
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset, dict) and path:
+        return _model_at(args[-1], path[1:]) if args else None
+    if args:  # a union (or Optional): the member the location names, else the only model member
+        tagged = [arg for arg in args if getattr(arg, "__name__", None) == path[0]] if path else []
+        if tagged:
+            return _model_at(tagged[0], path[1:])
+        found = [model for arg in args if (model := _model_at(arg, path)) is not None]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:
@@ -83,7 +88,7 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"])
         if item["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(str(item["loc"][-1]), _known_keys(), n=1)
+            close = difflib.get_close_matches(str(item["loc"][-1]), section_keys(tuple(item["loc"])), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             problems.append(f"unknown key '{where}'{hint}")
         else:

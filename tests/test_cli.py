@@ -161,3 +161,57 @@ def test_run_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failed:
         assert f"{label}: {problems[0]}" in result.output
     if code == 1 and not failed:
         assert "error: the run broke the validity rule (above); --no-strict reports it without failing" in result.output
+
+
+# ----------------------------------------------------------------------------- section-aware typo hints
+
+
+@pytest.mark.parametrize("section, typo, hint", [
+    ("grid", "seedz", "seeds"),
+    ("grid", "seed", "seeds"),  # following a hint never loops back to a key of another section
+    ("grid.defenses.0", "confg", "config"),
+    ("zoo", "base_trainig", "base_training"),
+    ("zoo.models.llama.architecture", "famly", "family"),
+    ("validity.finetune_attacks.lora", "trainin", "training"),
+])
+def test_a_typo_hint_comes_from_its_own_sections_keys(tmp_path: Path, section: str, typo: str, hint: str):
+    from bench.presets import section_keys
+
+    keys = section_keys((*section.split("."), typo))
+    assert hint in keys
+    result = _cli(["validate", "--preset", _typo_preset(tmp_path, section, typo)])
+    assert result.exit_code == 2
+    assert f"unknown key '{section}.{typo}' (did you mean '{hint}'?)" in result.output
+
+
+def test_a_typo_far_from_its_sections_keys_gets_no_hint_from_another_section(tmp_path: Path):
+    """`zoo.models.llama.famly`: `family` is a key of the architecture, one level down, so no hint."""
+    from bench.presets import section_keys
+
+    assert "family" not in section_keys(("zoo", "models", "llama", "famly"))
+    result = _cli(["validate", "--preset", _typo_preset(tmp_path, "zoo.models.llama", "famly")])
+    assert "unknown key 'zoo.models.llama.famly'" in result.output and "did you mean" not in result.output
+
+
+def test_the_hint_fields_are_the_models_own():
+    from bench.harness.grid import GridConfig
+    from bench.presets import section_keys
+
+    assert section_keys(("grid", "x")) == sorted(GridConfig.model_fields)
+    assert section_keys(("no_such_section", "x")) == []
+
+
+_TYPO_YAML = {
+    "grid": "grid:\n  {typo}: [0]\n",
+    "grid.defenses.0": "grid:\n  defenses: [{{name: none, {typo}: {{}}}}]\n",
+    "zoo": "zoo:\n  {typo}: {{}}\n",
+    "zoo.models.llama.architecture": "zoo:\n  models:\n    llama:\n      architecture: {{{typo}: llama}}\n",
+    "zoo.models.llama": "zoo:\n  models:\n    llama: {{{typo}: llama}}\n",
+    "validity.finetune_attacks.lora": "validity:\n  finetune_attacks:\n    lora: {{{typo}: {{}}}}\n",
+}
+
+
+def _typo_preset(folder: Path, section: str, typo: str) -> str:
+    path = folder / "typo.yaml"
+    path.write_text("extends: micro\nname: typo\n" + _TYPO_YAML[section].format(typo=typo))
+    return str(path)
