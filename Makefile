@@ -56,10 +56,13 @@ ci-baseline: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# Performance figures against their targets -> perf/REPORT.md and perf/report.json. Every figure by default,
-# including the fresh-clone ones (a cold `make bench`, the same again cached, `make test`: hours on 2 cores);
-# PERF_ARGS="--only cache,ray,merge,lmeval,trap2,flops" measures the quick ones (about 15 minutes, on
-# `smoke`); see `python -m bench.perf --help`.
+# Performance figures against their targets -> perf/REPORT.md and perf/report.json, each merged in the moment
+# it is measured (an interrupted run keeps what it measured; figures not re-measured keep their own date and
+# commit). By default the quick figures (cost, cache, ray, merge, lmeval, trap2, flops on `smoke`: about
+# 15-25 minutes). The fresh-clone figures (cold `make bench`, the same again cached, `make test` on a clone of
+# HEAD: hours on 2 cores, each killed past its budget) are opt-in: PERF_ARGS=--clone, --all, or
+# PERF_ARGS="--only bench_cold" one at a time; --budget make_test=60 changes a budget. See
+# `python -m bench.perf --help`.
 .PHONY: perf
 perf: $(STAMP)
 	$(BIN)/python -m bench.perf $(PERF_ARGS)
