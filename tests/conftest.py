@@ -12,6 +12,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+import bench  # noqa: E402,F401  (pins the CPU code path, bench.numerics, before any test module computes)
+
 
 @pytest.fixture(autouse=True)
 def _document_tasks_stay_in_their_test():
@@ -61,12 +63,25 @@ def micro_zoo(tmp_path_factory, micro_preset):
 
 
 @pytest.fixture(scope="session")
-def ci_root(tmp_path_factory) -> Path:
-    """One storage root for every test of the ci zoo, so its models are trained once per session (zoo
-    artefacts are keyed per model, so Llama-only variants reuse them); `$LOCKBENCH_TEST_CI_ROOT` points
-    at a root that may already hold them."""
-    root = os.environ.get("LOCKBENCH_TEST_CI_ROOT")
-    return Path(root) if root else tmp_path_factory.mktemp("ci-root")
+def ci_root(tmp_path_factory, worker_id: str) -> Path:
+    """One storage root for every test of the ci zoo, with the ci zoo already in it, so its models are trained
+    once per session (zoo artefacts are keyed per model, so Llama-only variants reuse them);
+    `$LOCKBENCH_TEST_CI_ROOT` points at a root that may already hold them.
+
+    Under pytest-xdist every worker process runs this fixture: they share one root (the run's common
+    temporary folder unless the variable names one), and a file lock lets the first worker train the zoo
+    while the others wait for it, rather than each training the same models at once."""
+    from filelock import FileLock
+
+    from bench.presets import load_preset
+    from bench.zoo.build import build_zoo
+
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    root = Path(os.environ.get("LOCKBENCH_TEST_CI_ROOT") or shared / "ci-root")
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".ci-zoo.lock")):
+        build_zoo(load_preset("ci").zoo, root)
+    return root
 
 
 def no_lm_eval(*args, **kwargs):

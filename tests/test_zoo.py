@@ -80,7 +80,8 @@ special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos
 model = build_model(zoo.models["gpt2"].architecture, len(tokenizer), recipe.seed, special)
 data = task_data(recipe, recipe.base_tasks, tokenizer, fractions=recipe.base_task_fractions)
 _train_with_bar(model, data, dataclasses.replace(_settings(recipe.base_training, recipe.seed), steps=60), "t")
-print(torch.get_num_threads(), hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest())
+digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), digest)
 """
 
 
@@ -96,9 +97,30 @@ def test_zoo_training_does_not_depend_on_the_cores(tmp_path):
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         done = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT], env=env, capture_output=True, text=True,
                               timeout=300, check=True)
-        results[threads] = done.stdout.split()[-2:]
+        results[threads] = done.stdout.split()[-3:]
     assert results["2"][0] == "2", results  # the pin is scoped: the process keeps its own setting
-    assert results["1"][1] == results["2"][1], results
+    assert results["1"][2] == results["2"][2], results
+
+
+@pytest.mark.slow
+def test_zoo_training_runs_on_the_pinned_cpu_path_and_the_pin_matters():
+    """bench.numerics pins ATen's code path when lockbench is imported, even in a process that imported torch
+    first and whose environment does not name it; the pinned path trains the same weights as an explicit
+    `avx2`, and ATen's unvectorised path (`default`, another "machine") trains other ones, which is what the
+    pin is for: an AVX-512 machine left to itself is such another machine."""
+    import os
+    import subprocess
+    import sys
+
+    def train(**extra: str) -> list[str]:
+        env = {key: value for key, value in os.environ.items() if key != "ATEN_CPU_CAPABILITY"}
+        done = subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT], env={**env, "OMP_NUM_THREADS": "1", **extra},
+                              capture_output=True, text=True, timeout=300, check=True)
+        return done.stdout.split()[-3:]
+
+    pinned, explicit, unvectorised = train(), train(ATEN_CPU_CAPABILITY="avx2"), train(ATEN_CPU_CAPABILITY="default")
+    assert pinned[1] == "AVX2" and pinned == explicit, (pinned, explicit)
+    assert unvectorised[1] == "DEFAULT" and unvectorised[2] != pinned[2], (unvectorised, pinned)
 
 
 def test_none_retrains_through_the_zoos_code_path(micro_zoo, micro_preset):

@@ -17,11 +17,17 @@ from pathlib import Path
 
 from bench.device import DEVICE_ENV
 from bench.harness.grid import ConfigError
+from bench.numerics import numerics_env
 from bench.offline import offline_env
 from bench.storage import DEFAULT_ROOT_ENV
 
 PROBE_PREFIX = ".lockbench-probe-"
 PROBE_TIMEOUT_S = 120.0
+#: Ray starts its workers at nice 15 by default, so on a shared machine any other process takes about 28x
+#: their share of a core and a run crawls; a local cluster's workers run at the driver's priority instead.
+#: The raylet reads this variable when it starts; a value in the environment is kept, and a cluster joined
+#: through $RAY_ADDRESS keeps the niceness it was started with.
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 class StorageNotShared(ConfigError):
@@ -43,7 +49,8 @@ def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = 
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS") or None
-    env = {**offline_env(), "PYTHONPATH": project_pythonpath(*pythonpath),
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
+    env = {**offline_env(), **numerics_env(), "PYTHONPATH": project_pythonpath(*pythonpath),
            **{name: os.environ[name] for name in (DEVICE_ENV,) if name in os.environ}, **(env_vars or {})}
     runtime_env: dict[str, object] = {"env_vars": env}
     if setup_hook:

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 import bench
 from bench.device import compute_device
+from bench.numerics import numerics_stamp
 from bench.storage import FAULT_ENV, cached_directory, content_hash, is_complete, write_json_atomic
 from bench.threads import compute_threads
 from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
@@ -77,13 +78,15 @@ class Zoo:
 
 
 def library_stamp() -> str:
-    """The versions of the libraries that decide a trained model's weights: part of every zoo cache key,
-    so a zoo trained under other versions is never reused (GPT-2-style training differs between
-    transformers 5.23.0 and 5.24.0) and the zoo hash in every published row names them."""
+    """The versions of the libraries that decide a trained model's weights, and the CPU code path they
+    computed on (bench.numerics): part of every zoo cache key, so a zoo trained under other versions or on
+    another path is never reused (GPT-2-style training differs between transformers 5.23.0 and 5.24.0)
+    and the zoo hash in every published row names them."""
     import peft
     import transformers
 
-    return f"torch {torch.__version__}; transformers {transformers.__version__}; peft {peft.__version__}"
+    return (f"torch {torch.__version__}; transformers {transformers.__version__}; peft {peft.__version__}; "
+            f"{numerics_stamp()}")
 
 
 def zoo_hash(config: ZooConfig) -> str:
