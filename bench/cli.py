@@ -37,7 +37,7 @@ def describe_error(error: BaseException) -> tuple[int, str]:
     from pydantic import ValidationError
 
     from bench.harness.grid import ConfigError
-    from bench.presets import PresetError
+    from bench.presets import PresetError, yaml_error_in, yaml_error_line
 
     if isinstance(error, KeyError) and error.args and str(error.args[0]).startswith("unknown "):
         return 2, str(error.args[0])  # a registry lookup (unknown defense or attack)
@@ -49,6 +49,9 @@ def describe_error(error: BaseException) -> tuple[int, str]:
     if isinstance(error, OSError) and error.strerror:
         where = f" {error.filename}" if error.filename else ""
         return 2, _one_line(f"{error.strerror}:{where}" if where else error.strerror)
+    syntax = yaml_error_in(error)
+    if syntax is not None:  # a task YAML (or any YAML the input names) that does not parse
+        return 2, _one_line(yaml_error_line(syntax))
     detail = _one_line(str(error)) or "(no message)"
     return 1, f"{type(error).__name__}: {detail} (run with --debug or {DEBUG_ENV}=1 for the traceback)"
 

@@ -104,6 +104,32 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def yaml_error_line(error: yaml.YAMLError, source: str | None = None) -> str:
+    """`FILE:LINE:COLUMN: not valid YAML: PROBLEM (CONTEXT)` for a YAML syntax error: the parser's own message
+    spans several lines and puts the position last, where a one-line error would cut it off. `source` names
+    the file when the parser read a string (its mark then says `<unicode string>`)."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = source or (mark.name if mark is not None else "<yaml>")
+    problem = getattr(error, "problem", None) or (str(error).strip().splitlines() or ["unreadable"])[0]
+    context = getattr(error, "context", None)
+    detail = f"{problem} ({context})" if context else problem
+    if mark is None:
+        return f"{where}: not valid YAML: {detail}"
+    return f"{where}:{mark.line + 1}:{mark.column + 1}: not valid YAML: {detail}"
+
+
+def yaml_error_in(error: BaseException) -> yaml.YAMLError | None:
+    """The YAML syntax error behind `error` (itself or a cause), e.g. a task YAML that lm-eval failed to read."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, yaml.YAMLError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _read_preset_data(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[dict, str]:
     """Raw YAML data of a preset, with `extends: OTHER` resolved by deep-merging onto OTHER."""
     path = Path(name_or_path)
@@ -117,12 +143,13 @@ def _read_preset_data(name_or_path: str, seen: tuple[str, ...] = ()) -> tuple[di
             close = difflib.get_close_matches(name_or_path, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise PresetError(f"unknown preset '{name_or_path}'{hint}; known: {', '.join(names)}")
-        text = (resources.files("bench") / "presets" / f"{name_or_path}.yaml").read_text()
-        source = name_or_path
+        packaged = resources.files("bench") / "presets" / f"{name_or_path}.yaml"
+        text, source = packaged.read_text(), name_or_path
+        path = Path(str(packaged))
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise PresetError(f"preset {source} is not valid YAML: {error}".splitlines()[0]) from error
+        raise PresetError(f"preset {yaml_error_line(error, str(path))}") from error
     if not isinstance(data, dict):
         raise PresetError(f"preset {source} must be a YAML mapping")
     parent = data.pop("extends", None)

@@ -95,12 +95,14 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     console = console or Console(stderr=True)
     started = time.perf_counter()
     cells, utility = _checked_grid(preset, root)
-    out_dir.mkdir(parents=True, exist_ok=True)
     for folder in (root / "cells", root / "scores", out_dir):
         remove_stale_temp_files(folder)
     clear_contexts()  # this process may hold a context from before a file was damaged
     with deep_verification():  # the driver checks every cached zoo file's hash once; damaged ones are rebuilt
         ctx = get_context(preset, root)  # builds the zoo in the driver, before any worker needs it
+    # Created only now: building the zoo reads the last inputs (document-task files), and input that fails
+    # there must leave no empty run directory behind.
+    out_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[DefenseJob] = list(dict.fromkeys(cell.defense for cell in cells))
     job_cached = {i for i, job in enumerate(jobs) if _release_ready(ctx, job)}
     cached_records = {i: record for i, cell in enumerate(cells) if (record := cached_cell(ctx, cell)) is not None}

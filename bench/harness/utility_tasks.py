@@ -21,6 +21,7 @@ from rich.progress import track
 
 from bench.harness.context import scored_tasks
 from bench.harness.grid import Cell, ConfigError, DefenseJob
+from bench.presets import yaml_error_in, yaml_error_line
 from bench.storage import content_hash
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 
@@ -58,6 +59,9 @@ def check_utility_tasks(preset: Preset, root: Path) -> MaterializedTasks | None:
     try:
         tasks = materialize(sources, preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / "utility")
     except (ValueError, FileNotFoundError, KeyError) as error:
+        syntax = yaml_error_in(error)
+        if syntax is not None:  # the parser's position is on a later line of its message: say it first
+            raise ConfigError(f"utility_tasks: {yaml_error_line(syntax)}") from error
         raise ConfigError(f"utility_tasks: {error}".splitlines()[0]) from error
     manager = task_manager(tasks.include_path, tasks.needs_default_tasks)
     known = set(manager.all_tasks)
