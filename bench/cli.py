@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import warnings
@@ -13,6 +12,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from bench.cli_errors import DEBUG_ENV, describe_error, one_line, unwritable, usage_error_type, usage_exit
 from bench.offline import enable_offline
 
 enable_offline()
@@ -20,71 +20,10 @@ enable_offline()
 # for users and would bury the progress display.
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-DEBUG_ENV = "LOCKBENCH_DEBUG"
 
 
 def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def describe_error(error: BaseException) -> tuple[int, str]:
-    """(exit code, one-line message) for an exception that reached the command line.
-
-    2: the input or the environment is wrong (config, plugin names, paths, damaged user files), so the
-    message alone must say what to fix. 1: anything else, i.e. a bug or a failure inside the run,
-    named by its type; the traceback is one `--debug` away.
-    """
-    from pydantic import ValidationError
-
-    from bench.harness.grid import ConfigError
-    from bench.presets import PresetError, yaml_error_in, yaml_error_line
-
-    if isinstance(error, KeyError) and error.args and str(error.args[0]).startswith("unknown "):
-        return 2, str(error.args[0])  # a registry lookup (unknown defense or attack)
-    if isinstance(error, PresetError | ConfigError):
-        return 2, _one_line(str(error))
-    if isinstance(error, ValidationError):
-        problems = [f"{'.'.join(map(str, item['loc'])) or item['type']}: {item['msg']}" for item in error.errors()]
-        return 2, _one_line(f"invalid {error.title}: " + "; ".join(problems))
-    if isinstance(error, OSError) and error.strerror:
-        where = f" {error.filename}" if error.filename else ""
-        return 2, _one_line(f"{error.strerror}:{where}" if where else error.strerror)
-    syntax = yaml_error_in(error)
-    if syntax is not None:  # a task YAML (or any YAML the input names) that does not parse
-        return 2, _one_line(yaml_error_line(syntax))
-    detail = _one_line(str(error)) or "(no message)"
-    return 1, f"{type(error).__name__}: {detail} (run with --debug or {DEBUG_ENV}=1 for the traceback)"
-
-
-def _one_line(text: str, limit: int = 600) -> str:
-    line = " | ".join(part.strip() for part in text.strip().splitlines() if part.strip())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
-def _usage_error_type() -> type[Exception]:
-    """typer vendors click privately; its UsageError is the base class of the public `typer.BadParameter`."""
-    return next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
-
-
-def describe_usage_error(error: Exception) -> str:
-    """One line for a command-line usage error, with a "did you mean" drawn from the options of the command
-    that rejected it (a subcommand's own options, not the top level's)."""
-    ctx = getattr(error, "ctx", None)
-    where = ctx.command_path if ctx is not None else "lockbench"
-    option = getattr(error, "option_name", None)
-    if option and ctx is not None:
-        known = sorted({name for param in ctx.command.params for name in getattr(param, "opts", [])
-                        if name.startswith("-")} | {"--help"})
-        close = difflib.get_close_matches(option, known, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else f"; its options: {', '.join(known)}"
-        return f"{where}: no such option {option}{hint}"
-    message = error.format_message() if hasattr(error, "format_message") else str(error)
-    return _one_line(f"{where}: {message}")
-
-
-def _usage_exit(error: Exception) -> typer.Exit:
-    typer.secho(f"error: {describe_usage_error(error)}", fg=typer.colors.RED, err=True)
-    return typer.Exit(2)
 
 
 class _Commands(TyperGroup):
@@ -97,20 +36,20 @@ class _Commands(TyperGroup):
                      **extra: Any) -> Any:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
-        except _usage_error_type() as error:
+        except usage_error_type() as error:
             if type(error).__name__ == "NoArgsIsHelpError":
                 raise  # `lockbench` alone prints its help
-            raise _usage_exit(error) from None
+            raise usage_exit(error) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except _usage_error_type() as error:
+        except usage_error_type() as error:
             if type(error).__name__ == "NoArgsIsHelpError":
                 raise
-            raise _usage_exit(error) from None
+            raise usage_exit(error) from None
         except Exception as error:
             if _debug():
                 raise
@@ -236,26 +175,13 @@ def run(
         typer.secho(f"{label}: {problem}", fg=typer.colors.RED if strict else typer.colors.YELLOW, err=True)
     if summary.failed:
         typer.secho(f"error: {summary.failed} of {summary.cells} cells failed (first: "
-                    f"{_one_line(summary.first_error, 300)}); details in {summary.out_dir / 'cells.csv'}",
+                    f"{one_line(summary.first_error, 300)}); details in {summary.out_dir / 'cells.csv'}",
                     fg=typer.colors.RED, err=True)
     elif summary.problems and strict:
         typer.secho("error: the run broke the validity rule (above); --no-strict reports it without failing",
                     fg=typer.colors.RED, err=True)
     if summary.failed or (summary.problems and strict):
         raise typer.Exit(1)
-
-
-def unwritable(folder: Path) -> str | None:
-    """Why `folder` could not be created or written, checked without creating it (input is checked before
-    anything is written), or None."""
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a directory"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
 
 
 @app.command()
@@ -268,8 +194,10 @@ def submit(
     config: Annotated[str | None, typer.Option(help="the plugin's Config as a JSON object")] = None,
     executor: Annotated[str, typer.Option(help="serial or ray")] = "serial",
     root: Annotated[Path | None, typer.Option(help="storage root")] = None,
-    out: Annotated[Path | None, typer.Option(help="run directory (default runs/submissions/NAME)")] = None,
-    leaderboard_dir: Annotated[Path, typer.Option(help="where results are filed")] = Path("leaderboard"),
+    out: Annotated[Path | None, typer.Option(help="run directory (default runs/submissions/NAME beside the "
+                                                  "leaderboard's checkout, else in ./)")] = None,
+    leaderboard_dir: Annotated[Path | None, typer.Option(help="where results are filed (default: leaderboard/ of "
+                                                         "the lockbench checkout that runs, else ./leaderboard)")] = None,
     dry_run: Annotated[bool, typer.Option(help="call protect once per track on the micro zoo first (--attack: "
                                                "run the preset on none first)")] = True,
     check: Annotated[bool, typer.Option("--check", help="only validate (and dry-run); run nothing")] = False,

@@ -9,6 +9,7 @@ directory, which the CLI finds through its `lockbench.defenses` entry point.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -263,7 +264,8 @@ def test_a_defense_file_outside_the_repository_is_submitted(filed: dict) -> None
     assert (cells["defense"] == "none").sum() == 3, "the references run beside it (merge ×2, finetune)"
     readme = (folder / "README.md").read_text()
     assert readme.startswith("# Submission: noisy_release")
-    assert f"source: file {filed['outside']}" in readme
+    digest = hashlib.sha256(filed["outside"].read_bytes()).hexdigest()
+    assert f"source: file my_defense.py (sha256 {digest})" in readme and str(filed["outside"]) not in readme
     assert "NOT VALID — not ranked" in readme and "| merge | llama | adapter |" in readme
     meta = json.loads((folder / "submission.json").read_text())
     assert meta["name"] == "noisy_release" and meta["valid"] is False and meta["cells"] == 2

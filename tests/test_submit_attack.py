@@ -249,13 +249,14 @@ def test_the_published_run_of_the_preset_is_found(scored: pd.DataFrame, tmp_path
     (tmp_path / "micro").mkdir()
     write_csv(aggregate(scored), tmp_path / "micro" / "leaderboard.csv", "leaderboard")
     note, board = published_board(tmp_path, "micro")
-    assert note == f"published run {tmp_path / 'micro'}" and board is not None and len(board)
+    assert note == "published run leaderboard/micro" and board is not None and len(board)
+    assert str(tmp_path) not in note, "the note is published: it names no local path"
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "leaderboard.csv").write_text("defense\nnone\n")
     note, board = published_board(tmp_path, "old")
     assert board is None and "does not pass the current schema" in note
     note, board = published_board(tmp_path, "smoke")
-    assert board is None and note == f"no published run of preset 'smoke' under {tmp_path}"
+    assert board is None and note == "no published run of preset 'smoke' in the leaderboard it was filed into"
 
 
 # ----------------------------------------------------------------------------- end to end (micro)

@@ -55,6 +55,13 @@ class Submission:
         return self.cls.name
 
     @property
+    def published_source(self) -> str:
+        """`source` for published files: a file's name and sha256, never its path (bench.submit.place)."""
+        from bench.submit.place import published_source
+
+        return published_source(self.kind, self.spec, self.source)
+
+    @property
     def registered_name(self) -> str:
         """The registry name: the code hash keeps cached cells of older versions of the code apart."""
         return f"{self.cls.name}@{self.code_hash}"

@@ -175,8 +175,8 @@ def fmt(value: float) -> str:
 
 def class_name(submission: Submission) -> str:
     """`module.Class`; a file's module name is synthetic, so name the file instead."""
-    if submission.kind == "file":
-        return f"{submission.cls.__qualname__} in {submission.spec.partition(':')[0]}"
+    if submission.kind == "file":  # its file name only: a published file never names a local path
+        return f"{submission.cls.__qualname__} in {Path(submission.spec.partition(':')[0]).name}"
     return f"{submission.cls.__module__}.{submission.cls.__qualname__}"
 
 
@@ -185,7 +185,7 @@ def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.D
     from bench.readme import markdown_table
 
     lines = [f"# Submission: {submission.name}", "",
-             f"- source: {submission.source}",
+             f"- source: {submission.published_source}",
              f"- class: `{class_name(submission)}` — {submission.cls.description}",
              f"- tracks: {', '.join(sorted(submission.cls.tracks))}; formats: {', '.join(sorted(submission.cls.formats))}",
              f"- config: `{submission.config_json}`",
@@ -275,7 +275,7 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
     if not summary.problems or allow_invalid:
         readme = render_submission_readme(submission, preset, ranks, (run_dir / README_FILE).read_text(),
                                           summary.problems, failed)
-        metadata = {"name": submission.name, "source": submission.source, "kind": submission.kind,
+        metadata = {"name": submission.name, "source": submission.published_source, "kind": submission.kind,
                     "class": class_name(submission),
                     "config": json.loads(submission.config_json), "code_hash": submission.code_hash,
                     "preset": preset.name, "valid": not summary.problems, "validity_problems": summary.problems,
@@ -305,10 +305,11 @@ def _print_ranks(console: Any, ranks: pd.DataFrame, valid: bool) -> None:
 
 
 def submit_command(defense: str, name: str | None, preset_name: str, config_json: str | None, executor: str,
-                   root: Path | None, out: Path | None, leaderboard_dir: Path, dry: bool, check_only: bool,
+                   root: Path | None, out: Path | None, leaderboard_dir: Path | None, dry: bool, check_only: bool,
                    allow_invalid: bool, fresh: bool) -> int:
-    """`lockbench submit`: 0 filed, 1 run failed or invalid, 2 the submission or its options are wrong
-    (each problem printed as one `error:` line)."""
+    """`lockbench submit` (docs/SUBMITTING.md's table): 0 checked, or filed (with --allow-invalid also when
+    marked NOT VALID); 1 the run finished but is not filed (validity rule) or lost cells; 2 the submission or
+    its options are wrong (each problem printed as one `error:` line, before anything is written)."""
     from rich.console import Console
 
     from bench.presets import PresetError, load_preset
@@ -351,10 +352,12 @@ def submit_command(defense: str, name: str | None, preset_name: str, config_json
         return fail(error.problems)
     if check_only:
         return 0
-    run_dir = (out or Path("runs") / "submissions" / folder).resolve()
+    from bench.submit.place import place
+
+    placement = place(leaderboard_dir, out, folder)
+    run_dir, board_dir = placement.run_dir, placement.leaderboard_dir
     try:
-        result = run_submission(submission, preset, base, run_dir, Path(leaderboard_dir), folder, executor,
-                                allow_invalid, salt)
+        result = run_submission(submission, preset, base, run_dir, board_dir, folder, executor, allow_invalid, salt)
     except SubmissionError as error:
         return fail(error.problems)
     console.print(f"{result.cells} cells in {run_dir} ({result.failed} of the submission's failed)")
@@ -362,9 +365,12 @@ def submit_command(defense: str, name: str | None, preset_name: str, config_json
     for problem in result.problems:
         errors.print(f"[red]VALIDITY:[/red] {problem}", highlight=False, soft_wrap=True)
     if result.target is None:
-        return fail([f"the run broke the validity rule, so nothing was filed under {leaderboard_dir}/submissions "
+        return fail([f"the run broke the validity rule, so nothing was filed under {board_dir / 'submissions'} "
                      "(numbers of an invalid zoo are noise); --allow-invalid files it marked NOT VALID"], 1)
-    console.print(f"filed {result.target}" + (" (marked NOT VALID)" if result.problems else ""))
+    console.print(f"filed {result.target}" + (" (marked NOT VALID)" if result.problems else ""), soft_wrap=True)
+    note = placement.filed_note(result.target)
+    if note:
+        console.print(note, highlight=False, soft_wrap=True)
     if result.failed:
         return fail([f"{result.failed} of the submission's cells failed; see {result.target / 'cells.csv'}"], 1)
-    return 0 if result.failed == 0 else 1
+    return 0

@@ -15,6 +15,7 @@ from bench.submit import (
     NAME_PATTERN,
     SubmissionError,
 )
+from bench.submit.place import Placement, place
 from bench.submit_attack.load import ATTACKS_ENV, AttackSubmission, prepare_attack
 from bench.submit_attack.report import AttackResult, run_attack_submission
 from bench.submit_attack.runs import attack_preset, none_verdicts, refusal, run_preset, validation_preset
@@ -33,7 +34,7 @@ class AttackRequest:
     executor: str = "serial"
     root: Path | None = None
     out: Path | None = None
-    leaderboard_dir: Path = Path("leaderboard")
+    leaderboard_dir: Path | None = None  # default: the checkout's leaderboard/ (bench.submit.place)
     validate: bool = True  # run the preset's grid on `none` first (the attack's dry run)
     check_only: bool = False
     allow_invalid: bool = False
@@ -103,16 +104,20 @@ def _usage_hint(submission: AttackSubmission) -> str:
             f"LOCKBENCH_PLUGINS=bench.submit_attack {ATTACKS_ENV}={submission.spec} lockbench run --preset PRESET")
 
 
-def _report(output: _Output, result: AttackResult, leaderboard_dir: Path) -> int:
+def _report(output: _Output, result: AttackResult, placement: Placement) -> int:
     for problem in result.report.problems:
         output.err.print(f"[red]VALIDITY:[/red] {problem}", highlight=False, soft_wrap=True)
     if result.refused:
         return output.fail([result.refused], 1)
     if result.target is None:
-        return output.fail([f"the run broke the validity rule, so nothing was filed under {leaderboard_dir}/submissions "
+        return output.fail([f"the run broke the validity rule, so nothing was filed under "
+                            f"{placement.leaderboard_dir / 'submissions'} "
                             "(numbers of an invalid zoo are noise); --allow-invalid files it marked NOT VALID"], 1)
     output.say(f"breaks: {', '.join(result.breaks)}" if result.breaks else "breaks no defense of the preset")
     output.say(f"filed {result.target}" + (" (marked NOT VALID)" if result.report.problems else ""))
+    note = placement.filed_note(result.target)
+    if note:
+        output.say(note)
     output.say(_usage_hint(result.report.submission))
     failed = result.report.failed
     return output.fail([f"{len(failed)} of the attack's cells failed; see {result.target / 'cells.csv'}"], 1) \
@@ -120,8 +125,9 @@ def _report(output: _Output, result: AttackResult, leaderboard_dir: Path) -> int
 
 
 def submit_attack_command(request: AttackRequest) -> int:
-    """`lockbench submit --attack`: 0 filed (or checked), 1 refused, failed or invalid, 2 the submission or
-    its options are wrong (each problem one `error:` line)."""
+    """`lockbench submit --attack` (docs/SUBMITTING.md's table): 0 checked, or filed (with --allow-invalid or
+    --allow-weak also when marked so); 1 the run finished but is not filed (weak on none, validity rule) or
+    lost cells; 2 the submission or its options are wrong (each problem one `error:` line)."""
     from bench.storage import storage_root
 
     output = _Output()
@@ -135,7 +141,8 @@ def submit_attack_command(request: AttackRequest) -> int:
     if request.check_only and not request.validate:
         return 0
     root = storage_root(request.root)
-    run_dir = (request.out or Path("runs") / "submissions" / folder).resolve()
+    placement = place(request.leaderboard_dir, request.out, folder)
+    run_dir = placement.run_dir
     try:
         if request.validate:
             cells = run_preset(validation_preset(preset, submission), submission, root,
@@ -147,8 +154,8 @@ def submit_attack_command(request: AttackRequest) -> int:
                 return output.fail([refused], 1)
         if request.check_only:
             return 0
-        result = run_attack_submission(submission, preset, root, run_dir, request.leaderboard_dir, folder,
+        result = run_attack_submission(submission, preset, root, run_dir, placement.leaderboard_dir, folder,
                                        request.executor, request.allow_invalid, request.allow_weak, salt)
     except SubmissionError as error:
         return output.fail(error.problems)
-    return _report(output, result, request.leaderboard_dir)
+    return _report(output, result, placement)

@@ -26,13 +26,14 @@ from bench.submit_attack.runs import attack_preset, none_verdicts, refusal, run_
 def published_board(leaderboard_dir: Path, preset_name: str) -> tuple[str, pd.DataFrame | None]:
     """The preset's published leaderboard (folder named after the preset) and a note saying where it is
     or why there is none."""
+    # The note is published (README, submission.json): it names the folder inside the leaderboard, never a path.
     for folder, board in published_boards(Path(leaderboard_dir)):
         if folder == preset_name:
-            return f"published run {Path(leaderboard_dir) / folder}", board
+            return f"published run leaderboard/{folder}", board
     if (Path(leaderboard_dir) / preset_name).is_dir():
-        return (f"{Path(leaderboard_dir) / preset_name} exists but its leaderboard.csv is missing or does not pass "
+        return (f"leaderboard/{preset_name} exists but its leaderboard.csv is missing or does not pass "
                 "the current schema"), None
-    return f"no published run of preset '{preset_name}' under {leaderboard_dir}", None
+    return f"no published run of preset '{preset_name}' in the leaderboard it was filed into", None
 
 
 def _board_of(cells: pd.DataFrame) -> pd.DataFrame:
@@ -131,7 +132,7 @@ class AttackReport:
 def _header(report: AttackReport) -> list[str]:
     sub = report.submission
     return [f"# Attack submission: {sub.name}", "",
-            f"- source: {sub.source}",
+            f"- source: {sub.published_source}",
             f"- class: `{class_name(sub)}` — {sub.cls.description}",
             f"- track: {sub.track}; family: {sub.family} (declared {sub.cls.family})",
             f"- config: `{sub.config_json}`",
@@ -173,7 +174,7 @@ def attack_metadata(report: AttackReport, cells: int) -> dict[str, Any]:
     from bench.versions import versions
 
     sub = report.submission
-    return {"kind": "attack", "name": sub.name, "class": class_name(sub), "source": sub.source,
+    return {"kind": "attack", "name": sub.name, "class": class_name(sub), "source": sub.published_source,
             "source_kind": sub.kind, "track": sub.track, "family": sub.family, "declared_family": sub.cls.family,
             "config": json.loads(sub.config_json), "code_hash": sub.code_hash, "preset": report.preset.name,
             "valid": not report.problems, "validity_problems": report.problems,
