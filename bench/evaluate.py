@@ -26,11 +26,18 @@ METRIC_BY_FORM = {"loglikelihood": "acc,none", "gen": "exact_match,none"}
 
 def _quiet_lm_eval() -> None:
     """lm-eval draws a progress bar per task and request type; at hundreds of small evaluations per run
-    they drown the harness's own progress display, so they are switched off once per process."""
+    they drown the harness's own progress display, so they are switched off once per process.
+
+    `simple_evaluate` also records the git commit of the working directory by running `git describe
+    --always` with stderr left on the terminal (lm_eval.loggers.utils.get_git_commit_hash, imported by name
+    into lm_eval.evaluator): outside a git checkout every evaluation printed `fatal: not a git repository`.
+    lockbench discards that field (its cells carry their own versions), so the name lm_eval.evaluator
+    calls is replaced by one that runs nothing."""
     import functools
 
     import datasets
     import lm_eval.api.task
+    import lm_eval.evaluator
     import transformers
     from tqdm import tqdm
 
@@ -39,6 +46,13 @@ def _quiet_lm_eval() -> None:
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     lm_eval.api.task.tqdm = functools.partial(tqdm, disable=True)
+    lm_eval.evaluator.get_git_commit_hash = _no_git_hash
+
+
+def _no_git_hash() -> None:
+    """Stands in for lm-eval's git probe: the results' `git_hash` is None, as lm-eval itself reports outside
+    a checkout, and no `git` process (nor its `fatal:` line) is started."""
+    return None
 
 
 @functools.cache

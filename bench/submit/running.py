@@ -356,8 +356,12 @@ def submit_command(defense: str, name: str | None, preset_name: str, config_json
 
     placement = place(leaderboard_dir, out, folder)
     run_dir, board_dir = placement.run_dir, placement.leaderboard_dir
+    from bench.runlog import library_output
+
     try:
-        result = run_submission(submission, preset, base, run_dir, board_dir, folder, executor, allow_invalid, salt)
+        with library_output(run_dir):  # library warnings: run_dir/lockbench.log
+            result = run_submission(submission, preset, base, run_dir, board_dir, folder, executor, allow_invalid,
+                                    salt)
     except SubmissionError as error:
         return fail(error.problems)
     console.print(f"{result.cells} cells in {run_dir} ({result.failed} of the submission's failed)")

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from bench.presets import Preset
+from bench.runlog import library_output
 from bench.submit import (
     NAME_PATTERN,
     SubmissionError,
@@ -144,18 +145,26 @@ def submit_attack_command(request: AttackRequest) -> int:
     placement = place(request.leaderboard_dir, request.out, folder)
     run_dir = placement.run_dir
     try:
-        if request.validate:
-            cells = run_preset(validation_preset(preset, submission), submission, root,
-                               run_dir.with_name(f"{run_dir.name}-none"), request.executor, salt)
-            verdicts = none_verdicts(cells, submission.name)
-            _print_verdicts(output, verdicts)
-            refused = refusal(verdicts, submission.name, preset.name, request.allow_weak)
-            if refused:
-                return output.fail([refused], 1)
-        if request.check_only:
-            return 0
-        result = run_attack_submission(submission, preset, root, run_dir, placement.leaderboard_dir, folder,
-                                       request.executor, request.allow_invalid, request.allow_weak, salt)
+        with library_output(run_dir):  # library warnings: run_dir/lockbench.log
+            return _run(request, output, submission, preset, folder, placement, root, salt)
     except SubmissionError as error:
         return output.fail(error.problems)
+
+
+def _run(request: AttackRequest, output: _Output, submission: AttackSubmission, preset: Preset, folder: str,
+         placement: Placement, root: Path, salt: str) -> int:
+    """Validation on none, then the run against the defenses; SubmissionError propagates to the caller."""
+    run_dir = placement.run_dir
+    if request.validate:
+        cells = run_preset(validation_preset(preset, submission), submission, root,
+                           run_dir.with_name(f"{run_dir.name}-none"), request.executor, salt)
+        verdicts = none_verdicts(cells, submission.name)
+        _print_verdicts(output, verdicts)
+        refused = refusal(verdicts, submission.name, preset.name, request.allow_weak)
+        if refused:
+            return output.fail([refused], 1)
+    if request.check_only:
+        return 0
+    result = run_attack_submission(submission, preset, root, run_dir, placement.leaderboard_dir, folder,
+                                   request.executor, request.allow_invalid, request.allow_weak, salt)
     return _report(output, result, placement)
