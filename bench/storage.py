@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import struct
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -98,9 +99,16 @@ def entry_state(directory: Path, deep: bool | None = None) -> EntryState:
         return "missing"
     problem = verify_directory(Path(directory), _deep if deep is None else deep)
     if problem:
-        logger.warning("cached artefact %s is damaged (%s); it will be rebuilt", directory, problem)
+        report_damaged(Path(directory), problem)
         return "corrupt"
     return "complete"
+
+
+def report_damaged(path: Path, problem: str) -> None:
+    """One line on stderr for a damaged cache entry that will be recomputed: the cache repairs itself, but
+    the user should know their storage damages files. Printed directly, not logged: library logs go to the
+    run's log file, and this line is for the terminal."""
+    print(f"warning: damaged cache entry {path} ({problem}); recomputing it", file=sys.stderr, flush=True)
 
 
 def is_complete(directory: Path, deep: bool | None = None) -> bool:

@@ -32,11 +32,13 @@ from rich.progress import (
 )
 
 from bench.harness.context import clear_contexts, get_context
+from bench.harness.controls import copied_control, shared_controls
 from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
 from bench.harness.grid import Cell, ConfigError, DefenseJob, expand
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
+from bench.progress_log import PlainProgress
 from bench.storage import (
     deep_verification,
     entry_state,
@@ -63,6 +65,7 @@ class RunSummary:
 
 
 def _progress(console: Console) -> Progress:
+    """The bars on a terminal; `bench.progress_log` adds plain lines about once a minute when stdout is not one."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("cached {task.fields[cached]} · failed {task.fields[failed]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
@@ -73,7 +76,7 @@ def _run_items(executor: Any, preset: Preset, root: Path, items: list[WorkItem],
     """Run the items (releases and cells together, each cell after its release), one progress bar per kind."""
     results: dict[tuple[str, int], Any] = {}
     failed: Counter[str] = Counter()
-    with _progress(console) as progress:
+    with _progress(console) as progress, PlainProgress(progress):
         bars = {kind: progress.add_task(f"{label} ({totals[kind]})", total=totals[kind], completed=cached[kind],
                                         cached=cached[kind], failed=0)
                 for kind, label in (("defend", "releases"), ("cell", "cells"))}
@@ -103,24 +106,29 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     # Created only now: building the zoo reads the last inputs (document-task files), and input that fails
     # there must leave no empty run directory behind.
     out_dir.mkdir(parents=True, exist_ok=True)
-    jobs: list[DefenseJob] = list(dict.fromkeys(cell.defense for cell in cells))
+    stand_in = shared_controls(cells)  # seed-free controls: computed at the first seed, copied to the others
+    jobs: list[DefenseJob] = list(dict.fromkeys(cells[i].defense for i in range(len(cells)) if i not in stand_in))
     job_cached = {i for i, job in enumerate(jobs) if _release_ready(ctx, job)}
-    cached_records = {i: record for i, cell in enumerate(cells) if (record := cached_cell(ctx, cell)) is not None}
+    cached_records = {i: record for i, cell in enumerate(cells)
+                      if i not in stand_in and (record := cached_cell(ctx, cell)) is not None}
     job_of = {job: i for i, job in enumerate(jobs)}
     items = [WorkItem(i, "defend", job) for i, job in enumerate(jobs) if i not in job_cached]
     items += [WorkItem(i, "cell", cell, after=(job_of[cell.defense],) if job_of[cell.defense] not in job_cached else ())
-              for i, cell in enumerate(cells) if i not in cached_records]
+              for i, cell in enumerate(cells) if i not in cached_records and i not in stand_in]
     # A fully cached re-run starts no executor (a Ray cluster alone takes seconds to start and stop).
     executor = make_executor(executor_name, **executor_kwargs) if items else _NoExecutor()
     try:
         executor.check_storage(root)
-        results = _run_items(executor, preset, root, items, {"defend": len(jobs), "cell": len(cells)},
+        results = _run_items(executor, preset, root, items, {"defend": len(jobs), "cell": len(cells) - len(stand_in)},
                              {"defend": len(job_cached), "cell": len(cached_records)},
                              list(preset.grid.budget_fractions), console)
     finally:
         executor.shutdown()
-    records = [to_raw_row(cached_records[i] if i in cached_records else results[("cell", i)], cell, ctx.zoo.hash)
-               for i, cell in enumerate(cells)]
+    def record_of(i: int) -> dict[str, Any]:
+        return cached_records[i] if i in cached_records else results[("cell", i)]
+
+    records = [to_raw_row(copied_control(record_of(stand_in[i]), cell) if i in stand_in else record_of(i), cell,
+                          ctx.zoo.hash) for i, cell in enumerate(cells)]
     add_utility_scores(ctx, utility, records, cells, console)
     raw = _checked_frame(ctx, records, cells)
     scored = score_cells(raw, preset.validity.rule())
