@@ -31,6 +31,7 @@ from bench.readme import (
 )
 from bench.results import AGGREGATE_METRICS, PROVENANCE_COLUMNS, REFERENCE_DEFENSE, SchemaError, ValidityRule, read_csv
 from bench.storage import write_text_atomic
+from bench.utility_report import html_section
 
 INDEX_FILE = "index.html"
 SUBMISSIONS_DIR = "submissions"
@@ -163,7 +164,7 @@ def _number(mean: object, ci: object = None) -> tuple[str, str]:
     return repr(value), shown
 
 
-def _table(table_id: str, rows: list[dict[str, object]], columns: tuple[Column, ...] = COLUMNS) -> str:
+def html_table(table_id: str, rows: list[dict[str, object]], columns: tuple[Column, ...] = COLUMNS) -> str:
     head = "".join(
         f'<th data-key="{c.key}" data-numeric="{1 if c.numeric else 0}" scope="col">{html.escape(c.label)}</th>'
         for c in columns)
@@ -339,7 +340,7 @@ def render_index(leaderboard_dir: Path) -> str:
     for track in TRACKS:
         if pooled is not None and (pooled["track"] == track).any():
             parts.append(f'<h2 id="headline-{track}">{track} track: ranked by worst-case attack success</h2>')
-            parts.append(_table(f"headline-{track}-table", ranked(pooled, track).to_dict("records"),
+            parts.append(html_table(f"headline-{track}-table", ranked(pooled, track).to_dict("records"),
                                 headline_table_columns(track)))
     for run, board in published:
         columns = architecture_columns(board)
@@ -347,23 +348,24 @@ def render_index(leaderboard_dir: Path) -> str:
                   for defense, found in architecture_entries(board).items()]
         parts.append(f'<h2 id="architectures-{html.escape(run)}">{html.escape(run)}: architecture × format × defense '
                      "(worst-case success; N/A: the defense does not apply)</h2>")
-        parts.append(_table(f"architectures-{run}-table", matrix, (Column("defense", "defense"), *(
+        parts.append(html_table(f"architectures-{run}-table", matrix, (Column("defense", "defense"), *(
             Column("|".join(column), f"{column[0]}: {column[1]}/{column[2]}") for column in columns))))
     parts.append("<h2>All numbers</h2>")
     if published:
-        parts.append(_table("results", rows(published)))
+        parts.append(html_table("results", rows(published)))
         links = " · ".join(f'<a href="{html.escape(run)}/{README_FILE}">{html.escape(run)}</a>' for run, _ in published)
         parts.append(f"<p>READMEs: {links}</p>")
     else:
         parts.append('<p id="results-empty">No runs published yet.</p>')
+    parts += html_section(leaderboard_dir, [run for run, _ in [*published, *submitted]])
     parts.append("<h2>Submissions</h2>")
     if submitted:
-        parts.append(_table("submissions", rows(submitted)))
+        parts.append(html_table("submissions", rows(submitted)))
     else:
         parts.append('<p id="submissions-empty">No defense submissions yet (<code>lockbench submit</code>).</p>')
     parts.append('<h3 id="attack-submissions-heading">Submitted attacks: the defenses each one breaks</h3>')
     if attacks:
-        parts.append(_table("attack-submissions", attacks, ATTACK_SUBMISSION_COLUMNS))
+        parts.append(html_table("attack-submissions", attacks, ATTACK_SUBMISSION_COLUMNS))
     else:
         parts.append('<p id="attack-submissions-empty">No attack submissions yet '
                      '(<code>lockbench submit --attack</code>).</p>')

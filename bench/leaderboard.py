@@ -42,6 +42,7 @@ from bench.results import (
 )
 from bench.storage import write_text_atomic
 from bench.tradeoff import TRADEOFF_PATTERN, plot_tradeoffs
+from bench.utility_report import with_board_columns
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -59,7 +60,8 @@ def write_run_outputs(run_dir: Path, cells: pd.DataFrame, board: pd.DataFrame, t
     plots and claims; README.md last, so its presence marks a complete run."""
     run_dir = Path(run_dir)
     cells = conform_frame(cells, "cells")
-    board = conform_frame(board, "leaderboard")
+    # utility-task columns, where the leaderboard schema declares them (bench.utility_report.BOARD_COLUMNS)
+    board = conform_frame(with_board_columns(board, cells, LEADERBOARD_COLUMNS), "leaderboard")
     write_csv(cells, run_dir / CELLS_FILE, "cells")
     write_csv(board, run_dir / LEADERBOARD_FILE, "leaderboard")
     plot_utility_vs_attack(board, run_dir / PLOT_FILE)

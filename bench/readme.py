@@ -18,6 +18,7 @@ from bench.results import (
     formula_lines,
     validity_failures,
 )
+from bench.utility_report import readme_section
 
 #: The files of a run directory (and of its published copy).
 CELLS_FILE = "cells.csv"
@@ -219,6 +220,7 @@ def render_readme(cells: pd.DataFrame, board: pd.DataFrame, title: str,
     lines += ["## Controls: what each attack reaches without the release", "",
               "Means over seeds and member sets, on the protected task (merge) or D (finetune).", "",
               *_controls_table(cells), ""]
+    lines += readme_section(cells)
     lines += [*formulas(validity), "", "## Weak attack configurations", "", *_weak_table(cells), "",
               "## Versions", "", *_versions(board, cells), ""]
     return "\n".join(lines)

@@ -80,6 +80,27 @@ def test_utility_task_yaml_is_scored_by_lm_eval_into_cells_csv(micro_zoo, arc_ya
     none = ok[ok["defense"] == "none"]
     assert none["utility_tasks_acc"].map(lambda text: 0.0 <= json.loads(text)["arc_local"] <= 1.0).all()
 
+    # visible where a reader looks: the run's README and the leaderboard page
+    release = none["utility_tasks_acc"].map(lambda text: json.loads(text)["arc_local"]).mean()
+    kept = release / expected
+    readme = (summary.out_dir / "README.md").read_text()
+    assert "## Utility tasks" in readme
+    assert f"| none | merge | llama | full | arc_local | {release:.3f} | {expected:.3f} | {kept:.3f} |" in readme
+    import shutil
+
+    from html_tables import parse
+
+    from bench.html_report import write_html_index
+
+    board = tmp_path / "leaderboard"
+    shutil.copytree(summary.out_dir, board / "utility-run")  # as published (micro breaks the validity rule)
+    write_html_index(board)
+    page = parse((board / "index.html").read_text())
+    rows = {(r["defense"][0], r["utility_task"][0]): r for r in page.records("utility-tasks")}
+    assert float(rows[("none", "arc_local")]["release_acc"][0]) == pytest.approx(release, abs=5e-4)
+    assert float(rows[("none", "arc_local")]["retention"][0]) == pytest.approx(kept, abs=5e-4)
+    assert float(rows[("none", "arc_local")]["base_acc"][0]) == pytest.approx(expected, abs=5e-4)
+
 
 @pytest.mark.parametrize("entry, message", [
     ("no_such_stock_task_xyz", "utility task 'no_such_stock_task_xyz': lm-eval has no task"),
@@ -109,3 +130,36 @@ def test_utility_tasks_validate_as_task_sources() -> None:
         Preset.model_validate({**load_preset("micro").model_dump(mode="json"), "grid": {
             **load_preset("micro").model_dump(mode="json")["grid"],
             "utility_tasks": [{"name": "x", "jsonl": "a", "lm_eval_yaml": "b.yaml"}]}})
+
+
+def test_utility_summary_counts_each_release_once_and_measures_retention() -> None:
+    """Two cells of one release (two attacks) count once; retention = release / base; a base at 0 is not
+    measurable; controls and failed cells are left out; the leaderboard columns are JSON per task."""
+    import math
+
+    import pandas as pd
+
+    from bench.utility_report import board_columns, readme_section, utility_summary
+
+    def cell(defense: str, seed: int, attack: str, release: float, base: float, status: str = "ok") -> dict:
+        return {"defense": defense, "track": "merge", "model": "llama", "release_format": "full", "seed": seed,
+                "defense_config": "{}", "task": "sort", "attack": attack, "status": status,
+                "utility_tasks_acc": json.dumps({"arc": release, "zero": 0.5}),
+                "base_utility_tasks_acc": json.dumps({"arc": base, "zero": 0.0})}
+
+    cells = pd.DataFrame([cell("trap2", 0, "ta", 0.3, 0.6), cell("trap2", 0, "ties", 0.3, 0.6),
+                          cell("trap2", 1, "ta", 0.5, 0.6), cell("control", 0, "ta", 0.9, 0.6),
+                          cell("trap2", 2, "ta", 0.0, 0.6, status="failed")])
+    summary = utility_summary(cells).set_index("utility_task")
+    assert summary.loc["arc", "release_acc"] == pytest.approx(0.4) and summary.loc["arc", "n_releases"] == 2
+    assert summary.loc["arc", "retention"] == pytest.approx(0.4 / 0.6)
+    assert math.isnan(summary.loc["zero", "retention"])
+    assert set(summary["defense"]) == {"trap2"}
+    board = pd.DataFrame([{"defense": "trap2", "track": "merge", "model": "llama", "release_format": "full"},
+                          {"defense": "none", "track": "merge", "model": "llama", "release_format": "full"}])
+    columns = board_columns(board, cells)
+    assert json.loads(columns["utility_tasks_acc"][0]) == {"arc": 0.4, "zero": 0.5}
+    assert json.loads(columns["utility_tasks_retention"][0]) == {"arc": round(0.4 / 0.6, 6), "zero": None}
+    assert columns["utility_tasks_acc"][1] == ""
+    assert "| trap2 | merge | llama | full | arc | 0.400 | 0.600 | 0.667 |" in readme_section(cells)
+    assert readme_section(cells.drop(columns=["utility_tasks_acc"])) == []
