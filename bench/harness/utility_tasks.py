@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress
 
 from bench.harness.context import scored_tasks
 from bench.harness.grid import Cell, ConfigError, DefenseJob
 from bench.presets import yaml_error_in, yaml_error_line
+from bench.progress_log import PlainProgress
 from bench.storage import content_hash
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 
@@ -98,8 +99,11 @@ def add_utility_scores(ctx: HarnessContext, tasks: MaterializedTasks | None, row
     wanted = [(row, cell) for row, cell in zip(rows, cells, strict=True) if row.get("status") == "ok"]
     releases = list(dict.fromkeys(cell.defense for _, cell in wanted))
     by_release: dict[DefenseJob, dict[str, float]] = {}
-    for job in track(releases, description=f"utility tasks ({len(releases)} releases)", console=console):
-        by_release[job] = score_utility(ctx, tasks, job, job.model)
+    with Progress(*Progress.get_default_columns(), console=console) as progress, PlainProgress(progress):
+        bar = progress.add_task(f"utility tasks ({len(releases)} releases)", total=len(releases))
+        for job in releases:
+            by_release[job] = score_utility(ctx, tasks, job, job.model)
+            progress.advance(bar)
     bases = {model: score_utility(ctx, tasks, None, model) for model in {cell.defense.model for _, cell in wanted}}
     for row, cell in wanted:
         row["utility_tasks_acc"] = json.dumps(by_release[cell.defense], sort_keys=True)
