@@ -39,22 +39,26 @@ bench: $(STAMP)
 	$(BIN)/lockbench run --preset $(PRESET) --executor ray --out runs/$(PRESET)
 	$(BIN)/lockbench leaderboard publish runs/$(PRESET)
 
-# After the tests, the CI gate: re-run `smoke` and fail with a table when a defense's attack success rose
+# After the tests, the CI gate: re-run `smoke` (on Ray's two workers: serial and Ray runs give the same numbers) and fail with a table when a defense's attack success rose
 # or its utility fell against the committed baseline, or attacks stopped working against `none`.
 # After an intended change of the numbers, regenerate the baseline with `make ci-baseline` and commit it.
 REGRESS_TOLERANCE ?= 0.05
 # The tests' ci zoo is trained into the same storage root the gate reads, so it is trained once.
 # PYTEST_ARGS passes options through, e.g. `make test PYTEST_ARGS=--durations=30` lists the slowest tests.
+# Every computation runs on one thread (bench/threads.py), so the suite runs in TEST_WORKERS pytest-xdist
+# processes, a test file per process at a time (module fixtures are built once); TEST_WORKERS=0 runs serially.
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist loadfile
 test: $(STAMP) browser
-	LOCKBENCH_TEST_CI_ROOT=$(CURDIR)/.lockbench $(BIN)/python -m pytest -q $(PYTEST_ARGS)
-	$(BIN)/lockbench regress --preset smoke --baseline leaderboard/ci-baseline.csv --tolerance $(REGRESS_TOLERANCE) --out runs/regress-smoke
+	LOCKBENCH_TEST_CI_ROOT=$(CURDIR)/.lockbench $(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
+	$(BIN)/lockbench regress --preset smoke --executor ray --baseline leaderboard/ci-baseline.csv --tolerance $(REGRESS_TOLERANCE) --out runs/regress-smoke
 
 ci-baseline: $(STAMP)
 	$(BIN)/lockbench regress --preset smoke --out runs/regress-smoke --write-baseline leaderboard/ci-baseline.csv
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # Performance figures against their targets -> perf/REPORT.md and perf/report.json, each merged in the moment
 # it is measured (an interrupted run keeps what it measured; figures not re-measured keep their own date and

@@ -16,7 +16,7 @@ from pydantic import Field, field_validator
 
 from attacks.common import MergeInputs, Objective, merge_knobs, objective_examples, validation_scorer
 from bench.config import StrictModel
-from bench.merging import method_spec, sparsifies
+from bench.merging import draws_random, method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
 #: Trap²'s range, 0.1 … 9.9, on a roughly geometric grid (dense where merges usually peak); early
@@ -83,6 +83,11 @@ class AdaptiveCoefficient(Attack[AdaptiveCoefficientConfig]):
     name = "adaptive_coefficient"
     description = ("searches one shared merge coefficient (0.1…9.9, early stopping), then the density, "
                    "on the attacker's validation split")
+
+    @classmethod
+    def seed_free(cls, config) -> bool:
+        """A search over merges scored on attacker_val: seeded only through a random merge method (DARE)."""
+        return not draws_random(config.method)
 
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config

@@ -16,7 +16,7 @@ positions that predict those answer tokens (or, with `positions="all"`, every to
 The student is a fresh peft LoRA of the zoo's shape for an adapter release and a full copy of the base
 otherwise. It trains with dropout off, so a teacher equal to the base (the harness's release-free control,
 DESIGN §5) gives KL 0, no gradient and a student equal to the base: the control is this same attack
-learning nothing.
+learning nothing, and its steps are skipped (`same_weights`) rather than run for a result known in advance.
 """
 
 from __future__ import annotations
@@ -255,6 +255,14 @@ def distill(student: torch.nn.Module, teacher: torch.nn.Module, data: DistillDat
     return losses
 
 
+def same_weights(teacher: torch.nn.Module, base: torch.nn.Module) -> bool:
+    """Whether the teacher is the base bit for bit (the harness's release-free control). The student starts as
+    the base (a LoRA's B is zero), so every KL term and its gradient is exactly zero and AdamW without weight
+    decay moves nothing: the distillation's result is known without its steps."""
+    mine, theirs = teacher.state_dict(), base.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+
+
 def folded(student: PreTrainedModel | PeftModel) -> PreTrainedModel:
     """The student as a plain model of the base's architecture (a LoRA student folded in)."""
     plain = student.merge_and_unload() if isinstance(student, PeftModel) else student
@@ -281,8 +289,11 @@ class DistillMerge(Attack[DistillMergeConfig]):
             lr = config.lora_lr if adapter else config.lr
             student = fresh_student(view.base, adapter, config.r, config.alpha, view.seed)
             initial_kl = mean_kl(teacher, student, data)
-            losses = distill(student, teacher, data, config.steps, lr, config.batch_size, config.temperature,
-                             view.seed)
+            if same_weights(teacher, view.base):  # the release-free control: KL 0, no gradient, nothing to learn
+                losses = [0.0] * config.steps
+            else:
+                losses = distill(student, teacher, data, config.steps, lr, config.batch_size, config.temperature,
+                                 view.seed)
             final_kl = mean_kl(teacher, student, data)
         finally:
             teacher.train(was_training)

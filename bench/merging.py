@@ -39,6 +39,17 @@ def sparsifies(method: str) -> bool:
     return getattr(merge_methods.get(method), "sparsification_method", None) is not None
 
 
+def draws_random(method: str) -> bool:
+    """Whether `method` draws random numbers (DARE's random drops, DELLA's sampled pruning): only then can
+    a merge's result depend on the seed."""
+    from mergekit import merge_methods
+    from mergekit.sparsify import SparsificationMethod
+
+    method_spec(method)
+    drop = getattr(merge_methods.get(method), "sparsification_method", None)
+    return drop in (SparsificationMethod.random, SparsificationMethod.della_magprune)
+
+
 def layout_for(method: str, n_members: int) -> Layout | None:
     """How `n_members` models (the release first) can enter `method`, or None if its contract admits
     none. The shared base is preferred: it makes the merge one of task vectors, as the track intends."""

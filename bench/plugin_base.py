@@ -75,6 +75,14 @@ class Attack(Plugin[C]):
         one rescaling); by default the class's declared family."""
         return cls.family
 
+    @classmethod
+    def seed_free(cls, config: StrictModel) -> bool:
+        """Whether this attack's result under `config` cannot depend on the seed: it draws no random number
+        and reads nothing seeded from the view. The harness then computes its release-free control once for
+        every seed (the control release is the public base or a zero update, which no seed changes).
+        False unless an attack declares otherwise."""
+        return False
+
     @abc.abstractmethod
     def run(self, view: PublicView) -> AttackOutput:
         """Attack using the public view only."""

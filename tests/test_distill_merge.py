@@ -23,6 +23,7 @@ from attacks.distill_merge import (
     greedy_answers,
     kl_sum,
     mean_kl,
+    same_weights,
 )
 from bench.evaluate import as_plain_model
 from bench.plugins import PublicView, TaskData
@@ -247,11 +248,30 @@ def test_attack_end_to_end(family: str, adapter: bool, method: str) -> None:
     assert DistillMerge.family == "data" and DistillMerge.track == "merge"
 
 
-def test_attack_with_a_base_release_distils_nothing() -> None:
-    """The control cell: the student is the base, so the merge is the release-free control's."""
+@pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])
+def test_attack_with_a_base_release_distils_nothing_and_skips_its_steps(adapter: bool,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The control cell: the student is the base, so the merge is the release-free control's, and the steps
+    whose result is known (test_a_base_teacher_leaves_the_student_at_the_base) are not run."""
+    import attacks.distill_merge as module
+
     base = _tiny("llama")
-    output = DistillMerge(DistillMergeConfig.model_validate(SMALL)).run(_view(base, False, release=copy.deepcopy(base)))
-    assert output.knobs["initial_kl"] == 0.0 and output.knobs["final_kl"] == 0.0
+    release = _lora(base, seed=5, scale=0.0) if adapter else copy.deepcopy(base)
+    ran: list[int] = []
+    real = module.distill
+    monkeypatch.setattr(module, "distill", lambda *args, **kwargs: ran.append(1) or real(*args, **kwargs))
+    output = DistillMerge(DistillMergeConfig.model_validate(SMALL)).run(_view(base, adapter, release=release))
+    assert output.knobs["initial_kl"] == 0.0 and output.knobs["final_kl"] == 0.0 and output.knobs["final_loss"] == 0.0
+    assert ran == []
+    DistillMerge(DistillMergeConfig.model_validate(SMALL)).run(_view(base, adapter))  # a real release distils
+    assert ran == [1]
+
+
+def test_same_weights_tells_the_base_from_any_other_teacher() -> None:
+    base = _tiny("gpt2")
+    assert same_weights(copy.deepcopy(base), base)
+    assert same_weights(as_plain_model(_lora(base, seed=5, scale=0.0)), base)
+    assert not same_weights(_perturbed(base, 9), base)
 
 
 @pytest.mark.parametrize("adapter", [False, True], ids=["full", "lora"])

@@ -35,6 +35,7 @@ class GridConfig(StrictModel):
     merge_attacks: list[PluginSpec] = Field(default_factory=list)
     finetune_attacks: list[PluginSpec] = Field(default_factory=list)
     models: list[str] | None = Field(None, description="zoo model names; default all")
+    merge_models: list[str] | None = Field(None, description="zoo models of the merge track; default `models`")
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     release_formats: list[ReleaseFormat] = Field(default_factory=lambda: ["adapter", "full"])
     n_members: list[int] = Field(default_factory=lambda: [2])
@@ -141,6 +142,11 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
     unknown = sorted(set(chosen_models) - set(expert_tasks))
     if unknown:
         raise ConfigError(f"grid names models {unknown} that the zoo does not have ({sorted(expert_tasks)})")
+    merge_models = chosen_models if grid.merge_models is None else grid.merge_models
+    unknown = sorted(set(merge_models) - set(chosen_models))
+    if unknown:
+        raise ConfigError(f"grid merge_models names {unknown}, which are not among the grid's models "
+                          f"({sorted(chosen_models)})")
     downstream = grid.downstream_tasks or downstream_tasks
     unknown = sorted(set(downstream) - set(downstream_tasks))
     if unknown:
@@ -158,7 +164,7 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
             model_tasks = expert_tasks[model]
             protected = grid.protected_tasks or model_tasks
             for seed in grid.seeds:
-                if "merge" in defense_cls.tracks:
+                if "merge" in defense_cls.tracks and model in merge_models:
                     for release_format in grid.release_formats:
                         for index, task in enumerate(protected):
                             job = DefenseJob(defense_spec.name, defense_spec.display, defense_config, "merge",
