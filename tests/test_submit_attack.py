@@ -319,7 +319,8 @@ def test_an_attack_is_filed_against_the_defenses_of_its_track(filed: dict) -> No
     meta = json.loads((folder / "submission.json").read_text())
     assert (meta["kind"], meta["name"], meta["family"], meta["track"]) == ("attack", "scaled_merge", "rescaling", "merge")
     assert meta["config"] == {"others_weight": 1.0, "release_weight": 0.5} and len(meta["code_hash"]) == 10
-    assert meta["class"] == f"ScaledMerge in {filed['outside']}" and meta["breaks"] == []
+    assert meta["class"] == f"ScaledMerge in {Path(filed['outside']).name}" and meta["breaks"] == []
+    assert str(filed["outside"]) not in (folder / "submission.json").read_text(), "no local path is published"
     assert meta["valid_on_none"] is False and meta["valid"] is False
     readme = (folder / "README.md").read_text()
     assert readme.startswith("# Attack submission: scaled_merge")
