@@ -14,9 +14,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from attacks.common import MergeInputs, Objective, merge_knobs, objective_examples, validation_scorer
+from attacks.common import (
+    MergeInputs,
+    Objective,
+    SeedFreeMerge,
+    merge_knobs,
+    objective_examples,
+    validation_scorer,
+)
 from bench.config import StrictModel
-from bench.merging import draws_random, method_spec, sparsifies
+from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
 #: Trap²'s range, 0.1 … 9.9, on a roughly geometric grid (dense where merges usually peak); early
@@ -79,15 +86,10 @@ def search_coefficient(coefficients: list[float], patience: int,
 
 
 @register_attack(track="merge", family="rescaling")
-class AdaptiveCoefficient(Attack[AdaptiveCoefficientConfig]):
+class AdaptiveCoefficient(SeedFreeMerge, Attack[AdaptiveCoefficientConfig]):
     name = "adaptive_coefficient"
     description = ("searches one shared merge coefficient (0.1…9.9, early stopping), then the density, "
                    "on the attacker's validation split")
-
-    @classmethod
-    def seed_free(cls, config) -> bool:
-        """A search over merges scored on attacker_val: seeded only through a random merge method (DARE)."""
-        return not draws_random(config.method)
 
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config

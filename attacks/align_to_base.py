@@ -40,6 +40,7 @@ from attacks.common import (
     RELEASE,
     MergeInputs,
     Objective,
+    SeedFreeMerge,
     full_weights,
     member_weights,
     merge_knobs,
@@ -47,7 +48,7 @@ from attacks.common import (
     validation_scorer,
 )
 from bench.config import StrictModel
-from bench.merging import draws_random, method_spec, sparsifies
+from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackNotApplicable, AttackOutput, PublicView, register_attack
 from bench.zoo.layout import FAMILIES, Block, InMap, OutMap, blocks
 
@@ -359,15 +360,10 @@ def check_applicable(view: PublicView) -> None:
 
 
 @register_attack(track="merge", family="aligning")
-class AlignToBase(Attack[AlignToBaseConfig]):
+class AlignToBase(SeedFreeMerge, Attack[AlignToBaseConfig]):
     name = "align_to_base"
     description = ("aligns a re-parameterised release back to the public base (Hungarian unit matching, "
                    "norm matching, least-squares unmixing of attention), then merges it pinned at weight 1.0")
-
-    @classmethod
-    def seed_free(cls, config) -> bool:
-        """A search over merges scored on attacker_val: seeded only through a random merge method (DARE)."""
-        return not draws_random(config.method)
 
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config

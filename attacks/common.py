@@ -15,7 +15,7 @@ from bench.config import StrictModel
 from bench.device import device_of
 from bench.evaluate import as_plain_model
 from bench.finetuning import FinetuneSettings, sweep
-from bench.merging import Layout, layout_for, merge_state_dicts, sparsifies
+from bench.merging import Layout, draws_random, layout_for, merge_state_dicts, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
 from bench.zoo.training import TrainSettings
 
@@ -47,6 +47,15 @@ def model_from_state(template: PreTrainedModel, state: dict) -> PreTrainedModel:
 
 def expert_name(task: str) -> str:
     return f"expert:{task}"
+
+
+class SeedFreeMerge:
+    """Mixin of the merge searches scored on attacker_val (per_member, adaptive_coefficient, align_to_base):
+    seeded only through a random merge method (DARE, DELLA), so otherwise `Attack.seed_free`."""
+
+    @classmethod
+    def seed_free(cls, config: Any) -> bool:
+        return not draws_random(config.method)
 
 
 @dataclass

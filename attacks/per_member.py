@@ -16,13 +16,14 @@ from attacks.common import (
     RELEASE,
     MergeInputs,
     Objective,
+    SeedFreeMerge,
     member_weights,
     merge_knobs,
     objective_examples,
     validation_scorer,
 )
 from bench.config import StrictModel
-from bench.merging import draws_random, method_spec, sparsifies
+from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
 
@@ -46,15 +47,10 @@ class PerMemberConfig(StrictModel):
 
 
 @register_attack(track="merge", family="pinned")
-class PerMember(Attack[PerMemberConfig]):
+class PerMember(SeedFreeMerge, Attack[PerMemberConfig]):
     name = "per_member"
     description = ("pins the release at weight 1.0 and searches the other members' weights on the "
                    "attacker's validation split")
-
-    @classmethod
-    def seed_free(cls, config) -> bool:
-        """A search over merges scored on attacker_val: seeded only through a random merge method (DARE)."""
-        return not draws_random(config.method)
 
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config

@@ -504,11 +504,19 @@ def test_check_attacks_reports_each_attack_against_none(micro_run_root: Path, mi
     assert gaps and all("no valid" in gap for gap in gaps)
 
 
+#: Measured on the ci zoo (pinned CPU path, seed 0): `distill_merge` on the adapter form keeps 0.06, 0.22 and
+#: 0.36 of the gains jointly (< 0.5) and beats its control by 0.19 and 0.22 (< 0.3), score 0.21 — the same
+#: finding as the published default, where distillation is valid on one Llama full input only. A finding,
+#: not a tuning target: the test fails if another attack or input form turns weak.
+KNOWN_WEAK_ON_THE_CI_ZOO = {("distill_merge", "adapter")}
+
+
 @pytest.mark.slow
 def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: pytest.TempPathFactory,
                                                               ci_root: Path) -> None:
     """DESIGN §6 per attack: each attack of the `default` preset, run against `none` on the ci zoo
-    (Llama-style, seed 0, the preset's member counts), is valid on at least one input: the merge keeps half
+    (Llama-style, seed 0, the preset's member counts), is valid on at least one input (and on every input
+    form but the measured `KNOWN_WEAK_ON_THE_CI_ZOO`): the merge keeps half
     of both experts' gains jointly and beats its release-free control by 0.3, or the fine-tuning gains 0.3
     and beats its from-scratch control by 0.3. When the zoo itself breaks the rule (an expert gaining < 0.3
     or a downstream task the base already solves), no attack can be judged on it: the test then xfails
@@ -539,8 +547,10 @@ def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: 
         pytest.xfail("the ci zoo itself breaks DESIGN §6: " + "; ".join(sorted(set(broken))))
     assert {check.attack for check in checks} == {spec.name for spec in default.grid.merge_attacks
                                                   + default.grid.finetune_attacks}
-    failing = [f"{c.attack} {c.release_format}: {c.status} {c.score:.2f} {c.reasons}" for c in checks if not c.passes]
-    assert not failing and not problems, (failing, problems)
+    failing = {(c.attack, c.release_format): f"{c.status} {c.score:.2f} {c.reasons}" for c in checks if not c.passes}
+    assert set(failing) <= KNOWN_WEAK_ON_THE_CI_ZOO and not problems, (failing, problems)
+    valid_somewhere = {c.attack for c in checks if c.status == "pass"}
+    assert valid_somewhere == {c.attack for c in checks}, valid_somewhere
 
 
 def test_a_model_can_override_the_zoos_expert_tasks() -> None:

@@ -1,4 +1,4 @@
-"""Seed-free release-free controls are computed once (bench.harness.controls.shared_controls): which cells
+"""Seed-free release-free controls are computed once (bench.harness.grid.shared_controls): which cells
 share, and that a shared control equals what computing it at its own seed gives."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from bench.harness.context import get_context
-from bench.harness.controls import CONTROL_DEFENSE, shared_controls
-from bench.harness.grid import GridConfig, expand
+from bench.harness.controls import CONTROL_DEFENSE
+from bench.harness.grid import GridConfig, expand, shared_controls
 from bench.harness.run import run_benchmark
 from bench.harness.stages import run_cell
 from bench.results import read_csv

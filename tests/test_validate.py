@@ -21,16 +21,31 @@ def ci_reports(ci_root):
     return {report.model: report for report in _validate(load_preset("ci"), ci_root)}
 
 
-GPT2_BELOW_THE_RULE = pytest.mark.xfail(strict=True, reason=(
-    "measured 2026-12-01 on a fresh install: the GPT-2-style LoRA `upper` expert scores 0.245 against a base of "
-    "0.010 (gain 0.235 < 0.3); the published default of 2026-11 had 0.43 against 0.045 under the same zoo hash. "
-    "Six expert recipes did not lift the LoRA gain above 0.235 (issue 13 note); `default` publishes those cells "
-    "as weak and the track as invalid instead"))
+#: Measured on the pinned CPU path (bench.numerics, the AVX2 numbers of the published default): the
+#: GPT-2-style LoRA `upper` expert scores 0.245 against a base of 0.010 (gain 0.235 < 0.3); an AVX-512 path
+#: gave 0.43 against 0.045, a knife-edge. Six expert recipes did not lift the LoRA gain (issue 13 note), so
+#: `default` runs no GPT-2 merge track (`merge_models`). Any other failure, or any on Llama, fails the test.
+KNOWN_BELOW_THE_RULE = {"gpt2": ("gpt2: lora expert for upper scores",)}
 
 
-@pytest.mark.parametrize("model", ["llama", pytest.param("gpt2", marks=GPT2_BELOW_THE_RULE)])
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
 def test_ci_zoo_is_valid(ci_reports, model):
-    assert ci_reports[model].failures == []
+    known = KNOWN_BELOW_THE_RULE.get(model, ())
+    assert [failure for failure in ci_reports[model].failures if not failure.startswith(known)] == []
+
+
+def test_an_expert_off_the_merge_track_is_a_note_not_a_failure(ci_root, ci_reports):
+    """`default` runs no GPT-2-style merge track (grid.merge_models): its experts publish nothing, so one below
+    the rule is reported as a note and no merge of its experts is checked."""
+    from bench.validate import validate_architecture
+
+    preset = load_preset("default")
+    assert preset.grid.merge_models == ["llama"]
+    ctx = get_context(preset, ci_root)
+    report = validate_architecture(ctx.zoo, preset, "gpt2", ctx.tasks)
+    below = [f for f in ci_reports["gpt2"].failures if "expert for" in f]
+    assert not [f for f in report.failures if "expert for" in f] and report.merges == []
+    assert all(failure in report.notes for failure in below)
 
 
 def test_destructive_experts_break_the_rule(ci_root):

@@ -189,3 +189,34 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
                             cells.append(Cell(job, attack_spec.name, attack_spec.display,
                                               _canonical_config(ATTACKS, attack_spec), task, ()))
     return with_controls(cells)
+
+
+def shared_controls(cells: list[Cell]) -> dict[int, int]:
+    """Control cells computed once for every seed: {index of a control cell: index of the cell computed in
+    its place}. A merge-track control's release is the public base (or a zero LoRA update) and the public
+    world has no seed, so an attack that declares itself seed-free (`Attack.seed_free`) gives the same
+    control at every seed (measured bit for bit: per_member, the TIES coefficient search and align_to_base
+    at three seeds); its cell at the grid's first seed stands in for the others."""
+    from bench.harness.controls import CONTROL_DEFENSE
+
+    first: dict[tuple, int] = {}
+    shared: dict[int, int] = {}
+    for index, cell in sorted(enumerate(cells), key=lambda pair: pair[1].defense.seed):
+        job = cell.defense
+        if job.defense != CONTROL_DEFENSE or job.track != "merge":
+            continue
+        attack_cls = ATTACKS.get(cell.attack)
+        if not attack_cls.seed_free(attack_cls.Config.model_validate_json(cell.attack_config)):
+            continue
+        where = (job.release_format, job.model, job.task, cell.attack_key, cell.task, cell.members)
+        if where in first:
+            shared[index] = first[where]
+        else:
+            first[where] = index
+    return shared
+
+
+def copied_control(record: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    """The record of a shared control (`shared_controls`) for `cell`, a seed it was not computed at: the same
+    numbers under the cell's own seed, with no time of its own (the work was done once)."""
+    return {**record, "seed": cell.defense.seed, "attack_seconds": 0.0, "defense_seconds": 0.0}

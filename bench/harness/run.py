@@ -32,9 +32,8 @@ from rich.progress import (
 )
 
 from bench.harness.context import clear_contexts, get_context
-from bench.harness.controls import copied_control, shared_controls
 from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
-from bench.harness.grid import Cell, ConfigError, DefenseJob, expand
+from bench.harness.grid import Cell, ConfigError, DefenseJob, copied_control, expand, shared_controls
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
