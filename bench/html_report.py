@@ -357,7 +357,7 @@ def render_index(leaderboard_dir: Path) -> str:
         parts.append(f"<p>READMEs: {links}</p>")
     else:
         parts.append('<p id="results-empty">No runs published yet.</p>')
-    parts += html_section(leaderboard_dir, [run for run, _ in [*published, *submitted]])
+    parts += html_section(leaderboard_dir, [run for run, _ in [*published, *submitted]], html_table, Column)
     parts.append("<h2>Submissions</h2>")
     if submitted:
         parts.append(html_table("submissions", rows(submitted)))

@@ -220,7 +220,7 @@ def render_readme(cells: pd.DataFrame, board: pd.DataFrame, title: str,
     lines += ["## Controls: what each attack reaches without the release", "",
               "Means over seeds and member sets, on the protected task (merge) or D (finetune).", "",
               *_controls_table(cells), ""]
-    lines += readme_section(cells)
+    lines += readme_section(cells, markdown_table)
     lines += [*formulas(validity), "", "## Weak attack configurations", "", *_weak_table(cells), "",
               "## Versions", "", *_versions(board, cells), ""]
     return "\n".join(lines)

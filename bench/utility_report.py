@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -91,10 +92,10 @@ def _number(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
-def readme_section(cells: pd.DataFrame) -> list[str]:
-    """The README's "Utility tasks" section, or nothing for a run without utility tasks."""
-    from bench.readme import markdown_table
-
+def readme_section(cells: pd.DataFrame, markdown_table: Callable[[list[str], list[list[str]]], list[str]]
+                   ) -> list[str]:
+    """The README's "Utility tasks" section, or nothing for a run without utility tasks; `markdown_table` is
+    the README's own table renderer (bench.readme), passed in so this module depends on no report."""
     summary = utility_summary(cells)
     if summary.empty:
         return []
@@ -118,10 +119,9 @@ def run_summary(folder: Path) -> pd.DataFrame:
     return utility_summary(cells) if wanted <= set(cells.columns) else pd.DataFrame(columns=SUMMARY_COLUMNS)
 
 
-def html_section(leaderboard_dir: Path, runs: list[str]) -> list[str]:
-    """The page's utility-task table over these runs, or nothing when none of them has utility tasks."""
-    from bench.html_report import Column, html_table
-
+def html_section(leaderboard_dir: Path, runs: list[str], html_table: Callable[..., str], Column: type) -> list[str]:
+    """The page's utility-task table over these runs, or nothing when none of them has utility tasks; the
+    page's own table renderer and column type (bench.html_report) are passed in."""
     rows = [{"run": run, **record} for run in runs
             for record in run_summary(Path(leaderboard_dir) / run).to_dict("records")]
     if not rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
@@ -72,3 +73,14 @@ def test_a_damaged_cache_entry_that_is_recomputed_is_reported_in_one_line(tmp_pa
                      "recomputing it"]
     cached_directory(target, build)
     assert len(builds) == 2 and capsys.readouterr().err == "", "an intact entry is neither rebuilt nor reported"
+
+
+def test_a_damaged_cell_record_is_reported_in_one_line_and_recomputed(tmp_path: Path, capsys) -> None:
+    from bench.harness.stages import read_json_record
+
+    path = tmp_path / "cell.json"
+    path.write_text('{"status": "ok", "merged_')  # cut short, as a kill mid-write on a non-atomic store would
+    assert read_json_record(path) is None and not path.exists()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("warning: damaged cache entry") and str(path) in lines[0]
+    assert read_json_record(path) is None and capsys.readouterr().err == ""  # absent is not damaged

@@ -139,6 +139,7 @@ def test_utility_summary_counts_each_release_once_and_measures_retention() -> No
 
     import pandas as pd
 
+    from bench.readme import markdown_table
     from bench.utility_report import board_columns, readme_section, utility_summary
 
     def cell(defense: str, seed: int, attack: str, release: float, base: float, status: str = "ok") -> dict:
@@ -161,5 +162,5 @@ def test_utility_summary_counts_each_release_once_and_measures_retention() -> No
     assert json.loads(columns["utility_tasks_acc"][0]) == {"arc": 0.4, "zero": 0.5}
     assert json.loads(columns["utility_tasks_retention"][0]) == {"arc": round(0.4 / 0.6, 6), "zero": None}
     assert columns["utility_tasks_acc"][1] == ""
-    assert "| trap2 | merge | llama | full | arc | 0.400 | 0.600 | 0.667 |" in readme_section(cells)
-    assert readme_section(cells.drop(columns=["utility_tasks_acc"])) == []
+    assert "| trap2 | merge | llama | full | arc | 0.400 | 0.600 | 0.667 |" in readme_section(cells, markdown_table)
+    assert readme_section(cells.drop(columns=["utility_tasks_acc"]), markdown_table) == []

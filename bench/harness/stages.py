@@ -26,6 +26,7 @@ from bench.harness.context import HarnessContext
 from bench.harness.controls import CONTROL_DEFENSE, ControlRelease
 from bench.harness.grid import Cell, DefenseJob
 from bench.harness.owner_secret import owner_secret
+from bench.harness.references import reference_expert
 from bench.measure import release_diagnostics
 from bench.plugins import (
     ATTACKS,
@@ -37,7 +38,14 @@ from bench.plugins import (
     Release,
     TaskData,
 )
-from bench.storage import cached_directory, content_hash, fault_point, is_complete, write_json_atomic
+from bench.storage import (
+    cached_directory,
+    content_hash,
+    fault_point,
+    is_complete,
+    report_damaged,
+    write_json_atomic,
+)
 from bench.zoo.build import load_model, replay_sample
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
@@ -65,13 +73,12 @@ def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     recipe = ctx.preset.zoo.recipe(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
                      base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model), seed=job.seed,
-                     secret=owner_secret(ctx.root, job.key), task=job.task, recipe=recipe)
+                     secret=owner_secret(ctx.preset.zoo.seed, job.key), task=job.task, recipe=recipe)
     if job.track == "merge":
         assert job.task is not None
         view.owner_train, view.owner_val = hold_out(ctx.split(job.task, "owner_train"))
         view.replay = TaskData(*replay_sample(recipe, len(view.owner_train.prompts), job.seed))
-        view.reference_release = (zoo.load_expert(job.model, job.task) if job.release_format == "full"
-                                  else zoo.load_lora_expert(job.model, job.task))
+        view.reference_release = reference_expert(ctx, job)  # the job seed's own plain expert
     else:
         for task in recipe.base_tasks:
             owner = ctx.split(task, "owner_train")
@@ -216,6 +223,7 @@ def read_json_record(path: Path) -> Any | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
+        report_damaged(path, "not valid JSON")
         path.unlink(missing_ok=True)
         return None
 
