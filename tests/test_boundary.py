@@ -122,19 +122,12 @@ def test_attacker_val_scorer_holds_only_attacker_val_rows(micro_ctx) -> None:
 # ----------------------------------------------------------------------------- the owner's secret
 
 
-def test_root_secret_is_created_once_private_and_per_root(tmp_path: Path) -> None:
-    from bench.harness.owner_secret import SECRET_FILE, owner_secret, root_secret
+def test_the_owner_secret_is_reproducible_from_the_config_and_differs_per_job() -> None:
+    from bench.harness.owner_secret import owner_secret
 
-    first, second = tmp_path / "a", tmp_path / "b"
-    secret = root_secret(first)
-    assert root_secret(first) == secret and 0 <= secret < 2**64
-    path = first / SECRET_FILE
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in first.iterdir()] == [SECRET_FILE], "no scratch file left behind"
-    assert root_secret(second) != secret
-    assert owner_secret(first, "job-a") == owner_secret(first, "job-a") != owner_secret(first, "job-b")
-    assert owner_secret(first, "job-a") != owner_secret(second, "job-a")
-    assert 0 <= owner_secret(first, "job-a") < 2**63
+    assert owner_secret(0, "job-a") == owner_secret(0, "job-a") != owner_secret(0, "job-b")
+    assert owner_secret(0, "job-a") != owner_secret(1, "job-a"), "another preset seed, another secret"
+    assert 0 <= owner_secret(0, "job-a") < 2**63
 
 
 def _job(defense: str, seed: int = 0, config: str = "{}") -> DefenseJob:
@@ -145,13 +138,13 @@ def _job(defense: str, seed: int = 0, config: str = "{}") -> DefenseJob:
 def test_reparameterisation_keys_come_from_the_owner_secret(micro_ctx, name: str) -> None:
     """The key is a function of the owner's secret (+ key_seed), not of the job seed an attack sees; the
     release records nothing of the secret."""
-    from bench.harness.owner_secret import owner_secret, root_secret
+    from bench.harness.owner_secret import owner_secret
     from bench.harness.stages import owner_view
     from bench.plugins import DEFENSES
 
     cls = DEFENSES.get(name)
     owner = owner_view(micro_ctx, _job(name))
-    assert owner.secret == owner_secret(micro_ctx.root, _job(name).key)
+    assert owner.secret == owner_secret(micro_ctx.preset.zoo.seed, _job(name).key)
 
     def key(secret: int, key_seed: int = 0) -> dict[str, torch.Tensor]:
         owner.secret = secret
@@ -160,7 +153,7 @@ def test_reparameterisation_keys_come_from_the_owner_secret(micro_ctx, name: str
     def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
-    secret = owner_secret(micro_ctx.root, _job(name).key)
+    secret = owner_secret(micro_ctx.preset.zoo.seed, _job(name).key)
     assert same(key(secret), key(secret))
     assert not same(key(secret), key(secret + 1)), "the same job seed, another secret: another key"
     assert same(key(secret, key_seed=5), key(secret + 5)), "key_seed is added to the secret"
@@ -169,8 +162,7 @@ def test_reparameterisation_keys_come_from_the_owner_secret(micro_ctx, name: str
     owner.secret = secret
     release = cls(cls.Config()).protect(owner)
     notes = json.dumps(release.notes, default=str)
-    for value in (secret, root_secret(micro_ctx.root)):
-        assert str(value) not in notes
+    assert str(secret) not in notes
     assert not any(str(secret) in str(value) for value in vars(release.model.config).values())
 
 

@@ -1,0 +1,56 @@
+"""The unprotected expert of a merge job's seed: what `none` releases and what post-hoc defenses transform.
+
+`none` re-trains the owner's expert at every seed but 0 through the zoo's own code path (DESIGN §5), so
+that intervals across seeds hold training variance. PaRaMS- and Merge-Lock-style re-parameterise the
+owner's plain expert after training; handed the seed-0 zoo expert at every seed, their releases were the
+same at all seeds and their ±0.02 held no release variance. Here each (model, format, task, seed) has
+one expert, trained once per storage root and shared by every defense of that job seed: the zoo's own at
+seed 0, a cached re-training at the others.
+
+Training draws from torch's global generator (a LoRA's initialisation), so it runs inside
+`torch.random.fork_rng`: whether the expert was trained now or found in the cache, a defense that draws
+random numbers after its owner view sees the same generator state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from bench.harness.context import HarnessContext
+from bench.harness.grid import DefenseJob
+from bench.storage import cached_directory, content_hash, write_json_atomic
+from bench.zoo.build import expert_seed, load_model, train_full_expert, train_lora_expert
+
+#: Bump when how a reference is trained changes.
+REFERENCE_VERSION = 1
+
+
+def reference_dir(ctx: HarnessContext, job: DefenseJob) -> Path:
+    key = content_hash("reference", job.model, job.release_format, job.task, job.seed, ctx.zoo.hash, REFERENCE_VERSION)
+    return ctx.root / "references" / key
+
+
+def reference_expert(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel | PeftModel:
+    """The owner's plain expert for the job's model, format, task and seed (see the module docstring)."""
+    zoo, adapter = ctx.zoo, job.release_format == "adapter"
+    assert job.task is not None
+    if job.seed == 0:
+        return zoo.load_lora_expert(job.model, job.task) if adapter else zoo.load_expert(job.model, job.task)
+    recipe = ctx.preset.zoo.recipe(job.model)
+    seed = expert_seed(recipe, job.task, adapter, job.seed)
+
+    def build(scratch: Path) -> None:
+        train = train_lora_expert if adapter else train_full_expert
+        with torch.random.fork_rng(devices=[]):
+            model, losses = train(recipe, job.model, zoo.load_base(job.model), zoo.tokenizer(job.model), job.task, seed)
+        model.save_pretrained(str(scratch), safe_serialization=True)
+        write_json_atomic(scratch / "training.json", {"seed": seed, "final_loss": losses[-1]})
+
+    path = cached_directory(reference_dir(ctx, job), build)
+    if adapter:
+        return PeftModel.from_pretrained(zoo.load_base(job.model), str(path))
+    return load_model(path)
