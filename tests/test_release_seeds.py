@@ -21,12 +21,13 @@ from bench.zoo.build import build_zoo
 pytestmark = pytest.mark.slow
 
 #: Cheaper knobs where a defense's default budget is long; the mechanism (and its randomness) is unchanged.
-CHEAP = {"pmp": {"mask_max_steps": 3}}
+CHEAP = {"pmp": {"mask_max_steps": 3}, "anti_finetune": {"outer_steps": 3, "inner_steps": 2, "probe_steps": 2},
+         "trap2": {"steps": 10}}
 
 
 def _jobs(name: str, seed: int) -> list[DefenseJob]:
     cls = DEFENSES.get(name)
-    config = json.dumps(cls.Config.model_validate(CHEAP.get(name, {})).model_dump(mode="json"), sort_keys=True)
+    config = json.dumps(cls.Config.model_validate(CHEAP.get(name, {})).model_dump(mode="json", by_alias=True), sort_keys=True)
     jobs = [DefenseJob(name, name, config, "merge", fmt, "llama", "sort", seed) for fmt in ("full", "adapter")]
     jobs.append(DefenseJob(name, name, config, "finetune", "full", "llama", None, seed))
     return [job for job in jobs if cls(cls.Config.model_validate_json(config)).supports(job.track, job.release_format,
