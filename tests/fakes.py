@@ -168,3 +168,14 @@ class FakeScorer:
                 return {task: scorer.accuracy(model, f"{task}/attacker_val") for task in names}
 
         return ValScorer()
+
+
+#: micro's zoo with one model and one protected task: the smallest preset file a CLI test can run.
+MICRO_LLAMA_PRESET = """\
+extends: micro
+name: micro-llama
+description: micro's zoo; llama only, one protected task (plumbing, not a valid benchmark)
+grid:
+  models: [llama]
+  protected_tasks: [sort]
+"""

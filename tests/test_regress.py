@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fakes import MICRO_LLAMA_PRESET
 from fakes import valid_raw_frame as raw_frame
 from typer.testing import CliRunner
 
@@ -171,14 +172,7 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "missing columns" in result.output
 
 
-MICRO_SLICE = """\
-extends: micro
-name: micro-llama
-description: micro's zoo; llama only, one protected task (plumbing, not a valid benchmark)
-grid:
-  models: [llama]
-  protected_tasks: [sort]
-"""
+MICRO_SLICE = MICRO_LLAMA_PRESET
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ CHEAP = {"pmp": {"mask_max_steps": 3}, "anti_finetune": {"outer_steps": 3, "inne
 
 def _jobs(name: str, seed: int) -> list[DefenseJob]:
     cls = DEFENSES.get(name)
-    config = json.dumps(cls.Config.model_validate(CHEAP.get(name, {})).model_dump(mode="json", by_alias=True), sort_keys=True)
+    knobs = cls.Config.model_validate(CHEAP.get(name, {})).model_dump(mode="json", by_alias=True)
+    config = json.dumps(knobs, sort_keys=True)
     jobs = [DefenseJob(name, name, config, "merge", fmt, "llama", "sort", seed) for fmt in ("full", "adapter")]
     jobs.append(DefenseJob(name, name, config, "finetune", "full", "llama", None, seed))
     return [job for job in jobs if cls(cls.Config.model_validate_json(config)).supports(job.track, job.release_format,

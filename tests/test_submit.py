@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fakes import MICRO_LLAMA_PRESET
 from html_tables import parse
 from typer.testing import CliRunner
 
@@ -151,14 +152,7 @@ def test_dry_run_catches_bad_releases(micro_zoo: Zoo, tmp_path: Path, case: str)
 
 # ----------------------------------------------------------------------------- end to end (micro)
 
-TINY_PRESET = """\
-extends: micro
-name: micro-llama
-description: micro's zoo; llama only, one protected task (plumbing, not a valid benchmark)
-grid:
-  models: [llama]
-  protected_tasks: [sort]
-"""
+TINY_PRESET = MICRO_LLAMA_PRESET
 
 PACKAGE_MODULE = '''\
 """A defense shipped in its own package: plain release, full weights only."""

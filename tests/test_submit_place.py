@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fakes import MICRO_LLAMA_PRESET
 from typer.testing import CliRunner
 
 import bench.submit.place
@@ -21,14 +22,7 @@ from bench.zoo.build import Zoo
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-TINY_PRESET = """\
-extends: micro
-name: micro-llama
-description: micro's zoo; llama only, one protected task (plumbing, not a valid benchmark)
-grid:
-  models: [llama]
-  protected_tasks: [sort]
-"""
+TINY_PRESET = MICRO_LLAMA_PRESET
 
 
 def test_this_checkout_is_the_default_leaderboard(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
