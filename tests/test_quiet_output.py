@@ -44,9 +44,12 @@ def test_a_micro_run_outside_a_git_checkout_prints_no_fatal_line(micro_zoo: Zoo,
 def test_library_warnings_go_to_the_run_log_once_the_folder_exists(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
-    # whatever verbosity an earlier test in this process left transformers at (bench.zoo sets its own): the
+    # whatever verbosity an earlier test in this process left the libraries at (bench.zoo and lm-eval's own
+    # simple_evaluate set theirs): the
     # test is about where a warning goes once emitted
-    monkeypatch.setattr(logging.getLogger("transformers"), "level", logging.WARNING)
+    for name in ("transformers", "transformers.modeling_utils", "lm_eval", "lm_eval.evaluator"):
+        monkeypatch.setattr(logging.getLogger(name), "level", logging.NOTSET if "." in name else logging.WARNING)
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
     before = [(logger.handlers[:], logger.propagate) for logger in map(logging.getLogger, ("transformers", "lm_eval"))]
     with library_output(run_dir):
         logging.getLogger("transformers.modeling_utils").warning("a library warning")

@@ -46,7 +46,16 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
-@pytest.mark.parametrize("name", DEFENSES.names())
+#: The built-in defenses, one module each under defenses/ (not the plugins other test files register).
+BUILT_IN = sorted(path.stem for path in (Path(__file__).resolve().parents[1] / "defenses").glob("*.py")
+                  if not path.stem.startswith("_"))
+
+
+def test_the_built_in_list_is_the_registrys() -> None:
+    assert BUILT_IN and set(BUILT_IN) <= set(DEFENSES.names())
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
 def test_seeds_vary_the_release_and_an_empty_root_reproduces_it(name: str, micro_zoo, micro_preset,
                                                                 tmp_path: Path) -> None:
     here = get_context(micro_preset, micro_zoo.root)
