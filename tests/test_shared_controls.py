@@ -55,7 +55,9 @@ def test_a_shared_control_is_what_its_own_seed_computes(micro_zoo, micro_preset,
     grid = micro_preset.grid.model_copy(update={"merge_attacks": _grid().merge_attacks, "finetune_attacks": [],
                                                 "seeds": [0, 1], "release_formats": ["full", "adapter"]})
     preset = micro_preset.model_copy(update={"grid": grid})
-    run_benchmark(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
+    first = run_benchmark(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
+    again = run_benchmark(preset, micro_zoo.root, tmp_path / "again", console=Console(quiet=True))
+    assert again.cached == again.cells == first.cells, "a fully cached re-run counts the shared copies as cached"
     cells = read_csv(tmp_path / "run" / "cells.csv", "cells")
     controls = cells[(cells["defense"] == CONTROL_DEFENSE) & (cells["attack"] == "per_member")]
     assert set(controls["seed"]) == {0, 1}

@@ -123,6 +123,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
                              list(preset.grid.budget_fractions), console)
     finally:
         executor.shutdown()
+
     def record_of(i: int) -> dict[str, Any]:
         return cached_records[i] if i in cached_records else results[("cell", i)]
 
@@ -136,7 +137,8 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
                                                              title=f"lockbench — preset {preset.name}"))
     failed_rows = raw[raw["status"] == "failed"]
     first_error = str(failed_rows["error"].iloc[0]) if len(failed_rows) else ""
-    return RunSummary(out_dir, len(cells), len(failed_rows), len(cached_records), time.perf_counter() - started,
+    cached = len(cached_records) + sum(source in cached_records for source in stand_in.values())  # copies of cached
+    return RunSummary(out_dir, len(cells), len(failed_rows), cached, time.perf_counter() - started,
                       validity_failures(scored), first_error)
 
 
