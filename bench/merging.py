@@ -31,23 +31,26 @@ def method_spec(method: str):
     return known[method].spec
 
 
-def sparsifies(method: str) -> bool:
-    """Whether `method` drops entries (TIES, DARE, breadcrumbs, DELLA): only then do density and rescale act."""
+def sparsification(method: str):
+    """mergekit's `SparsificationMethod` of `method` (how it drops entries), or None when it drops none;
+    ValueError if the method is unknown."""
     from mergekit import merge_methods
 
     method_spec(method)
-    return getattr(merge_methods.get(method), "sparsification_method", None) is not None
+    return getattr(merge_methods.get(method), "sparsification_method", None)
+
+
+def sparsifies(method: str) -> bool:
+    """Whether `method` drops entries (TIES, DARE, breadcrumbs, DELLA): only then do density and rescale act."""
+    return sparsification(method) is not None
 
 
 def draws_random(method: str) -> bool:
     """Whether `method` draws random numbers (DARE's random drops, DELLA's sampled pruning): only then can
     a merge's result depend on the seed."""
-    from mergekit import merge_methods
     from mergekit.sparsify import SparsificationMethod
 
-    method_spec(method)
-    drop = getattr(merge_methods.get(method), "sparsification_method", None)
-    return drop in (SparsificationMethod.random, SparsificationMethod.della_magprune)
+    return sparsification(method) in (SparsificationMethod.random, SparsificationMethod.della_magprune)
 
 
 def layout_for(method: str, n_members: int) -> Layout | None:
