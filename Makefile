@@ -32,11 +32,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The zoo must pass DESIGN §6's validity rule before any number is published: validate stops the job
-# (exit 1, naming what failed) when it does not.
+# The zoo must pass DESIGN §6's validity rule before any number is published: `run --validate` validates
+# first and stops the job (exit 1, naming what failed, nothing run) when it does not; validation and the
+# run share one Ray cluster, and the run reuses validation's cells against none.
 bench: $(STAMP)
-	$(BIN)/lockbench validate --preset $(PRESET) --executor ray
-	$(BIN)/lockbench run --preset $(PRESET) --executor ray --out runs/$(PRESET)
+	$(BIN)/lockbench run --validate --preset $(PRESET) --executor ray --out runs/$(PRESET)
 	$(BIN)/lockbench leaderboard publish runs/$(PRESET)
 
 # After the tests, the CI gate: re-run `smoke` (on Ray's two workers: serial and Ray runs give the same numbers) and fail with a table when a defense's attack success rose

@@ -141,11 +141,15 @@ def run(
     strict: Annotated[bool, typer.Option("--strict/--no-strict", help="exit 1 when the run breaks the validity rule "
                                          "(DESIGN §6); --no-strict only reports it (plumbing presets such as micro, "
                                          "which always break it)")] = True,
+    validate_first: Annotated[bool, typer.Option("--validate", help="first `lockbench validate` the preset in this "
+                                                 "process (on Ray: the same cluster), and run nothing when it "
+                                                 "fails (exit 1)")] = False,
 ) -> None:
     """Run every defense × attack × model × task × seed cell of a preset and write the run directory.
 
     Exit 0: every cell ran and the validity rule holds (or --no-strict); 1: cells failed, or the rule broke
-    under --strict; 2: bad input (nothing is written then)."""
+    under --strict, or --validate's validation failed (then nothing runs); 2: bad input (nothing is written
+    then)."""
     loaded = _load(preset)
     if executor not in ("serial", "ray"):
         _fail(f"unknown executor '{executor}'; choose serial or ray")
@@ -166,8 +170,20 @@ def run(
     if problem:
         _fail(f"cannot write to run directory {out_dir}: {problem}")
     kwargs = {"cpus_per_task": cpus_per_task, "gpus_per_task": gpus_per_task} if executor == "ray" else {}
-    with library_output(out_dir):
-        summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
+    from contextlib import nullcontext
+
+    from bench.harness.cluster import ray_session
+
+    with ray_session() if executor == "ray" else nullcontext():  # one cluster for validation and the run
+        if validate_first:
+            from bench.validate_cli import run_validate
+
+            code = run_validate(loaded, root, executor)
+            if code:
+                typer.secho("error: validation failed (above); nothing was run", fg=typer.colors.RED, err=True)
+                raise typer.Exit(code)
+        with library_output(out_dir):
+            summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
     typer.echo(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                f"{summary.seconds:.1f}s -> {summary.out_dir}")
     label = "VALIDITY" if strict else "VALIDITY (not enforced: --no-strict)"

@@ -134,7 +134,8 @@ def _check_merges(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks,
             report.failures.append(message)
 
 
-def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) -> ArchitectureReport:
+def check_scores(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) -> ArchitectureReport:
+    """The scoring part of one architecture's check: the base, each expert, the merges of expert pairs."""
     rule = preset.validity
     config = preset.zoo
     tokenizer = zoo.tokenizer(name)
@@ -164,59 +165,72 @@ def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: Materializ
                 )
     for form in ("full", "lora") if on_merge_track else ():
         _check_merges(zoo, preset, name, tasks, report, form, states[form])
-    for task in config.downstream_tasks:
-        before = report.base[task]
-        if before > rule.max_downstream_base:
-            report.failures.append(f"{name}: base already scores {before:.3f} on downstream task {task} "
-                                   f"(> {rule.max_downstream_base})")
-        attacker = build_splits(task, config.seed, config.split_sizes)["attacker_train"]
-        for attack_name, recipe in rule.finetune_attacks.items():
-            tuned = finetune(base_model, tokenizer, attacker["prompt"], attacker["answer"], recipe, seed=config.seed)
-            after = score(tuned, tokenizer, [task], tasks)[task]
-            passes = after - before >= rule.min_finetune_gain
-            report.finetunes.append(FinetuneCheck(attack_name, task, before, after, passes))
-            if not passes:
-                report.failures.append(f"{name}: {attack_name} on {task} gains {after - before:.3f} "
-                                       f"(< {rule.min_finetune_gain})")
     return report
 
 
-def validate_zoo(zoo: Zoo, preset: Preset, tasks: MaterializedTasks) -> list[ArchitectureReport]:
+def check_finetune(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks, task: str, attack: str) -> float:
+    """One fine-tuning check: the test accuracy on downstream `task` of the base tuned by the rule's `attack`."""
+    config = preset.zoo
+    tokenizer = zoo.tokenizer(name)
+    attacker = build_splits(task, config.seed, config.split_sizes)["attacker_train"]
+    recipe = preset.validity.finetune_attacks[attack]
+    tuned = finetune(zoo.load_base(name), tokenizer, attacker["prompt"], attacker["answer"], recipe, seed=config.seed)
+    return score(tuned, tokenizer, [task], tasks)[task]
+
+
+#: One independent part of the zoo check: (model, None, None) scores it, (model, task, attack) fine-tunes it.
+ZooPart = tuple[str, str | None, str | None]
+
+
+def zoo_parts(preset: Preset, names: list[str]) -> list[ZooPart]:
+    """The zoo check split into parts that run in any order and on any worker (bench.validate_cli)."""
+    return [part for name in names for part in [(name, None, None)] + [
+        (name, task, attack) for task in preset.zoo.downstream_tasks for attack in preset.validity.finetune_attacks]]
+
+
+def check_part(zoo: Zoo, preset: Preset, tasks: MaterializedTasks, part: ZooPart) -> ArchitectureReport | float:
+    name, task, attack = part
+    return check_scores(zoo, preset, name, tasks) if task is None or attack is None else \
+        check_finetune(zoo, preset, name, tasks, task, attack)
+
+
+def assemble_reports(preset: Preset, results: dict[ZooPart, ArchitectureReport | float]) -> list[ArchitectureReport]:
+    """Each architecture's report from its parts' results, in the order a serial check writes it."""
+    rule = preset.validity
+    reports = []
+    for (name, task, _), report in results.items():
+        if task is not None or not isinstance(report, ArchitectureReport):
+            continue
+        for downstream in preset.zoo.downstream_tasks:
+            before = report.base[downstream]
+            if before > rule.max_downstream_base:
+                report.failures.append(f"{name}: base already scores {before:.3f} on downstream task {downstream} "
+                                       f"(> {rule.max_downstream_base})")
+            for attack_name in rule.finetune_attacks:
+                after = float(results[(name, downstream, attack_name)])
+                passes = after - before >= rule.min_finetune_gain
+                report.finetunes.append(FinetuneCheck(attack_name, downstream, before, after, passes))
+                if not passes:
+                    report.failures.append(f"{name}: {attack_name} on {downstream} gains {after - before:.3f} "
+                                           f"(< {rule.min_finetune_gain})")
+        reports.append(report)
+    return reports
+
+
+def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) -> ArchitectureReport:
+    return validate_zoo(zoo, preset, tasks, [name])[0]
+
+
+def validate_zoo(zoo: Zoo, preset: Preset, tasks: MaterializedTasks, names: list[str] | None = None
+                 ) -> list[ArchitectureReport]:
+    """The zoo check in this process, part after part, scoring as the harness's workers do (trimmed lm-eval)."""
+    from bench.harness.context import trim_lm_eval_overheads
     from bench.threads import compute_threads
 
+    trim_lm_eval_overheads()  # the harness's scoring path: the same accuracies, a seventh of the time
     with compute_threads():  # the fine-tuning checks train: one thread, so results never depend on cores
-        return [validate_architecture(zoo, preset, name, tasks) for name in zoo.model_names]
-
-
-#: Bump when the zoo-level checks change, so cached reports are not reused across the change.
-REPORT_VERSION = 1
-
-
-def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
-    """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
-    from bench.storage import content_hash
-
-    grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
-    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges)
-    return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
-
-
-def read_reports(path: Path) -> list[ArchitectureReport] | None:
-    """The cached reports at `path`, or None when there are none (or they do not parse): the checks are
-    deterministic (bench.threads), so re-scoring an unchanged zoo would only cost minutes."""
-    import json
-
-    try:
-        rows = json.loads(path.read_text())
-        return [ArchitectureReport.from_json(row) for row in rows]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def write_report(reports: list[ArchitectureReport], path: Path) -> None:
-    from bench.storage import write_json_atomic
-
-    write_json_atomic(path, [report.to_json() for report in reports])
+        parts = zoo_parts(preset, list(zoo.model_names if names is None else names))
+        return assemble_reports(preset, {part: check_part(zoo, preset, tasks, part) for part in parts})
 
 
 # ----------------------------------------------------------------------------- attacks against none
@@ -370,9 +384,3 @@ def attack_warnings(checks: list[AttackCheck]) -> list[str]:
     return [f"{_where(check)} is weak on {check.weak_groups} of its {check.groups} inputs "
             f"({'; '.join(check.reasons)}); those cells are left out of the aggregates"
             for check in checks if check.weak_groups and check.status in ("pass", "weak")]
-
-
-def write_attack_report(checks: list[AttackCheck], path: Path) -> None:
-    from bench.storage import write_json_atomic
-
-    write_json_atomic(path, [check.to_json() for check in checks])

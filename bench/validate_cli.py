@@ -1,9 +1,16 @@
-"""Printing side of `lockbench validate`: builds what is missing, checks, renders tables."""
+"""Printing side of `lockbench validate`: builds what is missing, checks, renders tables.
+
+With the Ray executor the zoo check's parts (bench.validate.zoo_parts) run as Ray tasks on the same
+cluster as the grid's attacks against `none`, which are queued behind them: both cores work from the
+start, and every accuracy is the one the serial check computes (one torch thread, trimmed lm-eval).
+"""
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,15 +22,80 @@ from bench.storage import storage_root
 from bench.validate import (
     ArchitectureReport,
     AttackCheck,
+    ZooPart,
+    assemble_reports,
     attack_failures,
     attack_warnings,
     check_attacks,
-    read_reports,
-    report_path,
+    check_part,
     validate_zoo,
-    write_attack_report,
-    write_report,
+    zoo_parts,
 )
+
+#: Bump when the zoo-level checks change, so cached reports are not reused across the change.
+REPORT_VERSION = 1
+
+
+def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
+    """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
+    from bench.storage import content_hash
+
+    grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
+    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges)
+    return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
+
+
+def read_reports(path: Path) -> list[ArchitectureReport] | None:
+    """The cached reports at `path`, or None when there are none (or they do not parse): the checks are
+    deterministic (bench.threads), so re-scoring an unchanged zoo would only cost minutes."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text())
+        return [ArchitectureReport.from_json(row) for row in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_report(reports: list[ArchitectureReport], path: Path) -> None:
+    from bench.storage import write_json_atomic
+
+    write_json_atomic(path, [report.to_json() for report in reports])
+
+def write_attack_report(checks: list[AttackCheck], path: Path) -> None:
+    from bench.storage import write_json_atomic
+
+    write_json_atomic(path, [check.to_json() for check in checks])
+
+
+def run_part(preset_json: str, root: str, part: ZooPart) -> ArchitectureReport | float:
+    """One part of the zoo check on a Ray worker: the run's context, one torch thread, trimmed lm-eval."""
+    from bench.harness.context import trim_lm_eval_overheads
+    from bench.threads import compute_threads
+
+    trim_lm_eval_overheads()
+    ctx = get_context(Preset.model_validate_json(preset_json), Path(root))
+    with compute_threads():
+        return check_part(ctx.zoo, ctx.preset, ctx.tasks, part)
+
+
+def submit_zoo_parts(preset: Preset, root: Path, names: list[str]) -> dict[ZooPart, Any]:
+    """Queue every part of the zoo check on the Ray cluster (started if need be); Ray object references."""
+    import ray
+
+    from bench.harness.cluster import check_nodes_see_root, start_ray
+
+    start_ray()
+    check_nodes_see_root(root)
+    remote = ray.remote(num_cpus=1, max_retries=0)(run_part)
+    preset_json = ray.put(preset.model_dump_json())
+    return {part: remote.remote(preset_json, str(root), part) for part in zoo_parts(preset, names)}
+
+
+def gather_zoo_parts(preset: Preset, pending: dict[ZooPart, Any]) -> list[ArchitectureReport]:
+    import ray
+
+    return assemble_reports(preset, dict(zip(pending, ray.get(list(pending.values())), strict=True)))
 
 
 def _render(console: Console, report: ArchitectureReport) -> None:
@@ -96,6 +168,11 @@ def _render_attacks(console: Console, checks: list[AttackCheck]) -> None:
 
 
 def run_validate(preset: Preset, root: Path | None, executor: str = "serial") -> int:
+    """`lockbench validate`: 0 when the validity rule holds, 1 when it fails. On Ray, inside a
+    `bench.harness.cluster.ray_session` (as `lockbench run --validate` calls it) the cluster stays up for
+    the caller's run; otherwise this call's own session starts and stops it."""
+    from bench.harness.cluster import ray_session
+
     console = Console()
     base_root = storage_root(root)
     started = time.perf_counter()
@@ -105,8 +182,21 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     console.print(f"zoo {zoo.hash} ready in {time.perf_counter() - started:.1f}s under {base_root / 'zoo'}")
     cached = report_path(base_root, preset, zoo.hash)
     reports = read_reports(cached)
-    if reports is None or sorted(r.model for r in reports) != sorted(zoo.model_names):
-        reports = validate_zoo(zoo, preset, ctx.tasks)
+    fresh = reports is None or sorted(r.model for r in reports) != sorted(zoo.model_names)
+    attacks = None
+    with ray_session() if executor == "ray" else nullcontext():
+        pending = submit_zoo_parts(preset, base_root, list(zoo.model_names)) if fresh and executor == "ray" else None
+        if fresh and pending is None:
+            reports = validate_zoo(zoo, preset, ctx.tasks)
+        if preset.grid is not None:
+            console.print("running every attack of the grid against none (cells are cached for `lockbench run`)"
+                          + ("; the zoo check runs beside them" if pending else ""))
+            out_dir = base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks"
+            attacks = check_attacks(preset, base_root, out_dir, executor=executor)
+        if pending is not None:
+            reports = gather_zoo_parts(preset, pending)
+    assert reports is not None
+    if fresh:
         write_report(reports, cached)
     else:
         console.print(f"zoo checks read from {cached} (same zoo, same rule)")
@@ -122,10 +212,8 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
         for failure in failures:
             console.print(f"[bold yellow]ZOO BREAKS THE RULE HERE (its cells are weak):[/] {failure}")
         failures = []
-    if preset.grid is not None:
-        console.print("running every attack of the grid against none (cells are cached for `lockbench run`)")
-        out_dir = base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks"
-        checks, problems, gaps = check_attacks(preset, base_root, out_dir, executor=executor)
+    if attacks is not None:
+        checks, problems, gaps = attacks
         _render_attacks(console, checks)
         write_attack_report(checks, base_root / "validate" / f"{preset.name}-{zoo.hash}-attacks.json")
         failures += attack_failures(checks, problems, preset.validity.weak_attacks)

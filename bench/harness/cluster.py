@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from bench.device import DEVICE_ENV
@@ -61,11 +62,31 @@ def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = 
              log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
 
 
+#: How many `ray_session` blocks this process is inside: while any is open, `stop_local_ray` keeps the cluster.
+_sessions = [0]
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """One Ray cluster for several steps of one command (`lockbench run --validate`: the zoo check, the
+    validation run against `none`, then the benchmark run): inside the block `start_ray` starts the cluster
+    once and the executors' `stop_local_ray` keeps it; the outermost block shuts it down on the way out.
+    Starts nothing itself: a block whose steps never need Ray costs nothing."""
+    _sessions[0] += 1
+    try:
+        yield
+    finally:
+        _sessions[0] -= 1
+        if not _sessions[0]:
+            stop_local_ray()
+
+
 def stop_local_ray() -> None:
-    """Shut down a cluster this process started; a cluster joined through $RAY_ADDRESS stays up."""
+    """Shut down a cluster this process started (unless a `ray_session` holds it); a cluster joined through
+    $RAY_ADDRESS stays up."""
     import ray
 
-    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+    if ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and not _sessions[0]:
         ray.shutdown()
 
 
