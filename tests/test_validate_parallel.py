@@ -46,6 +46,7 @@ def test_the_parts_cover_every_check(micro_preset):
         ("llama", None, None), ("llama", "successor", "lora"), ("gpt2", None, None), ("gpt2", "successor", "lora")]
 
 
+@pytest.mark.slow  # lm-eval untrimmed: about a second a call (its environment block runs `pip list`)
 def test_trimmed_zoo_check_gives_the_untrimmed_numbers(micro_zoo, micro_preset, micro_untrimmed):
     ctx = get_context(micro_preset, micro_zoo.root)
     reports = [report.to_json() for report in validate_zoo(ctx.zoo, micro_preset, ctx.tasks)]
