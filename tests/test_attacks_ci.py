@@ -1,0 +1,64 @@
+"""DESIGN §6 for the attack suite on the `ci` zoo: each attack of the `default` preset, run against `none`,
+is valid on at least one input form.
+
+Split from tests/test_attacks.py (whose tests run on the micro zoo and tiny models) so that pytest-xdist's
+`--dist loadfile` can run this one long test (minutes of real training and lm-eval scoring) on one worker
+while the other works through the micro-zoo tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.harness.grid import PluginSpec
+from bench.presets import load_preset
+
+#: Measured on the ci zoo (pinned CPU path, seed 0): `distill_merge` on the adapter form keeps 0.06, 0.22 and
+#: 0.36 of the gains jointly (< 0.5) and beats its control by 0.19 and 0.22 (< 0.3), score 0.21 — the same
+#: finding as the published default, where distillation is valid on one Llama full input only. A finding,
+#: not a tuning target: the test fails if another attack or input form turns weak.
+KNOWN_WEAK_ON_THE_CI_ZOO = {("distill_merge", "adapter")}
+
+
+@pytest.mark.slow
+def test_default_attacks_meet_the_validity_rule_on_the_ci_zoo(tmp_path_factory: pytest.TempPathFactory,
+                                                              ci_root: Path) -> None:
+    """DESIGN §6 per attack: each attack of the `default` preset, run against `none` on the ci zoo
+    (Llama-style, seed 0, the preset's member counts), is valid on at least one input (and on every input
+    form but the measured `KNOWN_WEAK_ON_THE_CI_ZOO`): the merge keeps half
+    of both experts' gains jointly and beats its release-free control by 0.3, or the fine-tuning gains 0.3
+    and beats its from-scratch control by 0.3. When the zoo itself breaks the rule (an expert gaining < 0.3
+    or a downstream task the base already solves), no attack can be judged on it: the test then xfails
+    with the measured numbers."""
+    from bench.leaderboard import CELLS_FILE
+    from bench.results import read_csv
+    from bench.validate import check_attacks
+
+    ci, default = load_preset("ci"), load_preset("default")
+    assert default.grid is not None
+    zoo = ci.zoo.model_copy(update={"models": {"llama": ci.zoo.models["llama"]}})
+    grid = default.grid.model_copy(update={"defenses": [PluginSpec(name="none")], "seeds": [0], "models": None,
+                                           "protected_tasks": None, "downstream_tasks": None})
+    run_dir = tmp_path_factory.mktemp("ci-attacks")
+    checks, problems, _ = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), ci_root, run_dir)
+    cells = read_csv(run_dir / CELLS_FILE, "cells")
+    # the experts are `none`'s releases; the release-free control's "release" is the base itself (gain 0)
+    ok = cells[(cells["status"] == "ok") & (cells["defense"] == "none")]
+    merge, finetune = ok[ok["track"] == "merge"], ok[ok["track"] == "finetune"]
+    assert not merge.empty and not finetune.empty
+    expert_gain = (merge["utility"] - merge["base_acc"]).groupby([merge["release_format"], merge["task"]]).min()
+    rule = ci.validity
+    broken = [f"{form} expert {task} gains {gain:.2f}" for (form, task), gain in expert_gain.items()
+              if gain < rule.min_expert_gain]
+    broken += [f"base scores {before:.2f} on {task}" for task, before in
+               zip(finetune["task"], finetune["acc_before"], strict=True) if before > rule.max_downstream_base]
+    if broken:
+        pytest.xfail("the ci zoo itself breaks DESIGN §6: " + "; ".join(sorted(set(broken))))
+    assert {check.attack for check in checks} == {spec.name for spec in default.grid.merge_attacks
+                                                  + default.grid.finetune_attacks}
+    failing = {(c.attack, c.release_format): f"{c.status} {c.score:.2f} {c.reasons}" for c in checks if not c.passes}
+    assert set(failing) <= KNOWN_WEAK_ON_THE_CI_ZOO and not problems, (failing, problems)
+    valid_somewhere = {c.attack for c in checks if c.status == "pass"}
+    assert valid_somewhere == {c.attack for c in checks}, valid_somewhere
