@@ -5,7 +5,7 @@ that sweeps the papers' strength knobs (`bench.sweeps.has_sweep`).
 Verdicts, stated once so a reader can check them by hand:
 
 - **reproduced**: the claim holds under the paper's protocol *and* survives the strongest valid adaptive
-  attack (worst-case attack success ≤ ½);
+  attack (the adaptive attacker's success ≤ ½);
 - **partly**: it holds under the paper's protocol only, or only half-way;
 - **not**: it does not hold under the paper's protocol at our scale.
 
@@ -15,7 +15,7 @@ expert's gain under the same protocol: the paper's own unprotected 8-way merge k
 and a cut of a merge that was already lost protects little. Utility claims hold at retention ≥ 0.95
 (half-way ≥ 0.9); PMP's "up to 20 points" holds at a cut of ≥ 10 points (half-way ≥ 5), counting only settings
 that keep utility retention ≥ 0.9 (the claim is a cut with the base preserved); "strength set by
-ρ" holds when worst-case success is monotone in ρ within each complement mode and spans ≥ 0.1.
+ρ" holds when the attacker's success is monotone in ρ within each complement mode and spans ≥ 0.1.
 """
 
 from __future__ import annotations
@@ -71,12 +71,13 @@ def _board_row(board: pd.DataFrame, defense: str, model: str, track: str, releas
 
 
 def _adaptive(board: pd.DataFrame, defense: str, model: str, track: str, release_format: str) -> tuple[float, str]:
-    """(worst-case attack success over the valid adaptive attacks, its text)."""
+    """(the adaptive attacker's success: its pick on `attacker_val` over `none`'s, mean over inputs; its text)."""
     row = _board_row(board, defense, model, track, release_format)
-    if row is None or row["status"] != "ok" or pd.isna(row["worst_attack_success"]):
+    if row is None or row["status"] != "ok" or pd.isna(row["attack_success"]):
         return math.nan, f"{release_format}: {'no row' if row is None else row['status']}"
-    return float(row["worst_attack_success"]), (f"{release_format}: {row['worst_attack_success']:.2f} "
-                                                 f"({row['worst_attack']})")
+    return float(row["attack_success"]), (f"{release_format}: {row['attack_success']:.2f} "
+                                          f"[{row['attack_success_lo']:.2f}, {row['attack_success_hi']:.2f}] "
+                                          f"(worst input: {row['worst_attack'] or '–'})")
 
 
 @dataclass(frozen=True)
@@ -184,12 +185,21 @@ def trap2_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
     return claims
 
 
+def with_none_gain(cells: pd.DataFrame) -> pd.DataFrame:
+    """Finetune cells with `gain_none`: `none`'s `gain_b1` for the same attack configuration on the same
+    model, task and seed (what the paper's "gains cut by" compares against)."""
+    key = ["model", "release_format", "task", "attack_key", "seed"]
+    none = cells[cells["defense"] == REFERENCE_DEFENSE][[*key, "gain_b1"]].drop_duplicates(key)
+    return cells.merge(none.rename(columns={"gain_b1": "gain_none"}), on=key, how="left")
+
+
 def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
     settings = pmp_settings(cells)
     if settings.empty:
         return []
     claims = []
-    finetune = cells[(cells["track"] == "finetune") & (cells["status"] == "ok") & (cells["defense"] != CONTROL_DEFENSE)]
+    finetune = with_none_gain(cells[(cells["track"] == "finetune") & (cells["status"] == "ok")
+                                    & (cells["defense"] != CONTROL_DEFENSE)])
     for model in sorted(finetune.loc[finetune["defense"].isin(settings["defense"]), "model"].unique()):
         rows = {label: _board_row(board, label, model, "finetune", "full") for label in settings["defense"]}
         ok = {label: row for label, row in rows.items() if row is not None and row["status"] == "ok"}
@@ -206,7 +216,7 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
                                                  include_groups=False).dropna()
             if len(by_task):
                 cuts[label] = (float(by_task.max()), str(by_task.idxmax()))
-        worst_success = {label: float(row["worst_attack_success"]) for label, row in ok.items()}
+        worst_success = {label: float(row["attack_success"]) for label, row in ok.items()}
         # the claim is a cut *with the base preserved*: a setting that loses a tenth of its utility cuts
         # fine-tuning gains by breaking the base, so it does not count for the verdict (it is still listed)
         kept = {label: value for label, value in cuts.items() if retention.get(label, math.nan) >= RETAINED_HALF}
@@ -218,7 +228,7 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
             verdict = "partly"
         overall = max(cuts.items(), key=lambda item: item[1][0], default=None)
         reason = (f"largest cut at utility retention ≥ {RETAINED_HALF}: {points:.1f} points ({best[0]} on {best[1][1]}), "
-                  f"worst-case success over scratch of those settings ≥ {strongest:.2f}" if best
+                  f"attack success over scratch of those settings ≥ {strongest:.2f}" if best
                   else f"no setting keeps utility retention ≥ {RETAINED_HALF}")
         if overall and (best is None or overall[0] != best[0]):
             reason += (f"; {overall[0]} cuts {overall[1][0]:.1f} points at utility retention "
@@ -246,13 +256,13 @@ def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: st
     if not spans:
         verdict, reason = "not run", "fewer than two mask ratios in one complement mode"
     elif max(spans) < SPAN:
-        verdict, reason = "not", f"worst-case success moves by at most {max(spans):.2f} across ρ"
+        verdict, reason = "not", f"attack success moves by at most {max(spans):.2f} across ρ"
     elif all(monotone):
         verdict, reason = "reproduced", f"monotone in ρ, spanning up to {max(spans):.2f}"
     else:
         verdict, reason = "partly", f"spans up to {max(spans):.2f} but is not monotone in ρ"
     return Claim("PMP", model, "strength set by ρ", "ρ sets the strength", "; ".join(texts) or "–",
-                 "(worst-case success per ρ, left)", verdict, reason)
+                 "(attack success per ρ, left)", verdict, reason)
 
 
 def claims_table(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
@@ -269,7 +279,7 @@ def claims_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
     rows = [[c.paper, c.model, c.claim, c.paper_number, c.ours_protocol, c.ours_adaptive, f"**{c.verdict}**", c.reason]
             for c in claims]
     return ["## Claims against the papers", "",
-            "Reproduced: holds under the paper's protocol and the strongest valid adaptive attack stays ≤ ½;",
+            "Reproduced: holds under the paper's protocol and the adaptive attacker's success stays ≤ ½;",
             "partly: holds under the protocol only, or half-way; not: fails under the paper's own protocol. A merge",
             "claim holds when the release removes ≥ ½ of what none's merge keeps above the base on T_p (half-way",
             "≥ ⅕); none's own kept fraction stands beside it. The paper's protocol is reported even where DESIGN",
@@ -280,7 +290,7 @@ def claims_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
 def trap2_sweep_rows(cells: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
     """Trap²'s λ × budget sweep, one row per model × format × setting: whether the trap formed, the release's
     half-scale loss against none's and against λ = 0 at the same budget (the control for everything but the
-    trap term), utility retention, worst-case success and the paper protocol's merged accuracy."""
+    trap term), utility retention, attack success and the paper protocol's merged accuracy."""
     settings = trap2_settings(cells)
     merge = cells[(cells["track"] == "merge") & (cells["status"] == "ok")]
     protocol = merge[paper_protocol_mask(merge) & (protocol_method(merge) == "task_arithmetic")]
@@ -301,7 +311,7 @@ def trap2_sweep_rows(cells: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
                 "gap_vs_lambda0": _mean(mine, "release_loss_s05") - _mean(control, "release_loss_s05")
                 if len(control) else math.nan,
                 "utility_retention": _mean(mine, "utility_retention"),
-                "worst_attack_success": _adaptive(board, setting.defense, model, "merge", release_format)[0],
+                "attack_success": _adaptive(board, setting.defense, model, "merge", release_format)[0],
                 "protocol_merged_acc": _mean(protocol[(protocol["defense"] == setting.defense) & (protocol["model"] == model)
                                                       & (protocol["release_format"] == release_format)], "merged_acc"),
             })
@@ -319,7 +329,7 @@ def trap2_sweep_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
         return "–" if pd.isna(value) else f"{value:.3f}"
 
     rows = [[r.model, r.format, str(r.steps), f"{r.lambda_:g}", r.defense, number(r.trap_formed), number(r.gap_vs_none),
-             number(r.gap_vs_lambda0), number(r.utility_retention), number(r.worst_attack_success),
+             number(r.gap_vs_lambda0), number(r.utility_retention), number(r.attack_success),
              number(r.protocol_merged_acc)] for r in table.itertuples(index=False)]
     return ["## Trap²: λ × training budget", "",
             "`trap formed`: share of releases whose answer loss at half scale exceeds none's by the margin; the",
@@ -327,4 +337,4 @@ def trap2_sweep_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
             "runs Trap²'s code without the trap term); the last column is the paper protocol's 8-way task-",
             "arithmetic merged accuracy on T_p.", "",
             *markdown_table(["model", "format", "steps", "λ", "label", "trap formed", "gap vs none", "gap vs λ = 0",
-                             "utility retention", "worst case", "protocol merged acc"], rows)]
+                             "utility retention", "attack success", "protocol merged acc"], rows)]

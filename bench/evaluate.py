@@ -11,6 +11,7 @@ import copy
 import functools
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -89,6 +90,44 @@ def score(
     batch_size: int = 64,
 ) -> dict[str, float]:
     """Accuracy per task on `split` (`test` for reporting, `attacker_val` for an attacker's search)."""
+    output, names = _evaluate(model, tokenizer, task_names, tasks, split, form, limit, batch_size, log_samples=False)
+    return {task: result_metric(output["results"][name], METRIC_BY_FORM[form], name) for task, name in names.items()}
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """A task's accuracy and its per-example values in document order (what a bootstrap over test examples
+    resamples; lm-eval's accuracy is their mean). `examples` is empty when the metric has no per-example value."""
+
+    accuracy: float
+    examples: tuple[float, ...] = ()
+
+
+def score_examples(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task_names: Sequence[str],
+    tasks: MaterializedTasks,
+    split: str = "test",
+    form: Form = "loglikelihood",
+    batch_size: int = 64,
+) -> dict[str, TaskScore]:
+    """`score`, with each task's per-example metric values (lm-eval's logged samples, ordered by doc_id)."""
+    output, names = _evaluate(model, tokenizer, task_names, tasks, split, form, None, batch_size, log_samples=True)
+    scores = {}
+    for task, name in names.items():
+        accuracy = result_metric(output["results"][name], METRIC_BY_FORM[form], name)
+        metric = METRIC_BY_FORM[form].split(",")[0]
+        samples = sorted(output.get("samples", {}).get(name, []), key=lambda sample: sample["doc_id"])
+        values = tuple(float(sample[metric]) for sample in samples) if all(metric in s for s in samples) else ()
+        scores[task] = TaskScore(accuracy, values)
+    return scores
+
+
+def _evaluate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, task_names: Sequence[str],
+              tasks: MaterializedTasks, split: str, form: Form, limit: int | None, batch_size: int,
+              log_samples: bool) -> tuple[dict, dict[str, str]]:
+    """One `simple_evaluate` call over the tasks' `split` YAMLs: its output and the lm-eval name of each task."""
     from lm_eval import simple_evaluate
 
     plain = as_plain_model(model).eval()
@@ -102,12 +141,12 @@ def score(
             tasks=list(names.values()),
             task_manager=task_manager(tasks.include_path, tasks.needs_default_tasks),
             limit=limit,
-            log_samples=False,
+            log_samples=log_samples,
             bootstrap_iters=0,
             verbosity="ERROR",
         )
     assert output is not None
-    return {task: result_metric(output["results"][name], METRIC_BY_FORM[form], name) for task, name in names.items()}
+    return output, names
 
 
 def result_metric(result: dict[str, object], preferred: str, name: str) -> float:

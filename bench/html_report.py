@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.html_assets import SCRIPT, STYLE
 from bench.readme import (
     LEADERBOARD_FILE,
     PLOT_FILE,
@@ -42,10 +43,10 @@ class Column:
     key: str
     label: str
     numeric: bool = False
-    ci: bool = False  # show "mean ± ci95" from `<key>_ci95`
+    ci: bool = False  # show "value [lo, hi]" from `<key>_lo` and `<key>_hi`
 
 
-#: The full table: identity, then every aggregate of bench.results.metrics (mean ± ci95), then counts.
+#: The full table: identity, then every aggregate of bench.results.metrics (value [lo, hi]), then counts.
 COLUMNS: tuple[Column, ...] = (
     Column("run", "run"),
     Column("defense", "defense"),
@@ -55,12 +56,15 @@ COLUMNS: tuple[Column, ...] = (
     Column("family", "architecture"),
     Column("release_format", "format"),
     Column("status", "status"),
+    Column("verdict", "verdict"),
     *(Column(metric.name, metric.name.replace("_", " "), True, True) for metric in AGGREGATE_METRICS),
-    Column("worst_attack", "worst attack"),
+    Column("threshold_sensitive", "threshold-sensitive"),
+    Column("worst_attack", "worst input's pick"),
     Column("worst_attack_family", "its family"),
     Column("n_seeds", "seeds", True),
-    Column("n_attacks_valid", "attacks valid", True),
-    Column("n_attacks_weak", "attacks weak", True),
+    Column("n_inputs", "inputs", True),
+    Column("n_inputs_void", "void inputs", True),
+    Column("n_inputs_broken", "broken inputs", True),
     Column("n_cells_failed", "failed cells", True),
     Column("flags", "flags"),
     Column("zoo_hash", "zoo hash"),
@@ -68,81 +72,14 @@ COLUMNS: tuple[Column, ...] = (
 
 
 def headline_table_columns(track: str) -> tuple[Column, ...]:
-    """The ranked headline of a track: who, the worst case overall and per family, utility kept, flags."""
-    keep = {"worst_attack_success", "utility_retention", "trap_formed_rate"} | {
-        f"worst_{family}" for family in TRACK_FAMILIES[track]}
+    """A run's ranked headline of a track: who, the verdict, the headline and worst case, each family, utility
+    kept, seeds, flags."""
+    keep = {"attack_success", "worst_attack_success", "utility_retention", "trap_formed_rate"} | {
+        f"success_{family}" for family in TRACK_FAMILIES[track]}
     numbers = tuple(Column(key, label, True, True) for label, key in headline_columns(track) if key in keep)
-    return (Column("run", "run"), Column("defense", "defense"), Column("paper", "paper"), Column("model", "model"),
-            Column("release_format", "format"), *numbers, Column("flags", "flags"))
-
-
-_SCRIPT = """
-(function () {
-  function value(cell, numeric) {
-    var raw = cell.getAttribute('data-value');
-    if (numeric) { return raw === null || raw === '' ? null : parseFloat(raw); }
-    return cell.textContent.trim().toLowerCase();
-  }
-  function sortTable(table, index, direction) {
-    var body = table.tBodies[0];
-    var header = table.tHead.rows[0].cells[index];
-    var numeric = header.getAttribute('data-numeric') === '1';
-    var rows = Array.prototype.slice.call(body.rows);
-    rows.forEach(function (row, i) { row.setAttribute('data-order', i); });
-    rows.sort(function (a, b) {
-      var x = value(a.cells[index], numeric), y = value(b.cells[index], numeric);
-      if (x === null && y === null) { return a.getAttribute('data-order') - b.getAttribute('data-order'); }
-      if (x === null) { return 1; }   /* missing numbers last, whichever the direction */
-      if (y === null) { return -1; }
-      var c = numeric ? x - y : x.localeCompare(y);
-      if (c === 0) { return a.getAttribute('data-order') - b.getAttribute('data-order'); }
-      return direction === 'asc' ? c : -c;
-    });
-    rows.forEach(function (row) { body.appendChild(row); });
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th) { th.removeAttribute('aria-sort'); });
-    header.setAttribute('aria-sort', direction === 'asc' ? 'ascending' : 'descending');
-    table.setAttribute('data-sort-key', header.getAttribute('data-key'));
-    table.setAttribute('data-sort-dir', direction);
-  }
-  var tables = document.querySelectorAll('table.sortable');
-  Array.prototype.forEach.call(tables, function (table) {
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
-      th.addEventListener('click', function () {
-        var same = table.getAttribute('data-sort-key') === th.getAttribute('data-key');
-        var next = same && table.getAttribute('data-sort-dir') === 'desc' ? 'asc' : 'desc';
-        if (!same && th.getAttribute('data-numeric') !== '1') { next = 'asc'; }
-        sortTable(table, index, next);
-      });
-    });
-  });
-  var match = /sort=([A-Za-z0-9_]+)(?::(asc|desc))?/.exec(window.location.hash);
-  if (match) {
-    Array.prototype.forEach.call(tables, function (table) {
-      Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, index) {
-        if (th.getAttribute('data-key') === match[1]) { sortTable(table, index, match[2] || 'desc'); }
-      });
-    });
-  }
-  document.body.setAttribute('data-ready', '1');
-})();
-"""
-
-_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 110em; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-th { background: #f2f2f2; cursor: pointer; user-select: none; }
-th[aria-sort=ascending]::after { content: " \\25B2"; }
-th[aria-sort=descending]::after { content: " \\25BC"; }
-tr.reference td { color: #666; }
-figure { display: inline-block; margin: 0.5em; }
-figure img { max-width: 48em; border: 1px solid #ddd; }
-code { background: #f6f6f6; padding: 0 0.2em; }
-.scroll { overflow-x: auto; }
-.note { color: #555; }
-td.flags { min-width: 22em; max-width: 40em; font-size: 0.85em; color: #8a4b00; }
-"""
+    return (Column("defense", "defense"), Column("paper", "paper"), Column("model", "model"),
+            Column("release_format", "format"), Column("verdict", "verdict"), *numbers,
+            Column("n_seeds", "seeds", True), Column("flags", "flags"))
 
 
 def _text(value: object) -> str:
@@ -151,17 +88,17 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _number(mean: object, ci: object = None) -> tuple[str, str]:
-    """(data-value, shown text); numbers with three decimals, counts as integers, '–' for none."""
-    if mean is None or pd.isna(mean):
+def _number(value: object, low: object = None, high: object = None) -> tuple[str, str]:
+    """(data-value, shown text); numbers with three decimals and their interval, counts as integers, '–' for none."""
+    if value is None or pd.isna(value):
         return "", "–"
-    value = float(mean)  # type: ignore[arg-type]
-    if value.is_integer() and ci is None:
-        return repr(value), str(int(value))
-    shown = f"{value:.3f}"
-    if ci is not None and not pd.isna(ci):
-        shown += f" ± {float(ci):.3f}"  # type: ignore[arg-type]
-    return repr(value), shown
+    number = float(value)  # type: ignore[arg-type]
+    if number.is_integer() and low is None:
+        return repr(number), str(int(number))
+    shown = f"{number:.3f}"
+    if low is not None and high is not None and not pd.isna(low) and not pd.isna(high):
+        shown += f" [{float(low):.3f}, {float(high):.3f}]"  # type: ignore[arg-type]
+    return repr(number), shown
 
 
 def html_table(table_id: str, rows: list[dict[str, object]], columns: tuple[Column, ...] = COLUMNS) -> str:
@@ -175,7 +112,8 @@ def html_table(table_id: str, rows: list[dict[str, object]], columns: tuple[Colu
             if c.numeric and row.get("status", "ok") != "ok" and c.ci:
                 cells.append(f'<td class="num" data-value="">{html.escape(str(row.get("status")))}</td>')
             elif c.numeric:
-                raw, shown = _number(row.get(c.key), row.get(f"{c.key}_ci95") if c.ci else None)
+                raw, shown = (_number(row.get(c.key), row.get(f"{c.key}_lo"), row.get(f"{c.key}_hi")) if c.ci
+                              else _number(row.get(c.key)))
                 cells.append(f'<td class="num" data-value="{raw}">{html.escape(shown)}</td>')
             else:
                 css = ' class="flags"' if c.key == "flags" else ""
@@ -329,25 +267,28 @@ def render_index(leaderboard_dir: Path) -> str:
 
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        "<title>lockbench leaderboard</title>", f"<style>{_STYLE}</style></head><body>",
+        "<title>lockbench leaderboard</title>", f"<style>{STYLE}</style></head><body>",
         "<h1>lockbench leaderboard</h1>",
         '<p class="note">Release-time protections of model weights against merging and fine-tuning attacks. '
-        "Lower attack success and higher protection are better; numbers are means over seeds ± the half-width of "
-        "a 95% Student-t interval. Click a column header to sort. Each run's folder holds <code>cells.csv</code> "
-        "(every cell with its knobs and raw metrics), <code>leaderboard.csv</code> and a README.</p>",
+        "Lower attack success and higher protection are better. Per input the attacker picks the configuration "
+        "best on its own validation split; numbers are means over inputs [95% paired-bootstrap interval over seeds "
+        "and test examples]. Rows are ranked within one run, never across runs. Click a column header to sort. Each "
+        "run's folder holds <code>cells.csv</code> (every cell with its knobs and raw metrics), <code>picks.csv"
+        "</code>, <code>leaderboard.csv</code>, <code>sensitivity.csv</code> and a README.</p>",
     ]
-    pooled = pd.concat([board.assign(run=run) for run, board in published]) if published else None
-    for track in TRACKS:
-        if pooled is not None and (pooled["track"] == track).any():
-            parts.append(f'<h2 id="headline-{track}">{track} track: ranked by worst-case attack success</h2>')
-            parts.append(html_table(f"headline-{track}-table", ranked(pooled, track).to_dict("records"),
-                                headline_table_columns(track)))
+    for run, board in published:
+        for track in TRACKS:
+            if (board["track"] == track).any():
+                parts.append(f'<h2 id="headline-{html.escape(run)}-{track}">{html.escape(run)}, {track} track: '
+                             "ranked by attack success</h2>")
+                parts.append(html_table(f"headline-{run}-{track}-table", ranked(board, track).to_dict("records"),
+                                        headline_table_columns(track)))
     for run, board in published:
         columns = architecture_columns(board)
         matrix = [{"defense": defense, **{"|".join(column): found.get(column, "–") for column in columns}}
                   for defense, found in architecture_entries(board).items()]
         parts.append(f'<h2 id="architectures-{html.escape(run)}">{html.escape(run)}: architecture × format × defense '
-                     "(worst-case success; N/A: the defense does not apply)</h2>")
+                     "(attack success; N/A: the defense does not apply)</h2>")
         parts.append(html_table(f"architectures-{run}-table", matrix, (Column("defense", "defense"), *(
             Column("|".join(column), f"{column[0]}: {column[1]}/{column[2]}") for column in columns))))
     parts.append("<h2>All numbers</h2>")
@@ -374,7 +315,7 @@ def render_index(leaderboard_dir: Path) -> str:
     plots = [(run, f"{run}/{PLOT_FILE}") for run, _ in [*published, *submitted, *attack_runs]
              if (leaderboard_dir / run / PLOT_FILE).is_file()]
     if plots:
-        parts.append("<h2>Utility retention vs worst-case attack success</h2>")
+        parts.append("<h2>Utility retention vs attack success</h2>")
         parts += [f'<figure><a href="{html.escape(src)}"><img src="{html.escape(src)}" alt="{html.escape(run)}: '
                   f'utility vs attack success"></a><figcaption>{html.escape(run)}</figcaption></figure>'
                   for run, src in plots]
@@ -385,7 +326,7 @@ def render_index(leaderboard_dir: Path) -> str:
     parts.append("<h2>Versions</h2>")
     boards = [*published, *submitted, *attack_runs]
     parts.append(_versions_rows(boards) if boards else "<p>–</p>")
-    parts.append(f"<script>{_SCRIPT}</script></body></html>")
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
 
 

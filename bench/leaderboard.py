@@ -23,9 +23,12 @@ from bench.plots import plot_utility_vs_attack
 from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
     CELLS_FILE,
     LEADERBOARD_FILE,
+    PICKS_FILE,
     PLOT_FILE,
     README_FILE,
+    RULE_FILE,
     RUN_FILES,
+    SENSITIVITY_FILE,
     TRACKS,
     markdown_table,
     render_readme,
@@ -35,7 +38,7 @@ from bench.results import (
     REFERENCE_DEFENSE,
     SchemaError,
     ValidityRule,
-    aggregate,
+    aggregate_all,
     conform_frame,
     read_csv,
     write_csv,
@@ -54,24 +57,39 @@ class PublishError(RuntimeError):
 # ----------------------------------------------------------------------------- run outputs
 
 
-def write_run_outputs(run_dir: Path, cells: pd.DataFrame, board: pd.DataFrame, title: str,
-                      validity: ValidityRule | None = None) -> None:
-    """Write RUN_FILES into `run_dir`, and for a run that sweeps a paper's strength knob its trade-off
-    plots and claims; README.md last, so its presence marks a complete run."""
+def write_run_outputs(run_dir: Path, cells: pd.DataFrame, title: str, validity: ValidityRule | None = None) -> None:
+    """Aggregate `cells` and write RUN_FILES into `run_dir` (the rule it was aggregated under included), and
+    for a run that sweeps a paper's strength knob its trade-off plots and claims; README.md last, so its
+    presence marks a complete run."""
     run_dir = Path(run_dir)
+    validity = validity or ValidityRule()
     cells = conform_frame(cells, "cells")
+    board, picks, sensitivity = aggregate_all(cells, validity)
     # utility-task columns, where the leaderboard schema declares them (bench.utility_report.BOARD_COLUMNS)
     board = conform_frame(with_board_columns(board, cells, LEADERBOARD_COLUMNS), "leaderboard")
     write_csv(cells, run_dir / CELLS_FILE, "cells")
     write_csv(board, run_dir / LEADERBOARD_FILE, "leaderboard")
+    write_csv(picks, run_dir / PICKS_FILE, "picks")
+    write_csv(sensitivity, run_dir / SENSITIVITY_FILE, "sensitivity")
+    write_text_atomic(run_dir / RULE_FILE, validity.model_dump_json(indent=2) + "\n")
     plot_utility_vs_attack(board, run_dir / PLOT_FILE)
     plots = plot_tradeoffs(cells, board, run_dir)
-    readme = render_readme(cells, board, title, validity)
+    readme = render_readme(cells, board, title, validity, sensitivity)
     papers = claims_section(cells, board) + [""] + trap2_sweep_section(cells, board)
     if plots:
-        papers += ["", "Trade-off plots (utility retention against worst-case protection per setting): "
+        papers += ["", "Trade-off plots (utility retention against protection per setting): "
                    + ", ".join(f"`{path.name}`" for path in plots) + "."]
     write_text_atomic(run_dir / README_FILE, with_section(readme, "\n".join(papers)) if any(papers) else readme)
+
+
+def read_rule(run_dir: Path) -> ValidityRule:
+    """The rule a run directory was aggregated under (its RULE_FILE)."""
+    path = Path(run_dir) / RULE_FILE
+    try:
+        return ValidityRule.model_validate_json(path.read_text())
+    except (OSError, ValueError) as error:
+        raise PublishError(f"refusing to publish {run_dir}: {RULE_FILE} is not a readable rule "
+                           f"({' '.join(str(error).split())[:160]})") from error
 
 
 def run_files(run_dir: Path) -> list[str]:
@@ -93,21 +111,22 @@ def _check_name(name: str) -> None:
         raise PublishError(f"invalid run name {name!r}: use a plain folder name")
 
 
-def _check_consistent(cells: pd.DataFrame, board: pd.DataFrame, run_dir: Path) -> None:
-    """leaderboard.csv must be what aggregate() makes of cells.csv: no mixing files from two runs."""
-    expected = aggregate(cells).reset_index(drop=True)
-    actual = board.reset_index(drop=True)
-    keys = ["track", "model", "release_format", "defense"]
-    if expected[keys].values.tolist() != actual[keys].values.tolist():
-        raise PublishError(f"refusing to publish {run_dir}: {LEADERBOARD_FILE} rows do not match the "
-                           f"groups of {CELLS_FILE}")
-    try:
-        pd.testing.assert_frame_equal(actual[list(LEADERBOARD_COLUMNS)], expected[list(LEADERBOARD_COLUMNS)],
-                                      check_exact=False, rtol=1e-9, atol=1e-12)
-    except AssertionError as error:
-        reason = " ".join(str(error).split())[:200]
-        raise PublishError(f"refusing to publish {run_dir}: {LEADERBOARD_FILE} is not the aggregate of "
-                           f"{CELLS_FILE} ({reason})") from error
+def _check_consistent(cells: pd.DataFrame, files: dict[str, pd.DataFrame], rule: ValidityRule,
+                      run_dir: Path) -> None:
+    """leaderboard.csv, picks.csv and sensitivity.csv must be what aggregate_all() makes of cells.csv under
+    the run's rule: no mixing files from two runs."""
+    board, picks, sensitivity = aggregate_all(cells, rule)
+    expected = {LEADERBOARD_FILE: board, PICKS_FILE: picks, SENSITIVITY_FILE: sensitivity}
+    for name, frame in expected.items():
+        actual = files[name].reset_index(drop=True)
+        frame = frame.reset_index(drop=True)
+        columns = [c for c in frame.columns if c in actual.columns]
+        try:
+            pd.testing.assert_frame_equal(actual[columns], frame[columns], check_exact=False, rtol=1e-9, atol=1e-12)
+        except AssertionError as error:
+            reason = " ".join(str(error).split())[:200]
+            raise PublishError(f"refusing to publish {run_dir}: {name} is not the aggregate of {CELLS_FILE} "
+                               f"({reason})") from error
 
 
 def check_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -125,6 +144,8 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     try:
         cells = read_csv(run_dir / CELLS_FILE, "cells")
         board = read_csv(run_dir / LEADERBOARD_FILE, "leaderboard")
+        files = {LEADERBOARD_FILE: board, PICKS_FILE: read_csv(run_dir / PICKS_FILE, "picks"),
+                 SENSITIVITY_FILE: read_csv(run_dir / SENSITIVITY_FILE, "sensitivity")}
     except SchemaError as error:
         raise PublishError(f"refusing to publish {run_dir}: {error}") from error
     if cells.empty:
@@ -134,7 +155,7 @@ def check_run(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     with open(run_dir / PLOT_FILE, "rb") as stream:
         if stream.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
             raise PublishError(f"refusing to publish {run_dir}: {PLOT_FILE} is not a PNG")
-    _check_consistent(cells, board, run_dir)
+    _check_consistent(cells, files, read_rule(run_dir), run_dir)
     return cells, board
 
 
@@ -220,10 +241,10 @@ def _index_row(folder: Path) -> list[str]:
     best = []
     for track in TRACKS:
         rows = board[(board["track"] == track) & (board["defense"] != REFERENCE_DEFENSE)
-                     & board["protection_worst"].notna()]
+                     & board["protection"].notna()]
         if not rows.empty:
-            top = rows.loc[rows["protection_worst"].idxmax()]
-            best.append(f"{track}: {top['defense']} on {top['model']} ({top['protection_worst']:.3f})")
+            top = rows.loc[rows["protection"].idxmax()]
+            best.append(f"{track}: {top['defense']} on {top['model']} ({top['protection']:.3f}, {top['verdict']})")
     return [link, title, listed("track"), listed("defense"), listed("model"),
             "; ".join(best) or "–", f"{listed('lockbench_version')} / {listed('zoo_hash')}"]
 
@@ -235,17 +256,19 @@ def write_index(leaderboard_dir: Path) -> None:
                      and not path.name.startswith(".") and (path / LEADERBOARD_FILE).is_file())
     lines = ["# lockbench leaderboard", "",
              "Published runs. Each folder holds `cells.csv` (one row per cell: raw metrics and every knob),",
-             "`leaderboard.csv` (one row per defense × track × model × format), a README with the table and",
+             "`picks.csv` (the attacker's pick per input), `leaderboard.csv` (one row per defense × track ×",
+             "model × format), `sensitivity.csv` (the headline at each void-bar), a README with the tables and",
              "the formulas, and the utility vs attack success plot. Regenerated by",
              "`bench.leaderboard.publish`.", "",
-             "Best protection (worst case over attacks) per track, `none` excluded, is shown per run.", ""]
-    header = ["run", "title", "tracks", "defenses", "models", "best protection (worst case)",
+             "The best protection per track (`none` excluded) is shown within each run; rows are never ranked",
+             "across runs.", ""]
+    header = ["run", "title", "tracks", "defenses", "models", "best protection (verdict)",
               "lockbench / zoo hash"]
     lines += markdown_table(header, [_index_row(folder) for folder in folders]) if folders else ["No runs yet."]
     write_text_atomic(leaderboard_dir / README_FILE, "\n".join(lines) + "\n")
 
 
 __all__ = [
-    "PublishError", "RUN_FILES", "check_run", "plot_utility_vs_attack", "publish",
+    "PublishError", "RUN_FILES", "check_run", "plot_utility_vs_attack", "publish", "read_rule",
     "remove_optional_files", "render_readme", "run_files", "write_index", "write_run_outputs",
 ]

@@ -14,16 +14,16 @@ from bench.storage import replace_atomically
 
 
 def plot_utility_vs_attack(board: pd.DataFrame, path: Path) -> None:
-    """Utility retention vs worst-case attack success, one point per defense × model × format, a panel per
+    """Utility retention vs attack success (the headline), one point per defense × model × format, a panel per
     track. Colour names the defense, the marker the model, a hollow marker the adapter format; legends say
     which, so labels never overlap where points cluster (they do near success 1). Error bars are the 95%
-    intervals, cut at the metrics' bounds. Uses the Agg canvas directly: no global backend change."""
+    bootstrap intervals (`_lo`, `_hi`). Uses the Agg canvas directly: no global backend change."""
     from matplotlib.lines import Line2D
 
     tracks = [track for track in TRACKS if (board["track"] == track).any()] or ["merge"]
     figure = Figure(figsize=(6.5 * len(tracks) + 2.5, 5.0), layout="constrained")
     FigureCanvasAgg(figure)
-    scored = board[(board["status"] == "ok") & board["worst_attack_success"].notna()
+    scored = board[(board["status"] == "ok") & board["attack_success"].notna()
                    & board["utility_retention"].notna()]
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
     colours = {name: palette[i % len(palette)] for i, name in enumerate(sorted(scored["defense"].unique()))}
@@ -31,17 +31,16 @@ def plot_utility_vs_attack(board: pd.DataFrame, path: Path) -> None:
     for axes, track in zip(figure.subplots(1, len(tracks), squeeze=False)[0], tracks, strict=True):
         rows = scored[scored["track"] == track]
         for _, row in rows.iterrows():
-            x, y = row["worst_attack_success"], row["utility_retention"]
-            x_ci, y_ci = _bar(row["worst_attack_success_ci95"]), _bar(row["utility_retention_ci95"])
+            x, y = row["attack_success"], row["utility_retention"]
             colour = colours[row["defense"]]
-            axes.errorbar(x, y, xerr=[[min(x_ci, x)], [min(x_ci, 1.0 - x)]], yerr=[[min(y_ci, y)], [y_ci]],
+            axes.errorbar(x, y, xerr=_bar(row, "attack_success"), yerr=_bar(row, "utility_retention"),
                           fmt=markers[row["model"]], capsize=3, color=colour, markersize=8, alpha=0.85,
                           markerfacecolor="none" if row["release_format"] == "adapter" else colour)
         if rows.empty:
             axes.text(0.5, 0.5, "no scored rows", ha="center", va="center", transform=axes.transAxes)
         top = max(1.1, float(rows["utility_retention"].max()) + 0.1) if not rows.empty else 1.1
         axes.set(xlim=(-0.05, 1.1), ylim=(0.0, top), title=f"{track} track",
-                 xlabel="worst-case attack success (lower is better)", ylabel="utility retention")
+                 xlabel="attack success, the attacker's pick (lower is better)", ylabel="utility retention")
         axes.grid(alpha=0.3)
     handles = [Line2D([], [], color=colour, marker="o", linestyle="", label=name) for name, colour in colours.items()]
     handles += [Line2D([], [], color="#444", marker=marker, linestyle="", label=model) for model, marker in markers.items()]
@@ -51,5 +50,9 @@ def plot_utility_vs_attack(board: pd.DataFrame, path: Path) -> None:
     replace_atomically(path, lambda scratch: figure.savefig(scratch, format="png", dpi=110))
 
 
-def _bar(ci: float) -> float:
-    return 0.0 if ci is None or math.isnan(ci) else float(ci)
+def _bar(row: pd.Series, column: str) -> list[list[float]]:
+    """matplotlib's asymmetric error bar from the row's interval; none without one."""
+    value, low, high = row[column], row[f"{column}_lo"], row[f"{column}_hi"]
+    if math.isnan(low) or math.isnan(high):
+        return [[0.0], [0.0]]
+    return [[max(value - low, 0.0)], [max(high - value, 0.0)]]

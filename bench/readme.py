@@ -1,6 +1,6 @@
-"""A run's README: a ranked table per track (worst case overall and per attack family, utility, flags),
-the families without a valid attack, the controls, the weak attacks and every formula, generated from
-the metric declarations of `bench.results.metrics`."""
+"""A run's README: a ranked table per track (the headline with its interval and verdict, the worst case, the
+oracle, each family, utility, flags), the sensitivity table, the void families, the controls and every
+formula, generated from the metric declarations of `bench.results.metrics`."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ from bench.utility_report import readme_section
 CELLS_FILE = "cells.csv"
 LEADERBOARD_FILE = "leaderboard.csv"
 README_FILE = "README.md"
+PICKS_FILE = "picks.csv"
+SENSITIVITY_FILE = "sensitivity.csv"
+RULE_FILE = "validity.json"
 PLOT_FILE = "utility_vs_attack.png"
-RUN_FILES: tuple[str, ...] = (CELLS_FILE, LEADERBOARD_FILE, README_FILE, PLOT_FILE)
+RUN_FILES: tuple[str, ...] = (CELLS_FILE, LEADERBOARD_FILE, PICKS_FILE, SENSITIVITY_FILE, RULE_FILE, README_FILE,
+                              PLOT_FILE)
 TRACKS: tuple[str, ...] = ("merge", "finetune")
 
 
@@ -34,13 +38,18 @@ def cell_text(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def number_text(mean: float, ci: float | None = None) -> str:
-    """`0.512 ± 0.031`; the ± part is left out with one seed; – for no value."""
-    if mean is None or math.isnan(mean):
+def number_text(value: float, low: float | None = None, high: float | None = None) -> str:
+    """`0.512 [0.431, 0.604]`; the interval is left out when there is none; – for no value."""
+    if value is None or math.isnan(value):
         return "–"
-    if ci is None or math.isnan(ci):
-        return f"{mean:.3f}"
-    return f"{mean:.3f} ± {ci:.3f}"
+    if low is None or high is None or math.isnan(low) or math.isnan(high):
+        return f"{value:.3f}"
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def metric_text(row: pd.Series, column: str) -> str:
+    """A leaderboard number with its bootstrap interval (`<column>_lo`, `<column>_hi`)."""
+    return number_text(row[column], row.get(f"{column}_lo"), row.get(f"{column}_hi"))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -49,14 +58,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-#: The headline columns of a track's table: (label, leaderboard column); families follow the worst case.
+#: The columns of a track's table: (label, leaderboard column); families follow the headline.
 HEADLINE: tuple[tuple[str, str], ...] = (
-    ("utility", "utility"), ("utility retention", "utility_retention"),
-    ("worst case", "worst_attack_success"),
-    *((f"worst {family}", f"worst_{family}") for family in ATTACK_FAMILIES),
-    ("bounded worst", "bounded_worst_attack_success"), ("mean", "mean_attack_success"),
-    ("protection (worst)", "protection_worst"), ("worst unclipped", "worst_attack_success_raw"),
-    ("old worst case", "legacy_worst_attack_success"),
+    ("attack success (mean)", "attack_success"), ("worst case (max)", "worst_attack_success"),
+    ("oracle (upper bound)", "oracle_attack_success"),
+    *((f"{family}", f"success_{family}") for family in ATTACK_FAMILIES),
+    ("pick value", "pick_value"), ("none's pick value", "pick_value_none"),
+    ("utility", "utility"), ("utility retention", "utility_retention"), ("protection", "protection"),
 )
 TRACK_FAMILIES: dict[str, tuple[str, ...]] = {
     "merge": ("pinned", "rescaling", "aligning", "data"), "finetune": ("finetune",)}
@@ -64,7 +72,7 @@ TRACK_FAMILIES: dict[str, tuple[str, ...]] = {
 
 def headline_columns(track: str) -> list[tuple[str, str]]:
     """The (label, column) pairs shown for `track`: the families that can attack it, plus the rest."""
-    families = {f"worst_{family}" for family in ATTACK_FAMILIES if family not in TRACK_FAMILIES[track]}
+    families = {f"success_{family}" for family in ATTACK_FAMILIES if family not in TRACK_FAMILIES[track]}
     columns = [(label, column) for label, column in HEADLINE if column not in families]
     if track == "merge":
         columns.append(("trap formed", "trap_formed_rate"))
@@ -72,28 +80,51 @@ def headline_columns(track: str) -> list[tuple[str, str]]:
 
 
 def ranked(board: pd.DataFrame, track: str) -> pd.DataFrame:
-    """A track's rows ranked for the headline: scored defenses by worst-case success (lower first), then
-    `none`, invalid and n/a rows last."""
+    """A track's rows ranked within this run: scored defenses by their headline (lower first), then `none`,
+    invalid and n/a rows last."""
     rows = board[board["track"] == track].copy()
     rows["_order"] = rows["status"].map({"ok": 0, "invalid": 2, "n/a": 3}) + (rows["defense"] == REFERENCE_DEFENSE)
-    return rows.sort_values(["_order", "worst_attack_success", "model", "release_format", "defense"],
+    return rows.sort_values(["_order", "attack_success", "model", "release_format", "defense"],
                             kind="mergesort").drop(columns="_order")
+
+
+def inputs_text(row: pd.Series) -> str:
+    """`broken k / live n (v void)`: how many of the row's inputs the attacker's pick broke."""
+    live = int(row["n_inputs"]) - int(row["n_inputs_void"])
+    return f"{int(row['n_inputs_broken'])} / {live} ({int(row['n_inputs_void'])} void)"
 
 
 def _track_table(board: pd.DataFrame, track: str) -> list[str]:
     columns = headline_columns(track)
-    header = ["defense", "model", "format", *[label for label, _ in columns], "worst attack", "seeds",
-              "valid / weak attacks", "flags"]
+    header = ["defense", "model", "format", "verdict", *[label for label, _ in columns], "broken / inputs",
+              "worst input's pick", "seeds", "flags"]
     rows = []
     for _, row in ranked(board, track).iterrows():
         if row["status"] != "ok":
             numbers = [row["status"]] * len(columns)
         else:
-            numbers = [number_text(row[column], row[f"{column}_ci95"]) for _, column in columns]
+            numbers = [metric_text(row, column) for _, column in columns]
         attack = f"{row['worst_attack']} ({row['worst_attack_family']})" if row["worst_attack"] else "–"
-        rows.append([row["defense"], row["model"], row["release_format"], *numbers, attack, str(row["n_seeds"]),
-                     f"{row['n_attacks_valid']} / {row['n_attacks_weak']}", row["flags"] or ""])
+        rows.append([row["defense"], row["model"], row["release_format"], row["verdict"] or "–", *numbers,
+                     inputs_text(row), attack, str(row["n_seeds"]), row["flags"] or ""])
     return markdown_table(header, rows)
+
+
+def sensitivity_table(table: pd.DataFrame, track: str = "merge") -> list[str]:
+    """The headline and verdict of every defense row at each void-bar (DESIGN §5)."""
+    rows = table[table["track"] == track]
+    if rows.empty:
+        return ["No rows."]
+    bars = sorted(rows["bar"].unique())
+    out = []
+    for key, group in rows.groupby(["defense", "model", "release_format"], sort=True):
+        by_bar = {bar: group[group["bar"] == bar].iloc[0] for bar in bars if (group["bar"] == bar).any()}
+        verdicts = {r["verdict"] for r in by_bar.values() if r["verdict"]}
+        cells = [f"{number_text(r['attack_success'], r['attack_success_lo'], r['attack_success_hi'])} "
+                 f"{r['verdict'] or '–'} (n={r['n_inputs_live']})" for r in by_bar.values()]
+        out.append([*key, *cells, "threshold-sensitive" if len(verdicts) > 1 else "stable"])
+    return markdown_table(["defense", "model", "format", *(f"bar {bar:g}" for bar in bars), "verdict across bars"],
+                          out)
 
 
 def architecture_columns(board: pd.DataFrame) -> list[tuple[str, str, str]]:
@@ -102,14 +133,14 @@ def architecture_columns(board: pd.DataFrame) -> list[tuple[str, str, str]]:
 
 
 def architecture_entries(board: pd.DataFrame) -> dict[str, dict[tuple[str, str, str], str]]:
-    """Defense → (track, architecture, format) → the worst-case success where the defense applies, `N/A` where
+    """Defense → (track, architecture, format) → the headline success where the defense applies, `N/A` where
     it declares it does not (e.g. a transformer-only re-parameterisation on Mamba), `invalid` where no attack
     was valid; a missing key: the grid did not run it."""
     entries: dict[str, dict[tuple[str, str, str], str]] = {}
     for _, row in board.iterrows():
         key = (row["track"], row["family"] or row["model"], row["release_format"])
         text = ("N/A" if row["status"] == "n/a" else row["status"] if row["status"] != "ok"
-                else number_text(row["worst_attack_success"]))
+                else number_text(row["attack_success"]))
         entries.setdefault(row["defense"], {})[key] = text
     return dict(sorted(entries.items(), key=lambda item: (item[0] == REFERENCE_DEFENSE, item[0])))
 
@@ -125,10 +156,11 @@ def architecture_matrix(board: pd.DataFrame) -> list[str]:
 
 
 def _weak_table(cells: pd.DataFrame) -> list[str]:
-    """Which attack configurations were weak on `none` (decided over all seeds), and why."""
+    """Which attack configurations keep little against `none` on average over seeds (a diagnostic: they
+    still count, and the attacker's pick decides whether they matter)."""
     reference = cells[(cells["defense"] == REFERENCE_DEFENSE) & (cells["status"] == "ok") & cells["weak"]]
     if reference.empty:
-        return ["No attack configuration was weak in this run."]
+        return ["No attack configuration was weak on `none` in this run."]
     keys = ["track", "model", "release_format", "attack", "attack_family", "task", "members", "weak_reason"]
     found = reference.drop_duplicates(keys)[keys]
     return markdown_table(["track", "model", "format", "attack", "family", "task", "members", "why (mean over seeds)"],
@@ -169,58 +201,66 @@ def formulas(validity: ValidityRule) -> list[str]:
     return [
         "## Formulas",
         "",
-        "Every number can be recomputed by hand from `cells.csv`; clip(x, 0, 1) = min(max(x, 0), 1).",
-        f"The *matching* `none` row and the *matching* control row (defense `control`) have the same ({match}):",
-        "the same attack configuration on the unprotected release and on the control release (merge: the",
-        "public base in place of the release, a zero update; finetune: a randomly initialised model of the",
-        "same architecture). Empty numbers: the cell is not `ok`, or a matching row is missing.",
+        "Every number can be recomputed by hand from `cells.csv` and `picks.csv`; clip(x, 0, 1) = min(max(x, 0), 1).",
+        f"The *matching* control row (defense `control`) has the same ({match}): the same attack",
+        "configuration on the control release (merge: the public base in place of the release, a zero update;",
+        "finetune: a randomly initialised model of the same architecture). `none`'s release of the same",
+        "(track, model, format, task, seed) is the fixed reference of every configuration. Empty numbers: the",
+        "cell is not `ok`, or a matching row is missing.",
         "",
         *formula_lines(rule),
         "",
-        "**Weak attacks** (DESIGN §6, `weak` and `weak_reason`): decided once per (track, model, format, task,",
-        "members, attack configuration) on its `none` rows, as means over all seeds, and copied to every",
-        "defense's cell of it. Merge: the expert gains ≥ "
-        f"{rule.min_expert_gain:g} over the base; the none merge keeps ≥ {rule.min_kept_fraction:g} of *both* experts'",
-        "own gains, `min((merged_acc − base_acc) / (utility − base_acc), mean_m (merged_m − base_m) / (expert_m −",
-        f"base_m)) ≥ {rule.min_kept_fraction:g}`; and the release matters, `merged_acc − control_acc ≥ "
-        f"{rule.min_release_margin:g}`. Finetune: `acc_before ≤ {rule.max_downstream_base:g}`, `gain_b1 ≥ "
-        f"{rule.min_finetune_gain:g}` and `advantage ≥ {rule.min_scratch_margin:g}` (the base beats scratch).",
-        "A weak attack stays in `cells.csv`, flagged, and is left out of every aggregate. A *valid* cell is",
-        "ok, has both matching rows, is not weak and has a headline success.",
+        "**Intervals**: each resample draws the seeds with replacement and, per task, the test examples with",
+        "replacement, the same examples for every model scored on that task (paired: a defense and `none`",
+        "are resampled together); the attacker's pick is held as chosen on `attacker_val`. `_lo` and `_hi`",
+        f"are the 2.5 and 97.5 percentiles over {rule.bootstrap_iters} resamples (seed "
+        f"{rule.bootstrap_seed}). **Verdict**: `broken` when the headline's interval lies at or above "
+        f"{rule.broken_line:g}, `holds` when it lies below, `partly` when it straddles it; `below_none` when",
+        "its upper end is below 1 (the defense lowers what the attacker keeps, beyond the resampling noise).",
         "",
-        "**Aggregates**: each number above is reduced per (seed, task) over the valid cells (every attack",
-        "configuration and member set), averaged over tasks per seed, then over the n seeds: the mean and",
-        "`*_ci95 = t(0.975, n − 1) · s / √n` (s with n − 1 in the denominator; empty with one seed). Seeds",
-        "re-train every release, `none` included. `worst_attack` is the attack most often worst over",
-        "(seed, task). Status `invalid`: cells ran but none is valid; `n/a`: the defense declares it does not",
-        "apply. `none`'s success is 1 by construction: it is the scale everything is measured on.",
+        "**Weak configurations** (`weak`, `weak_reason` in `cells.csv`) are a diagnostic, decided once per",
+        "(track, model, format, task, members, attack configuration) on its `none` rows as means over seeds:",
+        f"merge, the expert gains ≥ {rule.min_expert_gain:g}, the none merge keeps ≥ {rule.min_kept_fraction:g}"
+        " jointly (`joint_kept`) and beats its control on T_p by ≥ "
+        f"{rule.min_release_margin:g}; finetune, `acc_before ≤ {rule.max_downstream_base:g}`, `gain_b1 ≥ "
+        f"{rule.min_finetune_gain:g}`, `advantage ≥ {rule.min_scratch_margin:g}`. A weak configuration still",
+        "counts: nothing is dropped before the attacker picks. Status `invalid`: every input is void; `n/a`:",
+        "the defense declares it does not apply. `none`'s success is 1 by construction; its absolute",
+        "`pick_value` says how much of the experts a merge keeps at all.",
     ]
 
 
-def render_readme(cells: pd.DataFrame, board: pd.DataFrame, title: str,
-                  validity: ValidityRule | None = None) -> str:
-    """The run's README: a ranked table per track, invalid families, controls, weak attacks, formulas."""
+def render_readme(cells: pd.DataFrame, board: pd.DataFrame, title: str, validity: ValidityRule | None = None,
+                  sensitivity: pd.DataFrame | None = None) -> str:
+    """The run's README: a ranked table per track, the sensitivity table, void families, controls, formulas."""
     validity = validity or ValidityRule()
     lines = [f"# {title}", "",
-             "Lower attack success and higher protection are better. Merge track: success is *joint* (the",
-             "merge must keep the protected task beyond the release-free control *and* the other members);",
-             "finetune track: the area under the advantage-over-scratch curve. `cells.csv` holds one row per",
-             "cell (controls included) with every knob and raw metric; `leaderboard.csv` one row per defense ×",
-             "track × model × format. Numbers are means over seeds ± the half-width of a 95% Student-t interval.",
+             "Lower attack success and higher protection are better. Per input (defense, model, format, task,",
+             "partners, seed) the attacker picks the configuration that scores best on its own `attacker_val`",
+             "split; its test value (merge: the joint share of the experts' gains it keeps beyond the",
+             "release-free control; finetune: the area under the advantage-over-scratch curve) divided by",
+             "`none`'s pick on the same input is the success. Rows are means over the non-void inputs with 95%",
+             "paired-bootstrap intervals over seeds and test examples, ranked within this run only. `cells.csv`",
+             "holds every cell, `picks.csv` every pick, `sensitivity.csv` the headline at each void-bar.",
              f"Plot: `{PLOT_FILE}`.", ""]
     for track in TRACKS:
         if (board["track"] == track).any():
             lines += [f"## {track} track", "", *_track_table(board, track), ""]
+    if sensitivity is not None and (sensitivity["track"] == "merge").any():
+        lines += ["## Sensitivity to the void-bar (merge track)", "",
+                  "The headline when an input counts only if `none`'s pick keeps at least the bar jointly; a",
+                  "verdict that changes across the bars is threshold-sensitive.", "",
+                  *sensitivity_table(sensitivity), ""]
     lines += ["## Architecture × format × defense", "",
-              "Worst-case attack success per architecture; N/A: the defense declares it does not apply there.", "",
+              "Headline attack success per architecture; N/A: the defense declares it does not apply there.", "",
               *architecture_matrix(board), ""]
-    gaps = family_gaps(cells) + validity_failures(cells)
-    lines += ["## Families without a valid attack", "",
-              *([f"- **{gap}**" for gap in gaps] or ["Every attack family of the grid has a valid attack."]), ""]
+    gaps = family_gaps(cells, validity) + validity_failures(cells, validity)
+    lines += ["## Void families", "",
+              *([f"- **{gap}**" for gap in gaps] or ["No attack family is void on every input."]), ""]
     lines += ["## Controls: what each attack reaches without the release", "",
               "Means over seeds and member sets, on the protected task (merge) or D (finetune).", "",
               *_controls_table(cells), ""]
     lines += readme_section(cells, markdown_table)
-    lines += [*formulas(validity), "", "## Weak attack configurations", "", *_weak_table(cells), "",
+    lines += [*formulas(validity), "", "## Configurations weak on none (diagnostic)", "", *_weak_table(cells), "",
               "## Versions", "", *_versions(board, cells), ""]
     return "\n".join(lines)

@@ -22,6 +22,7 @@ from bench.results import (
     GROUP_KEY,
     REFERENCE_DEFENSE,
     SchemaError,
+    ValidityRule,
     aggregate,
     read_csv,
     validity_failures,
@@ -137,8 +138,8 @@ def _reference_falls(reference: pd.DataFrame, tolerance: float) -> list[Regressi
 
 
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
-            allow_invalid: bool = False) -> Comparison:
-    """Everything in `current` that is worse than `baseline` (both cells tables)."""
+            allow_invalid: bool = False, rule: ValidityRule | None = None) -> Comparison:
+    """Everything in `current` that is worse than `baseline` (both cells tables, aggregated under `rule`)."""
     regressions: list[Regression] = []
     notes: list[str] = []
     keys = list(CELL_KEY)
@@ -169,14 +170,15 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DE
             detail=f"now weak: {row['weak_reason_now']}"))
 
     regressions += _reference_falls(reference, tolerance)
-    regressions += _changes(both[was_ok & is_ok], "cell", "attack_success", "utility", tolerance)
+    defended = both[was_ok & is_ok & (both["defense"] != REFERENCE_DEFENSE)]
+    regressions += _changes(defended, "cell", "cell_value", "utility", tolerance)
 
     group = list(GROUP_KEY)
-    boards = aggregate(baseline).merge(aggregate(current), on=group, how="inner", suffixes=("_base", "_now"))
+    boards = aggregate(baseline, rule).merge(aggregate(current, rule), on=group, how="inner", suffixes=("_base", "_now"))
     boards["family"] = boards["family_now"]
-    regressions += _changes(boards, "defense", "worst_attack_success", "utility", tolerance)
+    regressions += _changes(boards, "defense", "attack_success", "utility", tolerance)
 
-    for problem in validity_failures(current):
+    for problem in validity_failures(current, rule):
         track, _, rest = problem.partition(" track, ")
         model = rest.partition(":")[0]
         if allow_invalid:
@@ -229,7 +231,7 @@ def wide_console() -> Console:
 def regress_command(baseline: Path | None, preset_name: str, tolerance: float, out: Path | None, root: Path | None,
                     executor: str, run_dir: Path | None, write_to: Path | None, allow_invalid: bool) -> int:
     """`lockbench regress`: 0 no regression (or baseline written), 1 regressions, 2 wrong usage."""
-    from bench.leaderboard import CELLS_FILE
+    from bench.leaderboard import CELLS_FILE, RULE_FILE, PublishError, read_rule
     from bench.presets import PresetError, load_preset
     from bench.storage import storage_root
 
@@ -264,10 +266,11 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
                       f"{summary.seconds:.1f}s -> {run_dir}")
     try:
         current = read_csv(Path(run_dir) / CELLS_FILE, "cells")
-    except SchemaError as error:
+        rule = read_rule(Path(run_dir)) if (Path(run_dir) / RULE_FILE).is_file() else ValidityRule()
+    except (SchemaError, PublishError) as error:
         return fail(str(error))
     if write_to is not None:
-        problems = validity_failures(current)
+        problems = validity_failures(current, rule)
         if problems and not allow_invalid:
             return fail(f"refusing to write a baseline from a run that breaks the validity rule: {'; '.join(problems)}",
                         1)
@@ -275,7 +278,7 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         console.print(f"baseline of {len(current)} cells written to {write_to}")
         return 0
     assert base is not None and baseline is not None
-    comparison = compare(base, current, tolerance, allow_invalid)
+    comparison = compare(base, current, tolerance, allow_invalid, rule)
     regressions_frame(comparison).to_csv(Path(run_dir) / REGRESSIONS_FILE, index=False)
     render(comparison, console, baseline, tolerance)
     return 0 if comparison.ok else 1

@@ -1,4 +1,4 @@
-"""Trade-off plots of the papers' strength sweeps (DESIGN §9): utility retention against worst-case
+"""Trade-off plots of the papers' strength sweeps (DESIGN §9): utility retention against
 protection, one point per defense setting, one PNG per track × architecture (`tradeoff_<track>_<model>.png`).
 A line joins the settings of one sweep (Trap²'s λ per format and budget, PMP's ρ per complement mode),
 each point labelled with its knob, so the curve shows what each step of strength costs."""
@@ -35,7 +35,7 @@ def _series(board: pd.DataFrame, cells: pd.DataFrame, track: str) -> list[tuple[
 
 def plot_tradeoffs(cells: pd.DataFrame, board: pd.DataFrame, directory: Path) -> list[Path]:
     """Write one trade-off PNG per track × model that holds a sweep of two or more settings; return them."""
-    scored = board[(board["status"] == "ok") & board["protection_worst"].notna() & board["utility_retention"].notna()]
+    scored = board[(board["status"] == "ok") & board["protection"].notna() & board["utility_retention"].notna()]
     written = []
     for (track, model), rows in scored.groupby(["track", "model"], sort=True):
         series = [s for s in _series(rows, cells, str(track)) if len(s[1]) >= 2]
@@ -46,19 +46,19 @@ def plot_tradeoffs(cells: pd.DataFrame, board: pd.DataFrame, directory: Path) ->
         axes = figure.subplots()
         swept = {label for _, group, _ in series for label in group["defense"]}
         others = rows[~rows["defense"].isin(swept)]
-        axes.scatter(others["protection_worst"], others["utility_retention"], color="#999", marker="x",
+        axes.scatter(others["protection"], others["utility_retention"], color="#999", marker="x",
                      label="other defenses")
         for _, row in others.iterrows():
-            axes.annotate(f"{row['defense']} ({row['release_format']})", (row["protection_worst"], row["utility_retention"]),
+            axes.annotate(f"{row['defense']} ({row['release_format']})", (row["protection"], row["utility_retention"]),
                           fontsize=7, color="#777", xytext=(3, -8), textcoords="offset points")
         for label, group, knob in series:
-            line = axes.plot(group["protection_worst"], group["utility_retention"], marker="o", label=label)[0]
+            line = axes.plot(group["protection"], group["utility_retention"], marker="o", label=label)[0]
             for _, row in group.iterrows():
-                axes.annotate(f"{row[knob]:g}", (row["protection_worst"], row["utility_retention"]), fontsize=8,
+                axes.annotate(f"{row[knob]:g}", (row["protection"], row["utility_retention"]), fontsize=8,
                               color=line.get_color(), xytext=(4, 4), textcoords="offset points")
-        right = max(1.05, float(rows["protection_worst"].max()) + 0.1)  # protection exceeds 1 when utility does
-        axes.set(xlim=(-0.05, right), title=f"{track} track, {model}: utility against worst-case protection",
-                 xlabel="worst-case protection = utility retention × (1 − worst attack success)",
+        right = max(1.05, float(rows["protection"].max()) + 0.1)  # protection exceeds 1 when utility does
+        axes.set(xlim=(-0.05, right), title=f"{track} track, {model}: utility against protection",
+                 xlabel="protection = mean over inputs of utility retention × (1 − success)",
                  ylabel="utility retention")
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)

@@ -41,7 +41,18 @@ def merge_row(defense: str, attack: str, seed: int, utility: float | None, merge
         merge_weights="[1.0, 1.0]", merge_normalize=False, merge_lambda=1.0, utility=utility, base_acc=0.2,
         merged_acc=merged, merged_acc_members=member, members_expert_acc=0.9, merged_acc_by_member=by_member,
         base_acc_by_member=json.dumps({"reverse": 0.1}), expert_acc_by_member=json.dumps({"reverse": 0.9}),
-        release_loss_s05=loss_half, attack_steps=0, attack_examples=64), **values})
+        release_loss_s05=loss_half, attack_steps=0, attack_examples=64, **merge_val(merged, member, utility)),
+        **values})
+
+
+def merge_val(merged: float | None, member: float | None, release: float | None) -> dict:
+    """attacker_val columns equal to the test numbers (base 0.2 / 0.1, the public `reverse` expert 0.9), so
+    the attacker's pick agrees with the test value unless a test gives other val numbers."""
+    if merged is None or release is None:
+        return {}
+    scores = {"add": merged} | ({"reverse": member} if member is not None else {})
+    return {"val_acc_by_task": json.dumps(scores), "val_base_by_task": json.dumps({"add": 0.2, "reverse": 0.1}),
+            "val_standalone_by_task": json.dumps({"add": release, "reverse": 0.9})}
 
 
 def finetune_row(defense: str, attack: str, seed: int, utility: float | None, before: float | None,
@@ -53,7 +64,8 @@ def finetune_row(defense: str, attack: str, seed: int, utility: float | None, be
         attack_key=f"k_{attack}", seed=seed, ft_method=attack, ft_lr=1e-3, ft_steps=300, utility=utility,
         base_acc=before, acc_before=before, acc_b0125=acc[0], acc_b025=acc[1], acc_b05=acc[2], acc_after=acc[3],
         gain_b0125=gains[0], gain_b025=gains[1], gain_b05=gains[2], gain_b1=gains[3], attack_steps=300,
-        attack_examples=256), **values})
+        attack_examples=256, val_acc_by_task=json.dumps({"sort": acc[3]}) if acc[3] is not None else None),
+        **values})
 
 
 def raw_frame() -> pd.DataFrame:
@@ -156,6 +168,12 @@ class FakeScorer:
 
     def score(self, model, tokenizer, task_names) -> dict[str, float]:
         return {task: self.accuracy(model, task) for task in task_names}
+
+    def score_examples(self, model, tokenizer, task_names):
+        """No per-example values: a bootstrap holds the double's accuracies fixed."""
+        from bench.evaluate import TaskScore
+
+        return {task: TaskScore(self.accuracy(model, task)) for task in task_names}
 
     def attacker_val(self, tokenizer, task_names=None):
         scorer = self

@@ -83,15 +83,18 @@ def test_the_protocol_mask_of_a_run_without_merge_cells_is_empty() -> None:
 
 def _pmp_cells(gain_none: float) -> pd.DataFrame:
     config = json.dumps({"rho": 0.5, "complement": "frozen", "mask_max_steps": 5})
-    return _cells([{"defense": "pmp", "defense_config": config, "model": "llama", "track": "finetune",
-                    "release_format": "full", "status": "ok", "task": "shift", "gain_none": gain_none,
-                    "gain_b1": 0.1, "utility_retention": 0.95, "attack_config": "{}", "n_members": 1}])
+    common = {"model": "llama", "track": "finetune", "release_format": "full", "status": "ok", "task": "shift",
+              "attack_config": "{}", "attack_key": "k", "seed": 0, "n_members": 1}
+    return _cells([{**common, "defense": "pmp", "defense_config": config, "gain_b1": 0.1, "utility_retention": 0.95},
+                   {**common, "defense": "none", "defense_config": "{}", "gain_b1": gain_none,
+                    "utility_retention": 1.0}])
 
 
 def test_pmp_claims_skip_tasks_without_a_gain_over_scratch_and_count_the_rest() -> None:
     # a micro run has no scratch control: every gain is missing, so there is no cut (was: idxmax on all-NA)
     board = pd.DataFrame([{"defense": "pmp", "model": "llama", "track": "finetune", "release_format": "full",
-                           "status": "ok", "worst_attack_success": 0.4}])
+                           "status": "ok", "attack_success": 0.4, "attack_success_lo": 0.3,
+                           "attack_success_hi": 0.5, "worst_attack": "lora_finetune"}])
     claims = {c.claim: c for c in pmp_claims(_pmp_cells(math.nan), board)}
     assert claims["fine-tuning gains cut, base preserved"].ours_protocol == "–"
     claims = {c.claim: c for c in pmp_claims(_pmp_cells(0.3), board)}
@@ -136,7 +139,7 @@ def test_a_sweep_run_renders_and_publishes_claims_and_tradeoff_plots(micro_prese
 
 def _board(rows: list[tuple[str, str, str, float, float]]) -> pd.DataFrame:
     return pd.DataFrame([{"defense": d, "track": t, "model": "llama", "release_format": f, "status": "ok",
-                          "protection_worst": p, "utility_retention": u} for d, t, f, p, u in rows])
+                          "protection": p, "utility_retention": u} for d, t, f, p, u in rows])
 
 
 def test_tradeoff_plots_draw_one_png_per_track_and_model_with_a_sweep(tmp_path: Path) -> None:

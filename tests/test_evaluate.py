@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.evaluate import score
+from bench.evaluate import score, score_examples
+from bench.results.examples import decode, encode
 from bench.zoo.architectures import ArchitectureConfig, build_model
 from bench.zoo.tokenizer import build_tokenizer
 from bench.zoo.training import TrainSettings, tokenise, train
@@ -36,14 +37,18 @@ def trained(tmp_path_factory):
 
 def direct_accuracy(model, tokenizer, task: str) -> float:
     """Greedy exact match of `answer + newline`, computed with one plain forward pass."""
+    return int(direct_correct(model, tokenizer, task).sum()) / len(build_splits(task, 0, SIZES)["test"]["prompt"])
+
+
+def direct_correct(model, tokenizer, task: str) -> torch.Tensor:
+    """Per test example, in the split's order: greedy decoding emits exactly `answer + newline`."""
     test = build_splits(task, 0, SIZES)["test"]
     batch = tokenise(tokenizer, test["prompt"], test["answer"])
     with torch.no_grad():
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     predicted = logits[:, :-1].argmax(-1)
     targets = batch.labels[:, 1:]
-    correct = ((predicted == targets) | (targets == -100)).all(dim=1)
-    return int(correct.sum()) / len(correct)
+    return ((predicted == targets) | (targets == -100)).all(dim=1)
 
 
 def test_lm_eval_loglikelihood_accuracy_equals_direct_computation(trained):
@@ -59,3 +64,15 @@ def test_generative_form_gives_the_same_accuracy(trained):
     loglikelihood = score(model, tokenizer, TASKS, materialized)
     generated = score(model, tokenizer, TASKS, materialized, form="gen")
     assert generated == pytest.approx(loglikelihood, abs=1e-9)
+
+
+def test_per_example_values_are_the_examples_in_split_order(trained):
+    """What a bootstrap over test examples resamples: lm-eval's per-sample values, in the split's order,
+    equal the direct per-example check, their mean is the reported accuracy, and the stored code round-trips."""
+    model, tokenizer, materialized = trained
+    accuracies = score(model, tokenizer, TASKS, materialized)
+    for task, result in score_examples(model, tokenizer, TASKS, materialized).items():
+        direct = direct_correct(model, tokenizer, task).double().tolist()
+        assert list(result.examples) == direct
+        assert result.accuracy == accuracies[task] == pytest.approx(sum(direct) / len(direct))
+        assert decode(encode(result.examples)).tolist() == direct

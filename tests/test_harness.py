@@ -562,41 +562,45 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
 
 def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> None:
     """Every derived number of a real run's cells.csv follows from the README's formulas, recomputed here
-    with pandas from the CSV alone (the matching none and control rows looked up by hand)."""
+    with pandas from the CSV alone (the matching control row and `none`'s release looked up by hand)."""
     import json
 
     frame = pd.read_csv(serial_run / "cells.csv")
     assert set(frame["defense"]) >= {"none", "control"}
     ok = frame[frame["status"] == "ok"]
     key = ["track", "model", "release_format", "task", "members", "attack_key", "seed"]
-    none = ok[ok["defense"] == "none"].set_index(key)
+    release_key = ["track", "model", "release_format", "task", "seed"]
+    none = ok[ok["defense"] == "none"].drop_duplicates(release_key).set_index(release_key)
     control = ok[ok["defense"] == "control"].set_index(key)
     checked = 0
     for _, row in ok.iterrows():
-        at = tuple(row[k] for k in key)
-        ref, ctl = none.loc[at], control.loc[at]
+        ref, ctl = none.loc[tuple(row[k] for k in release_key)], control.loc[tuple(row[k] for k in key)]
         assert row["utility_retention"] == pytest.approx(row["utility"] / ref["utility"], nan_ok=True) \
             or ref["utility"] <= 0
         if row["track"] == "merge":
             assert row["control_acc"] == pytest.approx(ctl["merged_acc"])
-            denominator = ref["merged_acc"] - ctl["merged_acc"]
+            denominator = ref["utility"] - row["base_acc"]  # the unprotected expert's gain: a fixed reference
             kept_p = (row["merged_acc"] - ctl["merged_acc"]) / denominator if denominator > 0 else math.nan
             assert row["kept_protected"] == pytest.approx(kept_p, nan_ok=True)
             merged, base = json.loads(row["merged_acc_by_member"]), json.loads(row["base_acc_by_member"])
-            reference = json.loads(ref["merged_acc_by_member"])
-            kept = [(merged[m] - base[m]) / (reference[m] - base[m]) for m in merged if reference[m] - base[m] > 0]
+            experts = json.loads(row["expert_acc_by_member"])
+            kept = [(merged[m] - base[m]) / (experts[m] - base[m]) for m in merged if experts[m] - base[m] > 0]
             kept_m = sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan
             assert row["kept_members"] == pytest.approx(kept_m, nan_ok=True)
-            experts = json.loads(row["expert_acc_by_member"])
             pairs = [(row["merged_acc"], ref["utility"])] + [(merged[m], experts[m]) for m in merged]
             normalised = (sum(a / e for a, e in pairs) / len(pairs) if all(e > 0 for _, e in pairs)
                           else math.nan)  # an expert at 0 has no gain to normalise by
             assert row["paper_normalised_acc"] == pytest.approx(normalised, nan_ok=True)
-            raw = kept_p if math.isnan(kept_p) or math.isnan(kept_m) else min(kept_p, kept_m)
-            assert row["attack_success_raw"] == pytest.approx(raw, nan_ok=True)
-            success = min(max(raw, 0.0), 1.0) if not math.isnan(raw) else math.nan
-            assert row["attack_success"] == pytest.approx(success, nan_ok=True)
-            headline = success
+            value = kept_p if math.isnan(kept_p) or math.isnan(kept_m) else min(kept_p, kept_m)
+            assert row["joint_kept"] == pytest.approx(value, nan_ok=True)
+            val, val_base = json.loads(row["val_acc_by_task"]), json.loads(row["val_base_by_task"])
+            standalone = json.loads(row["val_standalone_by_task"])
+            shares = {t: (val[t] - val_base[t]) / (standalone[t] - val_base[t]) if standalone[t] - val_base[t] > 0
+                      else math.nan for t in val}
+            others = [shares[m] for m in merged]
+            objective = (shares[row["task"]] if math.isnan(shares[row["task"]]) or any(map(math.isnan, others))
+                         else min(shares[row["task"]], sum(others) / len(others)))
+            assert row["val_objective"] == pytest.approx(objective, nan_ok=True)
         else:
             def curve(r: pd.Series, scratch: pd.Series) -> list[float]:
                 return [r["acc_before"] - scratch["acc_before"], r["acc_b0125"] - scratch["acc_b0125"],
@@ -605,14 +609,13 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
 
             weights = [0.0625, 0.125, 0.1875, 0.375, 0.25]
             area = sum(w * a for w, a in zip(weights, curve(row, ctl), strict=True))
-            area_none = sum(w * a for w, a in zip(weights, curve(ref, control.loc[at]), strict=True))
             assert row["acc_after_scratch"] == pytest.approx(ctl["acc_after"])
             assert row["advantage"] == pytest.approx(row["acc_after"] - ctl["acc_after"])
             assert row["advantage_auc"] == pytest.approx(area)
-            headline = min(max(area / area_none, 0.0), 1.0) if area_none > 0 else math.nan
-            assert row["attack_success_auc"] == pytest.approx(headline, nan_ok=True)
-        assert row["headline_success"] == pytest.approx(headline, nan_ok=True)
-        assert row["protection"] == pytest.approx(row["utility_retention"] * (1 - headline), nan_ok=True)
+            value = area
+            assert row["val_objective"] == pytest.approx(json.loads(row["val_acc_by_task"])[row["task"]])
+        if row["defense"] != "control":
+            assert row["cell_value"] == pytest.approx(value, nan_ok=True)
         checked += 1
     assert checked == len(ok) and checked >= 8
 

@@ -23,7 +23,7 @@ from html_tables import Tables, parse
 
 from bench.html_report import INDEX_FILE, write_html_index
 from bench.leaderboard import PLOT_FILE, RUN_FILES, publish, write_run_outputs
-from bench.results import ValidityRule, aggregate, read_csv, score_cells
+from bench.results import ValidityRule, read_csv, score_cells
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -46,7 +46,7 @@ def leaderboard(tmp_path_factory: pytest.TempPathFactory) -> Path:
     board_dir = root / "leaderboard"
     for name, raw in (("alpha", raw_frame()), ("beta", _weaker_copy())):
         cells = score_cells(raw, ValidityRule())
-        write_run_outputs(root / "runs" / name, cells, aggregate(cells), f"synthetic {name}")
+        write_run_outputs(root / "runs" / name, cells, f"synthetic {name}")
         publish(root / "runs" / name, board_dir)
     submission = board_dir / "submissions" / "my_pmp"
     submission.mkdir(parents=True)
@@ -104,30 +104,33 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
     for run in ("alpha", "beta", "submissions/my_pmp", "submissions/my_attack"):
         assert f'src="{run}/{PLOT_FILE}"' in page
         assert (leaderboard / run / PLOT_FILE).is_file()
-    for formula in ("utility_retention × (1 − headline_success)",
-                    "(merged_acc − control_acc) / (merged_acc_none − control_acc)",
-                    "t(0.975, n − 1) · s / √n"):
+    for formula in ("utility_retention × (1 − success)",
+                    "(merged_acc − control_acc) / (utility_none − base_acc)",
+                    "2.5 and 97.5 percentiles"):
         assert formula in page.replace("<code>", "").replace("</code>", ""), formula
     versions = {row[0][0]: [cell[0] for cell in row[1:]] for row in tables.tables["versions"]}
     assert sorted(versions) == ["alpha", "beta", "submissions/my_attack", "submissions/my_pmp"]
     assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123"]
     trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2"
                  and r["model"][0] == "llama")
-    worst = (0.2 / 0.45 + 1 / 3) / 2  # tests/test_results.py computes it by hand
-    assert trap2["worst_attack_success"][0].startswith(f"{worst:.3f} ± "), trap2["worst_attack_success"]
-    assert math.isclose(float(trap2["worst_attack_success"][1] or "nan"), worst)
+    success = (1 / 3) / 0.75  # tests/test_results.py computes it by hand
+    assert trap2["attack_success"][0].startswith(f"{success:.3f} ["), trap2["attack_success"]
+    assert math.isclose(float(trap2["attack_success"][1] or "nan"), success)
     matrix = {r["defense"][0]: r for r in tables.records("architectures-alpha-table")}
     assert matrix["pmp"]["finetune|mamba|full"][0] == "N/A", "a declared n/a shows as N/A"
     assert matrix["trap2"]["merge|gpt2|adapter"][0] == "invalid"
     assert matrix["pmp"]["merge|llama|adapter"][0] == "–", "pmp has no merge row: not run"
-    headline = tables.records("headline-merge-table")
-    assert [(r["run"][0], r["defense"][0], r["model"][0]) for r in headline][:2] == [
-        ("alpha", "trap2", "llama"), ("beta", "trap2_v2", "llama")], "ranked: lowest worst case first"
-    assert "rescaling: no valid attack" in headline[0]["flags"][0]
-    assert any(r["worst_attack_success"][0] == "invalid" for r in headline)
-    assert {key for key in tables.headers["headline-merge-table"]} >= {
-        "worst_attack_success", "worst_pinned", "worst_rescaling", "worst_aligning", "worst_data",
-        "utility_retention", "flags", "paper"}
+    headline = tables.records("headline-alpha-merge-table")
+    assert [(r["defense"][0], r["model"][0]) for r in headline][:2] == [("trap2", "llama"), ("none", "llama")], \
+        "ranked within its run: scored defenses by attack success, then none"
+    assert {r["defense"][0] for r in tables.records("headline-beta-merge-table")} >= {"trap2_v2"}, \
+        "each run has its own ranking: rows of two runs are never ranked together"
+    assert "rescaling: void on every input" in headline[0]["flags"][0]
+    assert any(r["attack_success"][0] == "invalid" for r in headline)
+    assert headline[0]["n_seeds"][0] == "2"
+    assert {key for key in tables.headers["headline-alpha-merge-table"]} >= {
+        "attack_success", "worst_attack_success", "success_pinned", "success_rescaling", "success_aligning",
+        "success_data", "utility_retention", "verdict", "n_seeds", "flags", "paper"}
     assert oct((leaderboard / INDEX_FILE).stat().st_mode & 0o777) == "0o644"
 
 
@@ -152,13 +155,13 @@ def _render(page: Path, fragment: str) -> Tables:
 
 def test_chromium_renders_and_sorts_the_table(leaderboard: Path) -> None:
     page = leaderboard / INDEX_FILE
-    by_protection = _render(page, "#sort=protection_worst:desc")
+    by_protection = _render(page, "#sort=protection:desc")
     assert by_protection.body.get("data-ready") == "1", "the page's script did not run"
     records = by_protection.records("results")
     assert sorted(_identity(r) for r in records) == _expected(leaderboard)
     attrs = by_protection.table_attrs["results"]
-    assert (attrs.get("data-sort-key"), attrs.get("data-sort-dir")) == ("protection_worst", "desc")
-    values = [float(r["protection_worst"][1]) if r["protection_worst"][1] else None for r in records]
+    assert (attrs.get("data-sort-key"), attrs.get("data-sort-dir")) == ("protection", "desc")
+    values = [float(r["protection"][1]) if r["protection"][1] else None for r in records]
     numbers = [v for v in values if v is not None]
     assert numbers == sorted(numbers, reverse=True) and len(numbers) >= 4, values
     assert values[len(numbers):] == [None] * (len(values) - len(numbers)), "unscored rows must sort last"
@@ -184,6 +187,6 @@ def test_chromium_screenshot_shows_the_headline_first(leaderboard: Path, tmp_pat
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (1400, 1000)
     text = page.read_text()
-    assert text.index('id="headline-merge"') < text.index('id="headline-finetune"') < text.index('id="results"')
+    assert text.index('id="headline-alpha-merge"') < text.index('id="headline-alpha-finetune"') < text.index('id="results"')
     if os.environ.get("LOCKBENCH_KEEP_SCREENSHOT"):
         shutil.copy2(shot, os.environ["LOCKBENCH_KEEP_SCREENSHOT"])

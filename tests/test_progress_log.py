@@ -76,7 +76,7 @@ def test_a_damaged_cache_entry_that_is_recomputed_is_reported_in_one_line(tmp_pa
 
 
 def test_a_damaged_cell_record_is_reported_in_one_line_and_recomputed(tmp_path: Path, capsys) -> None:
-    from bench.harness.stages import read_json_record
+    from bench.harness.score_cache import read_json_record
 
     path = tmp_path / "cell.json"
     path.write_text('{"status": "ok", "merged_')  # cut short, as a kill mid-write on a non-atomic store would

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from bench.cli import app
 from bench.leaderboard import write_run_outputs
 from bench.regress import compare
-from bench.results import ValidityRule, aggregate, read_csv, score_cells, write_csv
+from bench.results import ValidityRule, read_csv, score_cells, write_csv
 from bench.zoo.build import Zoo
 
 runner = CliRunner()
@@ -39,7 +39,7 @@ def _where(cells: pd.DataFrame, **values: object) -> pd.Series:
     return mask
 
 
-TRAP2_TA_0 = {"defense": "trap2", "attack": "ta", "seed": 0, "task": "add"}  # success 0.2 / 0.45 (test_results)
+TRAP2_TA_0 = {"defense": "trap2", "attack": "ta", "seed": 0, "task": "add"}  # joint kept 1/3 (test_results)
 
 
 def test_same_run_passes() -> None:
@@ -52,8 +52,8 @@ def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() ->
     current = _scored()
     baseline = current.copy()
     row = _where(baseline, **TRAP2_TA_0)
-    assert current.loc[row, "attack_success"].item() == pytest.approx(0.2 / 0.45)
-    baseline.loc[row, "attack_success"] = 0.05
+    assert current.loc[row, "cell_value"].item() == pytest.approx(1 / 3)
+    baseline.loc[row, "cell_value"] = 0.05
     result = compare(baseline, current, tolerance=0.05)
     cells = [r for r in result.regressions if r.level == "cell"]
     assert len(cells) == 1, result.regressions
@@ -61,18 +61,18 @@ def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() ->
     assert (found.check, found.defense, found.track, found.model, found.family, found.release_format, found.task,
             found.attack, found.seed) == ("attack success rose", "trap2", "merge", "llama", "llama", "adapter",
                                           "add", "ta", "0")
-    assert found.baseline == 0.05 and found.current == pytest.approx(0.2 / 0.45)
-    # within the tolerance it passes
-    baseline.loc[row, "attack_success"] = 0.2 / 0.45 - 0.04
+    assert found.baseline == 0.05 and found.current == pytest.approx(1 / 3)
+    # within the tolerance it passes: the cell by 0.03, the defense's success by 0.03 / 0.75 (none's pick)
+    baseline.loc[row, "cell_value"] = 1 / 3 - 0.03
     assert compare(baseline, current, tolerance=0.05).ok
 
 
 def test_defense_level_worst_case_and_utility() -> None:
-    """A stronger attack in the current run raises trap2's aggregate worst case; a lower utility is caught
-    per cell and per defense."""
+    """A stronger attack in the current run raises trap2's headline; a lower utility is caught per cell and
+    per defense."""
     raw = raw_frame()
-    # seed 1: ta (1/3, limited by the other member) is trap2's only valid attack; keeping the member lifts it
-    raw.loc[_where(raw, defense="trap2", attack="ta", seed=1, task="add"), "merged_acc_by_member"] = '{"reverse": 0.4}'
+    # seed 0 (the live input): ta keeps 1/3 on T_p; keeping more of it lifts the pick's value to 0.583
+    raw.loc[_where(raw, defense="trap2", attack="ta", seed=0, task="add"), "merged_acc"] = 0.6
     raw.loc[raw["defense"] == "pmp", "utility"] -= 0.2
     result = compare(_scored(), _scored(raw), tolerance=0.05)
     checks = {(r.check, r.level, r.defense) for r in result.regressions}
@@ -106,11 +106,12 @@ def test_a_weaker_attack_on_none_fails_before_it_turns_weak() -> None:
 
 
 def test_validity_failures_fail_unless_allowed() -> None:
-    weak = _scored(rule=ValidityRule(min_finetune_gain=0.9))
+    rule = ValidityRule(min_finetune_gain=0.9)
+    weak = _scored(rule=rule)
     baseline = weak.copy()
-    result = compare(baseline, weak)
+    result = compare(baseline, weak, rule=rule)
     assert [(r.check, r.track, r.model) for r in result.regressions] == [("validity rule broken", "finetune", "llama")]
-    allowed = compare(baseline, weak, allow_invalid=True)
+    allowed = compare(baseline, weak, allow_invalid=True, rule=rule)
     assert allowed.ok and any("validity rule broken (allowed)" in note for note in allowed.notes)
 
 
@@ -135,7 +136,7 @@ def test_cli_on_a_finished_run(tmp_path: Path) -> None:
     """`--run-dir`: the table names the regressed cell; the regressions are also written as CSV."""
     cells = _scored()
     run = tmp_path / "run"
-    write_run_outputs(run, cells, aggregate(cells), "synthetic")
+    write_run_outputs(run, cells, "synthetic")
     same, edited = tmp_path / "same.csv", tmp_path / "edited.csv"
     result = runner.invoke(app, ["regress", "--run-dir", str(run), "--write-baseline", str(same)])
     assert result.exit_code == 0 and same.is_file(), result.output
@@ -144,18 +145,20 @@ def test_cli_on_a_finished_run(tmp_path: Path) -> None:
     assert "no regression" in result.output
 
     stronger = read_csv(same, "cells")
-    stronger.loc[_where(stronger, **TRAP2_TA_0), "attack_success"] = 0.0  # the run says 0.444
+    stronger.loc[_where(stronger, **TRAP2_TA_0), "cell_value"] = 0.0  # the run says 0.333
     write_csv(stronger, edited, "cells")
     result = runner.invoke(app, ["regress", "--run-dir", str(run), "--baseline", str(edited), "--tolerance", "0.1"],
                            env=WIDE)
     assert result.exit_code == 1, result.output
     table = [line for line in result.output.splitlines() if "attack success rose" in line]
-    assert len(table) == 1, result.output
-    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.444"):
+    assert len(table) == 2, result.output  # the cell, and trap2's headline (its pick's value fell to 0)
+    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.333"):
         assert expected in table[0], (expected, table[0])
-    assert "1 regression(s)" in result.output
+    assert "defense" in table[1] and "0.444" in table[1]
+    assert "2 regression(s)" in result.output
     saved = pd.read_csv(run / "regressions.csv", dtype=str, keep_default_na=False)
-    assert saved[["check", "defense", "attack", "seed"]].values.tolist() == [["attack success rose", "trap2", "ta", "0"]]
+    assert saved[["check", "level", "defense", "attack", "seed"]].values.tolist() == [
+        ["attack success rose", "cell", "trap2", "ta", "0"], ["attack success rose", "defense", "trap2", "", ""]]
 
 
 def test_cli_usage_errors(tmp_path: Path) -> None:
@@ -196,7 +199,7 @@ def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
     assert "no regression" in passed.output
     invalid = runner.invoke(app, again, env=WIDE)
     assert invalid.exit_code == 1, invalid.output
-    assert "validity rule broken" in invalid.output and "no attack is valid" in invalid.output
+    assert "validity rule broken" in invalid.output and "void on every input" in invalid.output
 
     stronger = read_csv(baseline, "cells")
     row = _where(stronger, defense="none", track="merge", release_format="full")

@@ -11,7 +11,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from fakes import merge_row, raw_frame
-from scipy import stats
 
 from bench.leaderboard import PLOT_FILE, RUN_FILES, PublishError, publish, write_run_outputs
 from bench.results import (
@@ -26,7 +25,7 @@ from bench.results import (
     conform_frame,
     family_gaps,
     formula_lines,
-    mean_ci95,
+    pick_inputs,
     read_csv,
     score_cells,
     sort_frame,
@@ -63,29 +62,37 @@ def test_cells_have_schema_columns_and_dtypes(cells: pd.DataFrame) -> None:
     assert {name: str(cells[name].dtype) for name in cells.columns} == {name: DTYPES[name] for name in cells.columns}
 
 
-def test_joint_merge_success_uses_the_control_and_the_other_member(cells: pd.DataFrame) -> None:
+def test_joint_kept_uses_the_control_the_fixed_expert_and_the_other_member(cells: pd.DataFrame) -> None:
     first = cell(cells, "trap2", "ta", 0)
     assert first["control_found"] and first["reference_found"] and first["control_acc"] == pytest.approx(0.25)
-    assert first["kept_protected"] == pytest.approx((0.45 - 0.25) / (0.7 - 0.25))
-    assert first["kept_members"] == pytest.approx((0.6 - 0.1) / (0.7 - 0.1))
-    assert first["attack_success"] == pytest.approx(0.2 / 0.45)
+    # fixed reference: none's expert of the same seed (utility 0.8) over the base (0.2), never none's merge
+    assert first["utility_none"] == pytest.approx(0.8)
+    assert first["kept_protected"] == pytest.approx((0.45 - 0.25) / (0.8 - 0.2))
+    assert first["kept_members"] == pytest.approx((0.6 - 0.1) / (0.9 - 0.1))
+    assert first["joint_kept"] == pytest.approx(1 / 3) and first["cell_value"] == first["joint_kept"]
     # Trap²'s own metric: merged / expert on T_p (none's utility is the expert's) and on the other member
     assert first["paper_normalised_acc"] == pytest.approx((0.45 / 0.8 + 0.6 / 0.9) / 2)
     second = cell(cells, "trap2", "ta", 1)
-    assert second["kept_protected"] == pytest.approx((0.8 - 0.25) / (0.6 - 0.25))  # > 1: unclipped part
-    assert second["kept_members"] == pytest.approx((0.2 - 0.1) / (0.4 - 0.1))
-    assert second["attack_success_raw"] == pytest.approx(1 / 3) and second["attack_success"] == pytest.approx(1 / 3)
-    assert second["legacy_attack_success"] == 1.0  # the old T_p-only metric saw a full success here
-    assert second["headline_success"] == second["attack_success"]
-    assert second["protection"] == pytest.approx(0.72 / 0.8 * (1 - 1 / 3))
+    assert second["kept_protected"] == pytest.approx((0.8 - 0.25) / 0.6)
+    assert second["joint_kept"] == pytest.approx(0.1 / 0.8)
+    # the same configuration on none is one input's value, not the scale: none's own joint
+    assert cell(cells, "none", "ta", 1)["joint_kept"] == pytest.approx(min(0.35 / 0.6, 0.3 / 0.8))
 
 
-def test_a_release_that_destroys_the_other_member_gets_low_success(cells: pd.DataFrame) -> None:
+def test_the_attackers_objective_uses_its_own_split_and_references(cells: pd.DataFrame) -> None:
+    # attacker_val: T_p against the *release* it holds (0.76), members against the public expert (0.9)
+    row = cell(cells, "trap2", "ta", 0)
+    assert row["val_objective"] == pytest.approx(min((0.45 - 0.2) / (0.76 - 0.2), (0.6 - 0.1) / (0.9 - 0.1)))
+    assert cell(cells, "pmp", "lora", 0)["val_objective"] == pytest.approx(0.9)  # D's attacker_val accuracy
+    assert math.isnan(cell(cells, "trap2", "orphan", 1)["cell_value"])  # no control: nothing to pick
+
+
+def test_a_release_that_destroys_the_other_member_keeps_nothing_jointly(cells: pd.DataFrame) -> None:
     destroyed = score_cells(pd.concat([raw_frame(), pd.DataFrame([merge_row("noisy", "ta", 0, 0.8, 0.7, 0.1)])]),
                             ValidityRule())
     row = cell(destroyed, "noisy", "ta", 0)
-    assert row["kept_protected"] == pytest.approx(1.0) and row["kept_members"] == 0.0
-    assert row["attack_success"] == 0.0 and row["legacy_attack_success"] == 1.0
+    assert row["kept_protected"] == pytest.approx(0.45 / 0.6) and row["kept_members"] == 0.0
+    assert row["joint_kept"] == 0.0
 
 
 def test_trap_formed_against_none_at_half_scale(cells: pd.DataFrame) -> None:
@@ -96,68 +103,65 @@ def test_trap_formed_against_none_at_half_scale(cells: pd.DataFrame) -> None:
     assert pd.isna(cell(cells, "control", "ta", 0)["trap_formed"])
 
 
+AREA_NONE_LORA = 0.0625 * 0.1 + 0.125 * 0.3 + 0.1875 * 0.45 + 0.375 * 0.6 + 0.25 * 0.7
+AREA_PMP_LORA = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.15 + 0.375 * 0.4 + 0.25 * 0.7
+AREA_PMP_FULL = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.2 + 0.375 * 0.2 + 0.25 * 0.8
+
+
 def test_finetune_advantage_over_scratch_and_its_area(cells: pd.DataFrame) -> None:
     none, pmp = cell(cells, "none", "lora", 0), cell(cells, "pmp", "lora", 0)
     assert none["acc_after_scratch"] == 0.2 and none["advantage"] == pytest.approx(0.7)
-    area_none = 0.0625 * 0.1 + 0.125 * 0.3 + 0.1875 * 0.45 + 0.375 * 0.6 + 0.25 * 0.7
-    area_pmp = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.15 + 0.375 * 0.4 + 0.25 * 0.7
-    assert none["advantage_auc"] == pytest.approx(area_none) and pmp["advantage_auc"] == pytest.approx(area_pmp)
-    assert pmp["attack_success"] == pytest.approx(1.0)  # the full budget alone hides the slow-down
-    assert pmp["attack_success_auc"] == pytest.approx(area_pmp / area_none)
-    assert pmp["headline_success"] == pmp["attack_success_auc"]
-    assert pmp["legacy_attack_success"] == 1.0
+    assert none["advantage_auc"] == pytest.approx(AREA_NONE_LORA) and pmp["advantage_auc"] == pytest.approx(AREA_PMP_LORA)
+    assert pmp["cell_value"] == pmp["advantage_auc"]
 
 
-def test_weak_is_decided_once_over_seeds_with_a_reason(cells: pd.DataFrame) -> None:
+def test_weak_is_a_diagnostic_decided_once_over_seeds_with_a_reason(cells: pd.DataFrame) -> None:
     assert not cell(cells, "none", "ta", 1)["weak"]  # 0.375 alone, but the configuration's mean is 0.5625
     ties = cells[cells["attack"] == "ties"]
     assert ties["weak"].all() and (ties["weak_reason"] == "joint kept fraction 0.00 < 0.5").all()
     full = cells[cells["attack"] == "full"]
     assert full[full["status"] == "ok"]["weak"].all()
     assert "gain 0.20 < 0.3" in full["weak_reason"].iloc[0]
-    assert not cell(cells, "trap2", "orphan", 1)["reference_found"]
+    assert not pd.isna(cell(cells, "trap2", "ties", 0)["cell_value"]), "a weak configuration keeps its value"
 
 
-def test_bounded_cells_are_decided_on_none(cells: pd.DataFrame) -> None:
-    assert cell(cells, "trap2", "ta", 0)["members_floor_ok"]
-    assert not cell(cells, "trap2", "ta", 1)["members_floor_ok"]  # none's merge kept 0.4 < 0.5 × 0.9
-
-
-def test_merge_aggregate_matches_hand_computation(board: pd.DataFrame) -> None:
+def test_merge_picks_and_aggregate_match_hand_computation(cells: pd.DataFrame, board: pd.DataFrame) -> None:
+    picks = pick_inputs(cells)
+    overall = picks[(picks["pick_family"] == "all") & (picks["model"] == "llama") & (picks["track"] == "merge")]
+    trap = overall[overall["defense"] == "trap2"].set_index("seed")
+    # seed 0: the attacker's val picks `ta` (0.45 vs ties' 0.0); none's pick is `ta` at 0.75
+    assert trap.loc[0, "pick_attack"] == "ta" and trap.loc[0, "none_pick_value"] == pytest.approx(0.75)
+    assert trap.loc[0, "success"] == pytest.approx((1 / 3) / 0.75) and not trap.loc[0, "void"]
+    # seed 1: none's pick keeps 0.375 < 0.5 jointly: the input is void (not averaged), and said why
+    assert trap.loc[1, "void"] and "0.38 < 0.5" in trap.loc[1, "void_reason"]
     row = board_row(board, "merge", "trap2")
-    per_seed = [0.2 / 0.45, 1 / 3]
-    mean, ci = mean_ci95(per_seed)
-    assert row["worst_attack_success"] == pytest.approx(mean) and row["worst_pinned"] == pytest.approx(mean)
-    assert row["worst_attack_success_ci95"] == pytest.approx(stats.t.ppf(0.975, 1) * pd.Series(per_seed).std() / 2 ** 0.5)
-    assert ci == pytest.approx(row["worst_attack_success_ci95"])
-    assert math.isnan(row["worst_rescaling"])
-    assert row["bounded_worst_attack_success"] == pytest.approx(0.2 / 0.45)  # seed 1's only cell is out
-    assert row["utility_retention"] == pytest.approx((0.95 + 0.9) / 2)
-    assert row["trap_formed_rate"] == pytest.approx(0.5)
-    assert row["legacy_worst_attack_success"] == pytest.approx((0.25 / 0.5 + 1.0) / 2)
-    assert row["n_valid_pinned"] == 1 and row["n_weak_rescaling"] == 1 and row["n_cells_failed"] == 1
-    assert row["n_cells_unmatched"] == 1 and row["worst_attack_family"] == "pinned"
-    assert "rescaling: no valid attack (on none: joint kept fraction 0.00 < 0.5)" in row["flags"]
+    assert row["attack_success"] == pytest.approx((1 / 3) / 0.75) == row["worst_attack_success"]
+    assert row["success_pinned"] == pytest.approx((1 / 3) / 0.75) and math.isnan(row["success_rescaling"])
+    assert row["pick_value"] == pytest.approx(1 / 3) and row["pick_value_none"] == pytest.approx(0.75)
+    assert row["n_inputs"] == 2 and row["n_inputs_void"] == 1 and row["n_inputs_broken"] == 0
+    assert row["verdict"] == "holds" and row["utility_retention"] == pytest.approx((0.95 + 0.9) / 2)
+    assert row["trap_formed_rate"] == pytest.approx(0.5) and row["n_cells_failed"] == 1
+    assert "rescaling: void on every input (none's pick keeps 0.00 < 0.5 jointly)" in row["flags"]
     assert "no trap formed in 50% of releases" in row["flags"]
-    assert board_row(board, "merge", "none")["worst_attack_success"] == pytest.approx(1.0)
+    assert board_row(board, "merge", "none")["attack_success"] == pytest.approx(1.0)
+    assert board_row(board, "merge", "none")["verdict"] == "reference"
 
 
 def test_invalid_groups_hold_no_numbers_and_are_named(cells: pd.DataFrame, board: pd.DataFrame) -> None:
     row = board_row(board, "merge", "trap2", model="gpt2")
-    assert row["status"] == "invalid" and math.isnan(row["worst_attack_success"])
-    assert validity_failures(cells) == ["merge track, gpt2: no attack is valid against 'none' "
-                                        "(ta; e.g. joint kept fraction 0.00 < 0.5)"]
+    assert row["status"] == "invalid" and math.isnan(row["attack_success"])
+    assert validity_failures(cells) == ["merge track, gpt2: 'none' is void on every input "
+                                        "(none's pick keeps 0.00 < 0.5 jointly)"]
     gaps = family_gaps(cells)
-    assert any("llama/adapter: no valid 'rescaling' attack" in gap for gap in gaps)
-    assert any("finetune track, llama/full: no valid" in gap for gap in gaps) is False
+    assert any("llama/adapter: 'rescaling' void on every input" in gap for gap in gaps)
+    assert not any("finetune track, llama/full" in gap for gap in gaps)
 
 
 def test_finetune_aggregate_and_controls_are_not_ranked(board: pd.DataFrame) -> None:
     row = board_row(board, "finetune", "pmp")
-    area_none = 0.0625 * 0.1 + 0.125 * 0.3 + 0.1875 * 0.45 + 0.375 * 0.6 + 0.25 * 0.7
-    area_pmp = 0.0625 * 0.05 + 0.125 * 0.1 + 0.1875 * 0.15 + 0.375 * 0.4 + 0.25 * 0.7
-    assert row["worst_attack_success"] == pytest.approx(area_pmp / area_none)
-    assert row["worst_finetune"] == pytest.approx(area_pmp / area_none)
+    # both configurations score 0.9 on attacker_val: the tie goes to the first attack name, `full`
+    assert row["attack_success"] == pytest.approx(AREA_PMP_FULL / AREA_NONE_LORA)
+    assert row["oracle_attack_success"] == pytest.approx(AREA_PMP_LORA / AREA_NONE_LORA)
     assert row["utility_retention"] == pytest.approx(0.9) and row["n_seeds"] == 2
     assert board_row(board, "finetune", "pmp", model="mamba")["status"] == "n/a"
     assert "control" not in set(board["defense"])
@@ -167,7 +171,7 @@ def test_every_metric_has_a_formula_in_the_readme() -> None:
     text = "\n".join(formula_lines(ValidityRule()))
     for metric in CELL_METRICS:
         assert f"`{metric.name}`" in text
-    for name in ("worst_attack_success", "worst_rescaling", "bounded_worst_attack_success", "trap_formed_rate"):
+    for name in ("attack_success", "worst_attack_success", "success_rescaling", "trap_formed_rate"):
         assert f"`{name}`" in text
     assert "0.1" in text and "{rule" not in text
 
@@ -194,8 +198,8 @@ def test_out_of_range_and_wrong_values_are_schema_errors(cells: pd.DataFrame) ->
     with pytest.raises(SchemaError, match="utility has 1 values outside"):
         score_cells(raw, ValidityRule())
     bad = cells.copy()
-    bad.loc[0, "attack_success"] = 1.2
-    with pytest.raises(SchemaError, match="attack_success"):
+    bad.loc[0, "control_acc"] = 1.2
+    with pytest.raises(SchemaError, match="control_acc"):
         conform_frame(bad, "cells")
     raw = raw_frame()
     raw.loc[0, "attack_family"] = "sneaky"
@@ -204,7 +208,8 @@ def test_out_of_range_and_wrong_values_are_schema_errors(cells: pd.DataFrame) ->
 
 
 def test_csv_round_trip_is_exact(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
-    for frame, kind in ((raw_frame(), "raw"), (cells, "cells"), (board, "leaderboard")):
+    picks = pick_inputs(cells)
+    for frame, kind in ((raw_frame(), "raw"), (cells, "cells"), (board, "leaderboard"), (picks, "picks")):
         path = tmp_path / f"{kind}.csv"
         write_csv(frame, path, kind)
         back = read_csv(path, kind)
@@ -223,18 +228,19 @@ def test_timing_columns_are_the_only_run_to_run_differences(cells: pd.DataFrame)
 
 
 def test_run_outputs_and_readme(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
-    write_run_outputs(tmp_path / "run", cells, board, "synthetic run")
+    write_run_outputs(tmp_path / "run", cells, "synthetic run")
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == sorted(RUN_FILES)
     assert (tmp_path / "run" / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     readme = (tmp_path / "run" / "README.md").read_text()
     assert readme.startswith("# synthetic run")
-    assert "`kept_protected` (merge): `(merged_acc − control_acc) / (merged_acc_none − control_acc)`" in readme
-    assert "**merge track, gpt2: no attack is valid against 'none'" in readme
-    assert "t(0.975, n − 1) · s / √n" in readme and "zoo123" in readme
+    assert "`kept_protected` (merge): `(merged_acc − control_acc) / (utility_none − base_acc)`" in readme
+    assert "**merge track, gpt2: 'none' is void on every input" in readme
+    assert "2.5 and 97.5 percentiles" in readme and "zoo123" in readme
+    assert "## Sensitivity to the void-bar" in readme
     merge_lines = [line for line in readme.split("## merge track")[1].split("##")[0].splitlines()
                    if line.startswith("| ")][1:]
     assert merge_lines[0].startswith("| trap2 | llama |")  # ranked: scored defenses first, none after them
-    assert any(line.startswith("| trap2 | gpt2 | adapter | invalid") for line in merge_lines)
+    assert any(line.startswith("| trap2 | gpt2 | adapter | – | invalid") for line in merge_lines)
     matrix = readme.split("## Architecture × format × defense")[1].split("\n## ")[0]
     header = next(line for line in matrix.splitlines() if line.startswith("| defense"))
     assert "finetune: mamba/full" in header and "merge: llama/adapter" in header
@@ -252,11 +258,11 @@ def test_run_outputs_and_readme(tmp_path: Path, cells: pd.DataFrame, board: pd.D
 def test_publish_refuses_partial_or_inconsistent_runs(tmp_path: Path, cells: pd.DataFrame,
                                                       board: pd.DataFrame) -> None:
     run = tmp_path / "run"
-    write_run_outputs(run, cells, board, "synthetic run")
+    write_run_outputs(run, cells, "synthetic run")
     (run / "README.md").unlink()
     with pytest.raises(PublishError, match="missing README.md"):
         publish(run, tmp_path / "leaderboard")
-    write_run_outputs(run, cells, board, "synthetic run")
+    write_run_outputs(run, cells, "synthetic run")
     write_csv(aggregate(cells[cells["seed"] == 0]), run / "leaderboard.csv", "leaderboard")
     with pytest.raises(PublishError, match="not the aggregate"):
         publish(run, tmp_path / "leaderboard")
@@ -265,7 +271,7 @@ def test_publish_refuses_partial_or_inconsistent_runs(tmp_path: Path, cells: pd.
 
 def test_publish_copies_a_full_run_and_indexes_it(tmp_path: Path, cells: pd.DataFrame, board: pd.DataFrame) -> None:
     run = tmp_path / "runs" / "2026-01-01-default"
-    write_run_outputs(run, cells, board, "synthetic run")
+    write_run_outputs(run, cells, "synthetic run")
     target = publish(run, tmp_path / "leaderboard")
     for name in RUN_FILES:
         assert (target / name).read_bytes() == (run / name).read_bytes()
@@ -276,7 +282,7 @@ def test_publish_copies_a_full_run_and_indexes_it(tmp_path: Path, cells: pd.Data
 def test_publish_puts_the_hand_written_findings_into_the_readme(tmp_path: Path, cells: pd.DataFrame,
                                                                board: pd.DataFrame) -> None:
     run = tmp_path / "runs" / "default"
-    write_run_outputs(run, cells, board, "synthetic run")
+    write_run_outputs(run, cells, "synthetic run")
     (tmp_path / "leaderboard" / "findings").mkdir(parents=True)
     (tmp_path / "leaderboard" / "findings" / "default.md").write_text("Trap² now loses to the joint metric.\n")
     readme = (publish(run, tmp_path / "leaderboard") / "README.md").read_text()

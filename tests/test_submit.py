@@ -317,11 +317,11 @@ def test_rank_against_published_defenses_on_the_same_zoo() -> None:
 
     board = aggregate(score_cells(valid_raw_frame(), ValidityRule()))
     merge = (board["track"] == "merge") & (board["defense"] == "trap2")
-    hand = (0.95 * (1 - 0.2 / 0.45) + 0.9 * (1 - 1 / 3)) / 2  # test_results' hand values
-    assert board.loc[merge, "protection_worst"].item() == pytest.approx(hand)
-    rival = board[merge].assign(defense="rival", protection_worst=0.7)
-    stale_none = board[(board["track"] == "merge") & (board["defense"] == "none")].assign(protection_worst=0.9)
-    elsewhere = board[merge].assign(defense="other_zoo", protection_worst=0.95, zoo_hash="another")
+    hand = 0.95 * (1 - (1 / 3) / 0.75)  # test_results' hand values: seed 0 is the one live input
+    assert board.loc[merge, "protection"].item() == pytest.approx(hand)
+    rival = board[merge].assign(defense="rival", protection=0.7)
+    stale_none = board[(board["track"] == "merge") & (board["defense"] == "none")].assign(protection=0.9)
+    elsewhere = board[merge].assign(defense="other_zoo", protection=0.95, zoo_hash="another")
     ranks = rank_rows(board, "trap2", [("published", pd.concat([rival, stale_none, elsewhere]))])
     row = ranks.iloc[0]
     assert (row["track"], row["model"], row["release_format"]) == ("merge", "llama", "adapter") and len(ranks) == 1

@@ -124,7 +124,7 @@ def test_submit_exit_codes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prob
     def fake_run(submission, preset, root, run_dir, board, folder, executor, allow, salt):
         target = board / "submissions" / folder if (not problems or allow) else None
         return running.SubmitResult(submission, run_dir, target, 4, failed, list(problems), pd.DataFrame(
-            columns=["track", "model", "release_format", "protection_worst", "worst_attack_success",
+            columns=["track", "model", "release_format", "protection", "attack_success",
                      "utility_retention", "rank", "ranked"]))
 
     monkeypatch.setattr(running, "run_submission", fake_run)

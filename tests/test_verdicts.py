@@ -69,7 +69,8 @@ def test_merge_heal_release_free_control_is_recorded_and_used(verdict_cells: pd.
     # what the heal alone learns on T_p (measured ~0.2 against a base of 0.155) is below what the release gives
     assert control["merged_acc"] < none["merged_acc"] - 0.3
     wrecked = _cell(verdict_cells, "member_wrecker", "merge_heal")
-    expected = (wrecked["merged_acc"] - control["merged_acc"]) / (none["merged_acc"] - control["merged_acc"])
+    # against the fixed reference: the unprotected expert's own gain (none's release) over the base
+    expected = (wrecked["merged_acc"] - control["merged_acc"]) / (none["utility"] - none["base_acc"])
     assert wrecked["kept_protected"] == pytest.approx(expected)
 
 
@@ -78,9 +79,10 @@ def test_a_release_that_wrecks_the_other_members_gets_low_joint_success(verdict_
     wrecked = _cell(verdict_cells, "member_wrecker", "merge_heal")
     none = _cell(verdict_cells, "none", "merge_heal")
     assert wrecked["merged_acc"] >= 0.5 * none["merged_acc"]  # T_p survives the merge and heal
-    assert wrecked["legacy_attack_success"] >= 0.5           # so the T_p-only metric calls the merge a success
+    t_p_only = (wrecked["merged_acc"] - wrecked["base_acc"]) / (none["merged_acc"] - none["base_acc"])
+    assert t_p_only >= 0.5                                   # so a T_p-only metric would call the merge a success
     assert wrecked["kept_members"] <= 0.2                    # but the other member is gone
-    assert wrecked["attack_success"] <= 0.2
+    assert wrecked["joint_kept"] <= 0.2
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     """The pipeline: check the inputs, expand the grid, build the zoo, run what the cache lacks (each
     release, then its cells as soon as it exists), score the records, write the run directory."""
     from bench.leaderboard import write_run_outputs
-    from bench.results import aggregate, score_cells, validity_failures
+    from bench.results import score_cells, validity_failures
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -131,15 +131,15 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
                           ctx.zoo.hash) for i, cell in enumerate(cells)]
     add_utility_scores(ctx, utility, records, cells, console)
     raw = _checked_frame(ctx, records, cells)
-    scored = score_cells(raw, preset.validity.rule())
-    board = aggregate(scored)
-    _write_outputs(out_dir, lambda staging: write_run_outputs(staging, scored, board,
-                                                             title=f"lockbench — preset {preset.name}"))
+    rule = preset.validity.rule()
+    scored = score_cells(raw, rule)
+    _write_outputs(out_dir, lambda staging: write_run_outputs(staging, scored, title=f"lockbench — preset "
+                                                             f"{preset.name}", validity=rule))
     failed_rows = raw[raw["status"] == "failed"]
     first_error = str(failed_rows["error"].iloc[0]) if len(failed_rows) else ""
     cached = len(cached_records) + sum(source in cached_records for source in stand_in.values())  # copies of cached
     return RunSummary(out_dir, len(cells), len(failed_rows), cached, time.perf_counter() - started,
-                      validity_failures(scored), first_error)
+                      validity_failures(scored, rule), first_error)
 
 
 def _checked_grid(preset: Preset, root: Path) -> tuple[list[Cell], Any]:

@@ -13,9 +13,12 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tasks.lmeval import MaterializedTasks
+
+if TYPE_CHECKING:
+    from bench.evaluate import TaskScore
 
 SCORER_ENV = "LOCKBENCH_SCORER"
 LM_EVAL = "lm_eval"
@@ -29,6 +32,10 @@ class Scorer(Protocol):
 
     def score(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, float]:
         """Accuracy per task on the test split."""
+        ...
+
+    def score_examples(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, TaskScore]:
+        """`score` with each task's per-example values on the test split (empty where the scorer has none)."""
         ...
 
     def attacker_val(self, tokenizer: Any, task_names: Sequence[str] | None = None) -> ValScorer:
@@ -49,6 +56,11 @@ class LmEvalScorer:
         from bench.evaluate import score
 
         return score(model, tokenizer, list(task_names), self.tasks)
+
+    def score_examples(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, TaskScore]:
+        from bench.evaluate import score_examples
+
+        return score_examples(model, tokenizer, list(task_names), self.tasks)
 
     def attacker_val(self, tokenizer: Any, task_names: Sequence[str] | None = None) -> ValScorer:
         from bench.harness.scorer import AttackerValScorer, read_attacker_val

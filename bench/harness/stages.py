@@ -10,7 +10,6 @@ Layout under the storage root, each entry written atomically and keyed by a cont
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 import traceback
@@ -22,11 +21,13 @@ from peft import PeftModel
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
 
+from bench.harness.cell_scores import as_record, base_test, finetune_scores, merge_scores, val_scores
 from bench.harness.context import HarnessContext
 from bench.harness.controls import CONTROL_DEFENSE, ControlRelease
 from bench.harness.grid import Cell, DefenseJob
 from bench.harness.owner_secret import owner_secret
 from bench.harness.references import reference_expert
+from bench.harness.score_cache import CODE_VERSION, read_json_record
 from bench.measure import release_diagnostics
 from bench.plugins import (
     ATTACKS,
@@ -38,19 +39,19 @@ from bench.plugins import (
     Release,
     TaskData,
 )
+from bench.results.columns import BUDGETS
 from bench.storage import (
     cached_directory,
     content_hash,
     fault_point,
     is_complete,
-    report_damaged,
     write_json_atomic,
 )
 from bench.zoo.build import load_model, replay_sample
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
-CODE_VERSION = 2  # bump when a stage's semantics change, so caches are not reused across it
-
+#: The budget fraction of each finetune column tag (`b025` at ¼), as a cell's `examples` roles.
+BUDGET_TAGS: dict[float, str] = {fraction: tag for tag, fraction in BUDGETS.items()}
 
 class DefenseOutputError(RuntimeError):
     """A defense returned something that cannot be released (wrong type, NaN weights, …)."""
@@ -109,19 +110,23 @@ def check_release(release: Any, job: DefenseJob) -> Release:
     return release
 
 
-def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedModel | PeftModel) -> dict[str, float]:
-    """Merge track: the release's accuracy on T_p (lm-eval, test split) and its diagnostics at scales 1/8 … 2
-    on the owner's held-out tail; finetune track: the base's capability tasks and the downstream tasks."""
+def _release_metrics(ctx: HarnessContext, job: DefenseJob, model: PreTrainedModel | PeftModel) -> dict[str, Any]:
+    """Merge track: the release's accuracy on T_p (lm-eval, test split, with its per-example values; and on
+    the attacker's validation split, the attacker's own reference for T_p) and its diagnostics at scales
+    1/8 … 2 on the owner's held-out tail; finetune track: the base's capability tasks and the downstream tasks."""
     tokenizer = ctx.zoo.tokenizer(job.model)
     if job.track == "merge":
         assert job.task is not None
         held_out = hold_out(ctx.split(job.task, "owner_train"))[1]
-        return {"utility": ctx.scorer.score(model, tokenizer, [job.task])[job.task],
+        test = as_record(ctx.scorer.score_examples(model, tokenizer, [job.task]))
+        return {"utility": test["acc"][job.task], "examples": test["examples"],
+                "utility_val": val_scores(ctx, job.model, model, [job.task])[job.task],
                 **release_diagnostics(ctx.zoo.load_base(job.model), model, tokenizer, held_out.prompts,
                                       held_out.answers)}
     capability = list(ctx.preset.zoo.base_tasks)  # the base's skills: what a protected base must keep
-    scores = ctx.scorer.score(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks))
-    return {"utility": sum(scores[t] for t in capability) / len(capability),
+    test = as_record(ctx.scorer.score_examples(model, tokenizer, capability + list(ctx.preset.zoo.downstream_tasks)))
+    scores = test["acc"]
+    return {"utility": sum(scores[t] for t in capability) / len(capability), "examples": test["examples"],
             **{f"acc:{task}": value for task, value in scores.items()}}
 
 
@@ -191,43 +196,6 @@ def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> Pub
                       score_val=ctx.scorer.attacker_val(zoo.tokenizer(job.model), [cell.task, *cell.members]))
 
 
-def cached_scores(ctx: HarnessContext, name: str, key: str, compute) -> dict[str, float]:
-    path = ctx.root / "scores" / f"{name}-{content_hash(key, ctx.zoo.hash, CODE_VERSION, *ctx.cache_salt)}.json"
-    cached = read_json_record(path)
-    if isinstance(cached, dict):
-        return cached
-    value = compute()
-    write_json_atomic(path, value)
-    return value
-
-
-def _base_scores(ctx: HarnessContext, model: str) -> dict[str, float]:
-    return cached_scores(ctx, f"base-{model}", model, lambda: ctx.scorer.score(
-        ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks))
-
-
-def _expert_score(ctx: HarnessContext, model: str, release_format: str, task: str) -> float:
-    def compute() -> dict[str, float]:
-        expert = (ctx.zoo.load_expert(model, task) if release_format == "full"
-                  else ctx.zoo.load_lora_expert(model, task))
-        return ctx.scorer.score(expert, ctx.zoo.tokenizer(model), [task])
-
-    return cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
-                          compute)[task]
-
-
-def read_json_record(path: Path) -> Any | None:
-    """A cached JSON record, or None when it is absent or damaged (then it is recomputed, not trusted)."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError):
-        report_damaged(path, "not valid JSON")
-        path.unlink(missing_ok=True)
-        return None
-
-
 def cached_cell(ctx: HarnessContext, cell: Cell) -> dict[str, Any] | None:
     """The cell's cached record if it is intact and belongs to this cell, else None."""
     record = read_json_record(cell_path(ctx, cell))
@@ -293,7 +261,7 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
     seconds = time.perf_counter() - started
     fault_point("cell:attacked")
     tokenizer = ctx.zoo.tokenizer(job.model)
-    base_scores = _base_scores(ctx, job.model)
+    base_scores = base_test(ctx, job.model)["acc"]
     result: dict[str, Any] = {
         "utility": metrics["utility"], "base_acc": base_scores[cell.task],
         "defense_seconds": metrics.get("defense_seconds", 0.0), "attack_seconds": seconds,
@@ -301,35 +269,15 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
         **{f"knob_{k}": v for k, v in output.knobs.items()},
     }
     if job.track == "merge":
-        merged = output.models[1.0]
-        scores = ctx.scorer.score(merged, tokenizer, [cell.task, *cell.members])
-        result["merged_acc"] = scores[cell.task]
-        members = list(cell.members)
-        experts = {m: _expert_score(ctx, job.model, job.release_format, m) for m in members}
-        result["merged_acc_members"] = _mean([scores[m] for m in members])
-        result["members_expert_acc"] = _mean(list(experts.values()))
-        result["merged_acc_by_member"] = json.dumps({m: scores[m] for m in members}, sort_keys=True)
-        result["base_acc_by_member"] = json.dumps({m: base_scores[m] for m in members}, sort_keys=True)
-        result["expert_acc_by_member"] = json.dumps(experts, sort_keys=True)
+        result.update(merge_scores(ctx, cell, output.models[1.0], metrics))
         result.update(release_metrics_of(metrics))
         for stage, model in output.stages.items():
             result[f"{stage}_acc"] = ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
     else:
-        before = metrics[f"acc:{cell.task}"]
-        result["acc_before"] = before
-        for fraction, model in sorted(output.models.items()):
-            after = ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
-            result[f"gain_at_{fraction:g}"] = after - before
-            result[f"acc_at_{fraction:g}"] = after
-            if fraction == max(output.models):
-                result["acc_after"] = after
+        result.update(finetune_scores(ctx, cell, output.models, metrics, BUDGET_TAGS))
     return result
 
 
 def release_metrics_of(metrics: dict[str, Any]) -> dict[str, float]:
     """The release diagnostics of a release's metrics.json, as cell columns."""
     return {key: value for key, value in metrics.items() if key.startswith(("release_acc_", "release_loss_"))}
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan

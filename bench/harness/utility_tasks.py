@@ -79,7 +79,8 @@ def score_utility(ctx: HarnessContext, tasks: MaterializedTasks, job: DefenseJob
                   ) -> dict[str, float]:
     """lm-eval accuracy of the release of `job` (None: the public base of `model_name`) on every utility task."""
     from bench.evaluate import score
-    from bench.harness.stages import cached_scores, load_release
+    from bench.harness.score_cache import cached_scores
+    from bench.harness.stages import load_release
 
     sources = utility_sources(ctx.preset)
     subject = job.key if job is not None else f"base-{model_name}"

@@ -2,7 +2,7 @@
 aggregation (DESIGN §5, §6). Reports (README, plot, HTML) and the regression gate read it; nothing here
 imports them."""
 
-from bench.results.aggregate import aggregate, attack_summaries, family_gaps, mean_ci95, seed_summaries, validity_failures
+from bench.results.aggregate import aggregate, aggregate_all, family_gaps, validity_failures
 from bench.results.columns import (
     GAIN_COLUMNS,
     GAIN_FRACTIONS,
@@ -13,6 +13,7 @@ from bench.results.columns import (
 from bench.results.csvio import read_csv, write_csv
 from bench.results.metrics import AGGREGATE_METRICS, CELL_METRICS, formula_lines
 from bench.results.normalise import ValidityRule, score_cells, valid_mask
+from bench.results.picks import pick_inputs
 from bench.results.schema import (
     CELL_COLUMNS,
     CELL_KEY,
@@ -34,6 +35,6 @@ __all__ = [
     "AGGREGATE_METRICS", "CELL_COLUMNS", "CELL_KEY", "CELL_METRICS", "CONTROL_DEFENSE", "DERIVED_COLUMNS", "DTYPES",
     "GAIN_COLUMNS", "GAIN_FRACTIONS", "GROUP_KEY", "LEADERBOARD_COLUMNS", "MATCH_KEY", "PROVENANCE_COLUMNS",
     "RAW_COLUMNS", "REFERENCE_DEFENSE", "SCHEMAS", "TIMING_COLUMNS", "VALIDITY_KEY", "SchemaError", "ValidityRule",
-    "aggregate", "attack_summaries", "conform_frame", "family_gaps", "formula_lines", "mean_ci95", "read_csv",
-    "score_cells", "seed_summaries", "sort_frame", "valid_mask", "validity_failures", "write_csv",
+    "aggregate", "aggregate_all", "conform_frame", "family_gaps", "formula_lines", "pick_inputs", "read_csv",
+    "score_cells", "sort_frame", "valid_mask", "validity_failures", "write_csv",
 ]

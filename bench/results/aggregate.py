@@ -1,108 +1,123 @@
-"""The cells table → one leaderboard row per (defense, track, model, release_format), and the run-level
-validity checks of DESIGN §6.
+"""picks → one leaderboard row per (defense, track, model, release_format), the sensitivity table, and the
+run-level validity checks of DESIGN §6.
 
-Order of averaging, over the valid cells (`bench.results.normalise.valid_mask`): each aggregate of
-`bench.results.metrics.AGGREGATE_METRICS` is reduced per (seed, task) over its cells (every attack
-configuration and member set: the attacker picks whom to merge with), then averaged over tasks per seed,
-then over seeds (mean and 95% Student-t half-width). Control rows are never ranked.
+Order (DESIGN §5): per input first (`bench.results.picks`: the attacker's pick on `attacker_val`, its test
+value over `none`'s pick on the same input and seed); then, per row, each aggregate of
+`bench.results.metrics.AGGREGATE_METRICS` over the row's inputs — a mean or a maximum ("worst case" names
+only a maximum) — with a paired bootstrap interval over seeds and test examples (`bench.results.bootstrap`).
+A row's verdict compares its headline interval with `broken_line`; the same headline at each void-bar of
+`sensitivity_bars` makes the sensitivity table, and a verdict that changes across it is threshold-sensitive.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.plugins import ATTACK_FAMILIES
+from bench.results.bootstrap import Resampler, interval
 from bench.results.columns import PROVENANCE_COLUMNS
-from bench.results.metrics import AGGREGATE_METRICS, AGGREGATE_NAMES
-from bench.results.normalise import valid_mask
+from bench.results.metrics import AGGREGATE_METRICS, AggregateMetric
+from bench.results.normalise import ValidityRule
+from bench.results.picks import ALL_FAMILIES, pick_inputs, reasons_of_void
 from bench.results.schema import (
     CONTROL_DEFENSE,
     GROUP_KEY,
     LEADERBOARD_COLUMNS,
     REFERENCE_DEFENSE,
+    SENSITIVITY_SCHEMA,
     conform_frame,
     sort_frame,
 )
 
-_TASK_KEY = [*GROUP_KEY, "seed", "task"]
+_RESAMPLED = ("success", "success_raw", "oracle_success", "pick_value", "none_pick_value", "protection")
 
 
-def mean_ci95(values: Sequence[float] | pd.Series) -> tuple[float, float]:
-    """Mean over seeds and the half-width of its 95% Student-t interval (NaN below two values).
+class Evidence:
+    """The picks of one cells frame with every resampled column (row 0: the point), computed once and
+    re-read at each void-bar: only `void` depends on the bar."""
 
-    half-width = t.ppf(0.975, n − 1) · s / √n, s the sample standard deviation (ddof 1); NaNs dropped.
-    """
-    array = np.asarray(pd.Series(values, dtype="float64").dropna())
-    n = len(array)
-    if n == 0:
-        return math.nan, math.nan
-    mean = float(array.mean())
-    if n < 2:
-        return mean, math.nan
-    return mean, float(stats.t.ppf(0.975, n - 1) * array.std(ddof=1) / math.sqrt(n))
+    def __init__(self, cells: pd.DataFrame, rule: ValidityRule):
+        self.cells = sort_frame(conform_frame(cells, "cells"), "cells")  # pick_index = row of cells.csv
+        self.rule = rule
+        self.picks = pick_inputs(self.cells, rule)
+        self.resampler = Resampler(self.cells, rule.bootstrap_iters, rule.bootstrap_seed)
+        self.columns = self._resampled_columns()
+
+    def _resampled_columns(self) -> dict[str, np.ndarray]:
+        """(n picks, size) per column of `_RESAMPLED` and of every plain column an aggregate reads."""
+        size = self.resampler.size
+        picks = self.picks
+        value = {i: self.resampler.value(i) for i in {*picks["pick_index"], *picks["none_pick_index"].dropna()}}
+        nan = np.full(size, np.nan)
+        mine = np.vstack([value[i] for i in picks["pick_index"]]) if len(picks) else np.zeros((0, size))
+        none = (np.vstack([nan if pd.isna(i) else value[int(i)] for i in picks["none_pick_index"]]) if len(picks)
+                else np.zeros((0, size)))
+        oracle = np.vstack([self._oracle(row) for _, row in picks.iterrows()]) if len(picks) else np.zeros((0, size))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positive = np.where(none > 0, none, np.nan)
+            raw = mine / positive
+            success = np.clip(raw, 0.0, 1.0)
+            columns = {"pick_value": mine, "none_pick_value": none, "success_raw": raw, "success": success,
+                       "oracle_success": np.clip(oracle / positive, 0.0, 1.0)}
+        retention = picks["utility_retention"].to_numpy(dtype="float64")[:, None]
+        columns["protection"] = retention * (1.0 - success)
+        for name in {m.column for m in AGGREGATE_METRICS} - set(columns):
+            columns[name] = np.repeat(_floats(picks[name])[:, None], size, axis=1)
+        for name in _RESAMPLED:  # row 0 is exactly the CSV's number
+            columns[name][:, 0] = _floats(picks[name])
+        return columns
+
+    def _oracle(self, row: pd.Series) -> np.ndarray:
+        cells = self.cells
+        same = (cells["status"] == "ok") & (cells["defense"] == row["defense"]) & cells["cell_value"].notna()
+        for key in ("track", "model", "release_format", "task", "members", "seed"):
+            same &= cells[key] == row[key]
+        if row["pick_family"] != ALL_FAMILIES:
+            same &= cells["attack_family"] == row["pick_family"]
+        return np.nanmax(np.vstack([self.resampler.value(int(i)) for i in cells.index[same]]), axis=0)
+
+    def void(self, bar: float) -> np.ndarray:
+        """Per pick, void at this merge bar (finetune inputs keep their own rule)."""
+        if bar == self.rule.min_kept_fraction:
+            return self.picks["void"].to_numpy(dtype=bool)
+        merge = self.picks["track"] == "merge"
+        below = self.picks["none_pick_value"].isna() | (self.picks["none_pick_value"] < bar)
+        return np.where(merge, below, self.picks["void"]).astype(bool)
+
+    def reduce(self, rows: np.ndarray, metric: AggregateMetric, void: np.ndarray) -> np.ndarray:
+        """The metric over the picks `rows` (a boolean mask) per resample; NaN where nothing is left."""
+        family = self.picks["pick_family"].to_numpy() == metric.family
+        keep = rows & family & (~void if metric.over == "live" else True)
+        values = self.columns[metric.column][keep]
+        if values.shape[0] == 0:
+            return np.full(self.resampler.size, np.nan)
+        seeds = [self.resampler.seeds[int(s)] for s in self.picks["seed"].to_numpy()[keep]]
+        weights = self.resampler.seed_weights[:, seeds].T  # (k, size): how often each input's seed was drawn
+        present = ~np.isnan(values) & (weights > 0)
+        if metric.reduce == "max":
+            return np.where(present.any(axis=0), np.nanmax(np.where(present, values, -np.inf), axis=0), np.nan)
+        total = np.where(present, weights, 0.0).sum(axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, np.where(present, values * weights, 0.0).sum(axis=0) / total, np.nan)
 
 
-def _worst_of(group: pd.DataFrame) -> dict[str, Any]:
-    """The worst attack of one (seed, task): highest headline success; ties to the first (attack, key)."""
-    top = group[group["headline_success"] == group["headline_success"].max()]
-    top = top.sort_values(["attack", "attack_key"], kind="mergesort")
-    if top.empty:
-        return {"worst_attack": "", "worst_attack_key": "", "worst_attack_family": ""}
-    first = top.iloc[0]
-    return {"worst_attack": first["attack"], "worst_attack_key": first["attack_key"],
-            "worst_attack_family": first["attack_family"]}
+def _floats(series: pd.Series) -> np.ndarray:
+    """A numeric or optional-boolean column as float64, NaN where missing."""
+    return series.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def attack_summaries(cells: pd.DataFrame) -> pd.DataFrame:
-    """Stage 1: one row per (defense, track, model, release_format, seed, task) with every aggregate."""
-    cells = conform_frame(cells, "cells")
-    ranked = cells[cells["defense"] != CONTROL_DEFENSE]
-    valid = ranked[valid_mask(ranked)]
-    scored = ranked[(ranked["status"] == "ok") & ranked["reference_found"]]
-    groups = {key: group for key, group in valid.groupby(_TASK_KEY, sort=True)}
-    scored_groups = {key: group for key, group in scored.groupby(_TASK_KEY, sort=True)}
-    rows = []
-    for key, group in groups.items():
-        row: dict[str, Any] = dict(zip(_TASK_KEY, key, strict=True))
-        for metric in AGGREGATE_METRICS:
-            source = group if metric.over == "valid" else scored_groups[key]
-            row[metric.name] = metric.reduce(source)
-        rows.append(row | _worst_of(group) | {"n_attacks": len(group)})
-    columns = [*_TASK_KEY, *AGGREGATE_NAMES, "worst_attack", "worst_attack_key", "worst_attack_family", "n_attacks"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def seed_summaries(cells: pd.DataFrame) -> pd.DataFrame:
-    """Stage 2: per (defense, track, model, release_format, seed), the per-task numbers averaged over tasks."""
-    per_task = attack_summaries(cells)
-    keys = [*GROUP_KEY, "seed"]
-    if per_task.empty:
-        return pd.DataFrame(columns=[*keys, *AGGREGATE_NAMES, "n_tasks"])
-    grouped = per_task.groupby(keys, sort=True)
-    per_seed = grouped[list(AGGREGATE_NAMES)].mean()
-    per_seed["n_tasks"] = grouped["task"].nunique()
-    return per_seed.reset_index()
-
-
-def _worst_attack(per_task: pd.DataFrame) -> tuple[str, str, str]:
-    """Most frequent worst attack over (seed, task); ties to the higher mean worst success, then the name."""
-    if per_task.empty:
-        return "", "", ""
-    ranking = (per_task.groupby("worst_attack")["worst_attack_success"].agg(["size", "mean"])
-               .reset_index().sort_values(["size", "mean", "worst_attack"], ascending=[False, False, True],
-                                          kind="mergesort"))
-    name = ranking["worst_attack"].iloc[0]
-    picks = per_task[per_task["worst_attack"] == name]
-    keys = picks["worst_attack_key"].value_counts()
-    key = sorted(keys[keys == keys.max()].index)[0]
-    family = picks.loc[picks["worst_attack_key"] == key, "worst_attack_family"].iloc[0]
-    return str(name), str(key), str(family)
+def verdict(point: float, low: float, high: float, line: float) -> str:
+    """`broken` when the interval lies at or above the line, `holds` when below it, else `partly`; without an
+    interval (no resamples) the point alone decides between broken and holds."""
+    if math.isnan(point):
+        return ""
+    if math.isnan(low):
+        return "broken" if point >= line else "holds"
+    return "broken" if low >= line else ("holds" if high < line else "partly")
 
 
 def _joined(values: pd.Series) -> str:
@@ -110,101 +125,146 @@ def _joined(values: pd.Series) -> str:
     return ";".join(sorted({v for v in values.tolist() if v}))
 
 
-def _counts(group: pd.DataFrame, valid: pd.Series) -> dict[str, int]:
-    """Distinct attack configurations with at least one valid / weak cell, overall and per family."""
-    counts = {"n_attacks_valid": int(group.loc[valid, "attack_key"].nunique()),
-              "n_attacks_weak": int(group.loc[group["weak"], "attack_key"].nunique())}
+def _group_mask(picks: pd.DataFrame, key: tuple) -> np.ndarray:
+    mask = np.ones(len(picks), dtype=bool)
+    for column, value in zip(GROUP_KEY, key, strict=True):
+        mask &= picks[column].to_numpy() == value
+    return mask
+
+
+def _headline(evidence: Evidence, rows: np.ndarray, void: np.ndarray) -> tuple[float, float, float]:
+    values = evidence.reduce(rows, AGGREGATE_METRICS[0], void)
+    return (float(values[0]), *interval(values))
+
+
+def sensitivity(evidence: Evidence) -> pd.DataFrame:
+    """The headline of every defense row at each void-bar of `sensitivity_bars` (merge; finetune inputs keep
+    their own rule, so their rows repeat), with its interval and verdict."""
+    picks, rule = evidence.picks, evidence.rule
+    rows = []
+    keys = picks[list(GROUP_KEY)].drop_duplicates().itertuples(index=False, name=None)
+    for key in sorted(k for k in keys if k[0] != REFERENCE_DEFENSE):
+        mask = _group_mask(picks, key)
+        for bar in rule.sensitivity_bars:
+            void = evidence.void(bar)
+            point, low, high = _headline(evidence, mask, void)
+            live = mask & ~void & (picks["pick_family"].to_numpy() == ALL_FAMILIES)
+            rows.append({**dict(zip(GROUP_KEY, key, strict=True)), "bar": bar, "attack_success": point,
+                         "attack_success_lo": low, "attack_success_hi": high,
+                         "verdict": verdict(point, low, high, rule.broken_line), "n_inputs_live": int(live.sum())})
+    frame = pd.DataFrame(rows, columns=[c.name for c in SENSITIVITY_SCHEMA])
+    return sort_frame(conform_frame(frame, "sensitivity"), "sensitivity")
+
+
+def _row(evidence: Evidence, key: tuple, group: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    picks, rule = evidence.picks, evidence.rule
+    mask = _group_mask(picks, key)
+    void = evidence.void(rule.min_kept_fraction)
+    overall = mask & (picks["pick_family"].to_numpy() == ALL_FAMILIES)
+    status = "n/a" if (group["status"] == "n/a").all() else ("ok" if (overall & ~void).any() else "invalid")
+    row: dict[str, Any] = {**dict(zip(GROUP_KEY, key, strict=True)), "family": _joined(group["family"]),
+                           "paper": _joined(group["defense_paper"]), "status": status}
+    for metric in AGGREGATE_METRICS:
+        values = evidence.reduce(mask, metric, void)
+        row[metric.name] = float(values[0])
+        row[f"{metric.name}_lo"], row[f"{metric.name}_hi"] = interval(values)
+    is_none = key[0] == REFERENCE_DEFENSE
+    row["verdict"] = "reference" if is_none else verdict(row["attack_success"], row["attack_success_lo"],
+                                                         row["attack_success_hi"], rule.broken_line)
+    high = row["attack_success_hi"]
+    row["below_none"] = None if is_none or math.isnan(high) else bool(high < 1.0)
+    mine = table[(table[list(GROUP_KEY)] == pd.Series(key, index=list(GROUP_KEY))).all(axis=1)]
+    row["threshold_sensitive"] = None if is_none or mine.empty else bool(mine["verdict"].nunique() > 1)
+    live = picks[overall & ~void]
+    worst = live.sort_values(["success", "task", "seed"], ascending=[False, True, True], kind="mergesort")
+    first = worst.iloc[0] if not worst.empty and worst["success"].notna().any() else None
+    row["worst_attack"] = "" if first is None else first["pick_attack"]
+    row["worst_attack_key"] = "" if first is None else first["pick_attack_key"]
+    row["worst_attack_family"] = "" if first is None else first["pick_attack_family"]
+    every = picks[overall]
+    row |= {"n_seeds": int(group.loc[group["status"] == "ok", "seed"].nunique()),
+            "n_tasks": int(live["task"].nunique()), "n_inputs": int(len(every)),
+            "n_inputs_void": int(void[overall].sum()), "n_inputs_broken": int(live["broken"].sum())}
     for family in ATTACK_FAMILIES:
-        mine = group["attack_family"] == family
-        counts[f"n_valid_{family}"] = int(group.loc[valid & mine, "attack_key"].nunique())
-        counts[f"n_weak_{family}"] = int(group.loc[group["weak"] & mine, "attack_key"].nunique())
-    return counts
+        family_rows = mask & (picks["pick_family"].to_numpy() == family)
+        row[f"n_void_{family}"] = int(void[family_rows].sum())
+    row |= {"n_cells_failed": int((group["status"] == "failed").sum()),
+            "n_cells_unmatched": int(((group["status"] == "ok") & ~group["reference_found"]).sum())}
+    row["flags"] = _flags(evidence, mask, void, row)
+    row |= {name: _joined(group[name]) for name in PROVENANCE_COLUMNS}
+    return row
 
 
-def _flags(group: pd.DataFrame, valid: pd.Series, row: dict[str, Any]) -> str:
-    """What a reader must know before reading the row's numbers: families without a valid attack (with the
-    measured reason), releases of a trap defense without a trap."""
+def _flags(evidence: Evidence, mask: np.ndarray, void: np.ndarray, row: dict[str, Any]) -> str:
+    """What a reader must know before the row's numbers: families void on every input (with the reason),
+    releases of a trap defense without a trap, a verdict that moves with the void-bar."""
+    picks = evidence.picks
     flags = []
-    ok = group["status"] == "ok"
     for family in ATTACK_FAMILIES:
-        mine = ok & (group["attack_family"] == family)
-        if mine.any() and not (valid & mine).any():
-            reasons = sorted({r for r in group.loc[mine & group["weak"], "weak_reason"] if r})
-            flags.append(f"{family}: no valid attack (on none: {reasons[0] if reasons else 'unmatched'})")
+        mine = mask & (picks["pick_family"].to_numpy() == family)
+        if mine.any() and void[mine].all():
+            flags.append(f"{family}: void on every input ({reasons_of_void(picks[mine])})")
     rate = row.get("trap_formed_rate", math.nan)
     if row["track"] == "merge" and row["defense"].startswith("trap2") and not math.isnan(rate) and rate < 1.0:
         flags.append(f"no trap formed in {1 - rate:.0%} of releases (trap_formed false)")
+    if row.get("threshold_sensitive"):
+        flags.append("threshold-sensitive: the verdict changes between void-bars "
+                     f"{min(evidence.rule.sensitivity_bars):g} and {max(evidence.rule.sensitivity_bars):g}")
     return "; ".join(flags)
 
 
-def aggregate(cells: pd.DataFrame) -> pd.DataFrame:
+def aggregate_all(cells: pd.DataFrame, rule: ValidityRule | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(leaderboard, picks, sensitivity) of one cells table."""
+    evidence = Evidence(cells, rule or ValidityRule())
+    table = sensitivity(evidence)
+    ranked = evidence.cells[evidence.cells["defense"] != CONTROL_DEFENSE]
+    rows = [_row(evidence, key, group, table) for key, group in ranked.groupby(list(GROUP_KEY), sort=True)]
+    board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
+    return sort_frame(conform_frame(board, "leaderboard"), "leaderboard"), evidence.picks, table
+
+
+def aggregate(cells: pd.DataFrame, rule: ValidityRule | None = None) -> pd.DataFrame:
     """One leaderboard row per (defense, track, model, release_format), `none` included, controls not.
 
-    ``status`` is "n/a" when every row of the group is n/a (the defense does not support that
-    architecture or format) and "invalid" when cells ran but none is valid (every attack weak on `none`).
-    """
+    ``status`` is "n/a" when every row of the group is n/a (the defense does not support that architecture
+    or format) and "invalid" when cells ran but every input is void (`none`'s pick below the bar)."""
+    return aggregate_all(cells, rule)[0]
+
+
+def validity_failures(cells: pd.DataFrame, rule: ValidityRule | None = None) -> list[str]:
+    """DESIGN §6's run-level rule: every track × architecture keeps at least one input on which `none`'s
+    overall pick is not void. One message per (track, model) that breaks it; all-n/a pairs are skipped."""
     cells = conform_frame(cells, "cells")
-    ranked = cells[cells["defense"] != CONTROL_DEFENSE]
-    per_task = attack_summaries(cells)
-    per_seed = seed_summaries(cells)
-    valid = valid_mask(ranked)
-    seeds_of = {key: frame for key, frame in per_seed.groupby(list(GROUP_KEY))}
-    tasks_of = {key: frame for key, frame in per_task.groupby(list(GROUP_KEY))}
-    rows = []
-    for key, group in ranked.groupby(list(GROUP_KEY), sort=True):
-        seeds = seeds_of.get(key, per_seed.iloc[:0])
-        group_valid = valid[group.index]
-        status = "n/a" if (group["status"] == "n/a").all() else ("ok" if group_valid.any() else "invalid")
-        row: dict[str, Any] = {**dict(zip(GROUP_KEY, key, strict=True)), "family": _joined(group["family"]),
-                               "paper": _joined(group["defense_paper"]), "status": status}
-        for metric in AGGREGATE_NAMES:
-            row[metric], row[f"{metric}_ci95"] = mean_ci95(seeds[metric])
-        row["worst_attack"], row["worst_attack_key"], row["worst_attack_family"] = _worst_attack(
-            tasks_of.get(key, per_task.iloc[:0]))
-        row |= {"n_seeds": int(seeds["seed"].nunique()),
-                "n_tasks": int(group.loc[group_valid, "task"].nunique()),
-                **_counts(group, group_valid),
-                "n_cells_failed": int((group["status"] == "failed").sum()),
-                "n_cells_unmatched": int(((group["status"] == "ok") & ~group["reference_found"]).sum())}
-        row["flags"] = _flags(group, group_valid, row)
-        row |= {name: _joined(group[name]) for name in PROVENANCE_COLUMNS}
-        rows.append(row)
-    board = pd.DataFrame(rows, columns=list(LEADERBOARD_COLUMNS))
-    return sort_frame(conform_frame(board, "leaderboard"), "leaderboard")
-
-
-def validity_failures(cells: pd.DataFrame) -> list[str]:
-    """DESIGN §6's run-level rule: every track × architecture needs an attack that is valid on `none`.
-
-    One message per (track, model) that breaks it; pairs whose every row is n/a are skipped.
-    """
-    cells = conform_frame(cells, "cells")
+    picks = pick_inputs(cells, rule)
     failures = []
     for (track, model), group in cells.groupby(["track", "model"], sort=True):
         if (group["status"] == "n/a").all():
             continue
-        reference = group[(group["defense"] == REFERENCE_DEFENSE) & (group["status"] == "ok")]
-        if reference.empty:
-            failures.append(f"{track} track, {model}: no ok '{REFERENCE_DEFENSE}' cell to normalise by")
-        elif not valid_mask(reference).any():
-            reasons = sorted({r for r in reference["weak_reason"] if r}) or ["unmatched"]
-            attacks = ", ".join(sorted(reference["attack"].unique()))
-            failures.append(f"{track} track, {model}: no attack is valid against '{REFERENCE_DEFENSE}' "
-                            f"({attacks}; e.g. {reasons[0]})")
+        mine = picks[(picks["track"] == track) & (picks["model"] == model) & (picks["defense"] == REFERENCE_DEFENSE)
+                     & (picks["pick_family"] == ALL_FAMILIES)]
+        ok = group[(group["defense"] == REFERENCE_DEFENSE) & (group["status"] == "ok")]
+        if mine.empty and ok.empty:
+            failures.append(f"{track} track, {model}: no ok '{REFERENCE_DEFENSE}' cell to pick from")
+        elif mine.empty:
+            failures.append(f"{track} track, {model}: '{REFERENCE_DEFENSE}' has no measurable value on any input "
+                            "(cell_value empty: an expert did not gain over the base, or a control or attacker_val "
+                            "score is missing)")
+        elif mine["void"].all():
+            failures.append(f"{track} track, {model}: '{REFERENCE_DEFENSE}' is void on every input "
+                            f"({reasons_of_void(mine)})")
     return failures
 
 
-def family_gaps(cells: pd.DataFrame) -> list[str]:
-    """Per track × architecture × format, each attack family of the grid without a valid attack on `none`:
+def family_gaps(cells: pd.DataFrame, rule: ValidityRule | None = None) -> list[str]:
+    """Per track × architecture × format, each attack family whose `none` pick is void on every input:
     DESIGN §6 says so loudly and publishes no number for it."""
-    cells = conform_frame(cells, "cells")
-    reference = cells[(cells["defense"] == REFERENCE_DEFENSE) & (cells["status"] == "ok")]
-    valid = valid_mask(reference)
+    picks = pick_inputs(conform_frame(cells, "cells"), rule)
+    none = picks[(picks["defense"] == REFERENCE_DEFENSE) & (picks["pick_family"] != ALL_FAMILIES)]
     gaps = []
-    keys = ["track", "model", "release_format", "attack_family"]
-    for (track, model, release_format, family), group in reference.groupby(keys, sort=True):
-        if not valid[group.index].any():
-            reasons = sorted({r for r in group["weak_reason"] if r})
-            gaps.append(f"{track} track, {model}/{release_format}: no valid '{family}' attack "
-                        f"({', '.join(sorted(group['attack'].unique()))}: {reasons[0] if reasons else 'unmatched'})")
+    for (track, model, release_format, family), group in none.groupby(
+            ["track", "model", "release_format", "pick_family"], sort=True):
+        if group["void"].all():
+            gaps.append(f"{track} track, {model}/{release_format}: '{family}' void on every input "
+                        f"({reasons_of_void(group)})")
     return gaps

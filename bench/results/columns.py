@@ -94,6 +94,10 @@ RAW_SCHEMA: tuple[Column, ...] = (
     Column("merged_acc_by_member", "str"),  # JSON {task: accuracy} of the other members in the merge
     Column("base_acc_by_member", "str"),    # JSON {task: the public base's accuracy}
     Column("expert_acc_by_member", "str"),  # JSON {task: the public expert's own accuracy}
+    Column("val_acc_by_task", "str"),         # JSON {task: the attacked model's accuracy on attacker_val}
+    Column("val_base_by_task", "str"),        # JSON {task: the public base's accuracy on attacker_val}
+    Column("val_standalone_by_task", "str"),  # JSON {task: the release (T_p) / public expert on attacker_val}
+    Column("examples", "str"),                # JSON {role: {task: per-example test values}} (results.examples)
     Column("utility_tasks_acc", "str"),     # JSON {utility task: the release's lm-eval accuracy} (scored only)
     Column("base_utility_tasks_acc", "str"),  # JSON {utility task: the public base's lm-eval accuracy}
     accuracy("pre_heal_acc"),

@@ -53,16 +53,42 @@ def clip01(values: pd.Series) -> pd.Series:
 
 
 def kept_members(frame: Frame) -> pd.Series:
-    """Mean over the other members m of (merged_m − base_m) / (merged_m[none] − base_m); NaN without members
-    or where no member's none merge gained over the base."""
+    """Mean over the other members m of (merged_m − base_m) / (expert_m − base_m); NaN without members or
+    where a member's expert did not gain over the base."""
+    return pd.Series([_kept_share(json_cell(merged), json_cell(base), json_cell(expert)) for merged, base, expert
+                      in zip(frame["merged_acc_by_member"], frame["base_acc_by_member"], frame["expert_acc_by_member"],
+                             strict=True)], index=frame.index, dtype="float64")
+
+
+def _kept_share(merged: dict, base: dict, reference: dict) -> float:
+    """Mean over the tasks of `merged` of (merged − base) / (reference − base); NaN unless every task has a
+    positive denominator."""
+    kept = [(merged[t] - base[t]) / (reference[t] - base[t]) for t in merged
+            if t in base and reference.get(t) is not None and reference[t] - base[t] > 0]
+    return sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan
+
+
+def val_joint(frame: Frame) -> pd.Series:
+    """The attacker's merge objective on attacker_val: `joint_share` of T_p's kept share against the release
+    and the members' kept share against their public experts (both over the public base)."""
     values = []
-    for merged, base, reference in zip(frame["merged_acc_by_member"], frame["base_acc_by_member"],
-                                       frame["merged_acc_by_member_none"], strict=True):
-        merged, base, reference = json_cell(merged), json_cell(base), json_cell(reference)
-        kept = [(merged[m] - base[m]) / (reference[m] - base[m]) for m in merged
-                if m in base and m in reference and reference[m] - base[m] > 0]
-        values.append(sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan)
+    for task, merged, base, standalone in zip(frame["task"], frame["val_acc_by_task"], frame["val_base_by_task"],
+                                              frame["val_standalone_by_task"], strict=True):
+        merged, base, standalone = json_cell(merged), json_cell(base), json_cell(standalone)
+        if task not in merged:
+            values.append(math.nan)
+            continue
+        kept_p = _kept_share({task: merged[task]}, base, standalone)
+        others = {t: v for t, v in merged.items() if t != task}
+        kept_m = _kept_share(others, base, standalone) if others else math.nan
+        values.append(float(joint_share(kept_p, kept_m)))
     return pd.Series(values, index=frame.index, dtype="float64")
+
+
+def val_downstream(frame: Frame) -> pd.Series:
+    """The attacker's fine-tuning objective: the fine-tuned model's attacker_val accuracy on its task D."""
+    return pd.Series([json_cell(scores).get(task, math.nan) for task, scores
+                      in zip(frame["task"], frame["val_acc_by_task"], strict=True)], index=frame.index, dtype="float64")
 
 
 def joint_share(kept_p, kept_m):
@@ -153,27 +179,18 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "− acc_before_scratch) + 0.125·advantage_b0125 + 0.1875·advantage_b025 + 0.375·advantage_b05 + "
                "0.25·advantage`", lambda frame, rule: _advantage_auc(frame), -1.0, 1.0),
     CellMetric("gain_auc", "float", "finetune", "control",
-               "legacy: `0.125·gain_b0125 + 0.1875·gain_b025 + 0.375·gain_b05 + 0.25·gain_b1` (gain over acc_before)",
+               "`0.125·gain_b0125 + 0.1875·gain_b025 + 0.375·gain_b05 + 0.25·gain_b1` (gain over acc_before)",
                lambda frame, rule: _gain_auc(frame), -1.0, 1.0),
-    # --- the matching `none` row (the same attack against the unprotected release)
+    # --- the unprotected release of the same input and seed (`none`'s release: any of its rows)
     CellMetric("reference_found", "bool", "both", "reference",
-               "a `none` row has the same (track, model, format, task, members, attack, seed)",
+               "`none` has a release of the same (track, model, format, task, seed)",
                lambda frame, rule: frame["_reference"] == "both"),
-    CellMetric("utility_none", "float", "both", "reference", "`none`'s `utility`", _copy("utility", "none"), 0.0, 1.0),
-    CellMetric("merged_acc_none", "float", "merge", "reference", "`none`'s `merged_acc`",
-               _copy("merged_acc", "none"), 0.0, 1.0),
-    CellMetric("merged_acc_by_member_none", "str", "merge", "reference", "`none`'s `merged_acc_by_member`",
-               _copy("merged_acc_by_member", "none")),
+    CellMetric("utility_none", "float", "both", "reference",
+               "`none`'s `utility` at the same seed: on the merge track the unprotected expert's accuracy on T_p "
+               "(the fixed reference of `kept_protected`), on the finetune track the unprotected base's",
+               _copy("utility", "none"), 0.0, 1.0),
     CellMetric("release_loss_s05_none", "float", "merge", "reference", "`none`'s `release_loss_s05`",
                _copy("release_loss_s05", "none"), 0.0),
-    CellMetric("advantage_none", "float", "finetune", "reference", "`none`'s `advantage`",
-               _copy("advantage", "none"), -1.0, 1.0),
-    CellMetric("advantage_auc_none", "float", "finetune", "reference", "`none`'s `advantage_auc`",
-               _copy("advantage_auc", "none"), -1.0, 1.0),
-    CellMetric("gain_none", "float", "finetune", "reference", "`none`'s `gain_b1`", _copy("gain_b1", "none"),
-               -1.0, 1.0),
-    CellMetric("gain_auc_none", "float", "finetune", "reference", "`none`'s `gain_auc`", _copy("gain_auc", "none"),
-               -1.0, 1.0),
     CellMetric("utility_retention", "float", "both", "reference", "`utility / utility_none`",
                lambda frame, rule: ratio(frame["utility"], frame["utility_none"]), 0.0),
     CellMetric("paper_normalised_acc", "float", "merge", "reference",
@@ -181,42 +198,27 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "(T_p's expert: `utility_none`; the others' from `expert_acc_by_member`); no control, no base",
                lambda frame, rule: paper_normalised_acc(frame), 0.0),
     CellMetric("kept_protected", "float", "merge", "reference",
-               "`(merged_acc − control_acc) / (merged_acc_none − control_acc)`: the share of what the unprotected "
-               "release adds on T_p beyond the release-free control",
+               "`(merged_acc − control_acc) / (utility_none − base_acc)`: what the release adds on T_p beyond the "
+               "release-free control, as a share of the unprotected expert's own gain (a fixed reference: the same "
+               "for every attack configuration of the input)",
                lambda frame, rule: ratio(frame["merged_acc"] - frame["control_acc"],
-                                         frame["merged_acc_none"] - frame["control_acc"])),
+                                         frame["utility_none"] - frame["base_acc"])),
     CellMetric("kept_members", "float", "merge", "reference",
-               "mean over the other members m of `(merged_m − base_m) / (merged_m[none] − base_m)`, from the JSON "
-               "columns `merged_acc_by_member`, `base_acc_by_member`, `merged_acc_by_member_none` (empty without "
-               "other members)", lambda frame, rule: kept_members(frame)),
-    CellMetric("attack_success_raw", "float", "both", "reference",
-               "unclipped headline: merge `min(kept_protected, kept_members)` (kept_protected alone where "
-               "kept_members is empty; empty where kept_protected is); finetune `advantage_auc / "
-               "advantage_auc_none`. Above 1: the release gives the attacker more than the unprotected one",
-               lambda frame, rule: _by_track(frame, joint_kept(frame),
-                                             ratio(frame["advantage_auc"], frame["advantage_auc_none"]))),
-    CellMetric("attack_success", "float", "both", "reference",
-               "merge `clip(attack_success_raw, 0, 1)` (joint: T_p and every other member); finetune at the full "
-               "budget, `clip(advantage / advantage_none, 0, 1)`",
-               lambda frame, rule: clip01(_by_track(frame, frame["attack_success_raw"],
-                                                    ratio(frame["advantage"], frame["advantage_none"]))), 0.0, 1.0),
-    CellMetric("attack_success_auc", "float", "finetune", "reference",
-               "`clip(advantage_auc / advantage_auc_none, 0, 1)`: a defense that only slows adaptation lowers it",
-               lambda frame, rule: clip01(ratio(frame["advantage_auc"], frame["advantage_auc_none"])), 0.0, 1.0),
-    CellMetric("headline_success", "float", "both", "reference",
-               "what the leaderboard ranks: `attack_success` (merge), `attack_success_auc` (finetune)",
-               lambda frame, rule: _by_track(frame, frame["attack_success"], frame["attack_success_auc"]), 0.0, 1.0),
-    CellMetric("protection", "float", "both", "reference", "`utility_retention × (1 − headline_success)`",
-               lambda frame, rule: frame["utility_retention"] * (1.0 - frame["headline_success"]), 0.0),
-    CellMetric("legacy_attack_success", "float", "both", "reference",
-               "the previous definition, for comparison: merge `clip((merged_acc − base_acc) / (merged_acc_none − "
-               "base_acc), 0, 1)` (T_p only, no control); finetune `clip(gain_b1 / gain_none, 0, 1)`",
-               lambda frame, rule: clip01(_by_track(
-                   frame, ratio(frame["merged_acc"] - frame["base_acc"], frame["merged_acc_none"] - frame["base_acc"]),
-                   ratio(frame["gain_b1"], frame["gain_none"]))), 0.0, 1.0),
-    CellMetric("legacy_attack_success_auc", "float", "finetune", "reference",
-               "the previous AUC definition: `clip(gain_auc / gain_auc_none, 0, 1)`",
-               lambda frame, rule: clip01(ratio(frame["gain_auc"], frame["gain_auc_none"])), 0.0, 1.0),
+               "mean over the other members m of `(merged_m − base_m) / (expert_m − base_m)`, from the JSON columns "
+               "`merged_acc_by_member`, `base_acc_by_member`, `expert_acc_by_member` (empty without other members)",
+               lambda frame, rule: kept_members(frame)),
+    CellMetric("joint_kept", "float", "merge", "reference",
+               "`min(kept_protected, kept_members)` (kept_protected alone where kept_members is empty; empty where "
+               "kept_protected is): the attacker wants one merge with every skill", lambda frame, rule: joint_kept(frame)),
+    CellMetric("cell_value", "float", "both", "reference",
+               "the cell's absolute value, which the attacker's pick is judged by: merge `joint_kept`, finetune "
+               "`advantage_auc`", lambda frame, rule: _by_track(frame, frame["joint_kept"], frame["advantage_auc"])),
+    CellMetric("val_objective", "float", "both", "reference",
+               "what the attacker picks by, on its own `attacker_val` split and with its own references only: merge "
+               "`min` over T_p and the members (as `joint_kept`) of `(val_merged_t − val_base_t) / (val_standalone_t − "
+               "val_base_t)`, the standalone model being the release for T_p and the public expert for a member "
+               "(`val_*_by_task`); finetune the fine-tuned model's `attacker_val` accuracy on D",
+               lambda frame, rule: _by_track(frame, val_joint(frame), val_downstream(frame))),
     CellMetric("trap_loss_gap", "float", "merge", "reference",
                "`release_loss_s05 − release_loss_s05_none`: how much more the release's loss rises at half scale "
                "(owner's held-out tail) than the unprotected expert's",
@@ -225,69 +227,53 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "`trap_loss_gap > {rule.trap_margin}` (nats per answer token): a scale trap formed in this release",
                lambda frame, rule: (frame["trap_loss_gap"] > rule.trap_margin).where(  # type: ignore[attr-defined]
                    frame["trap_loss_gap"].notna())),
-    CellMetric("members_floor_ok", "bool", "both", "reference",
-               "merge: the matching `none` merge keeps the other members, `merged_acc_members_none ≥ "
-               "{rule.members_floor} × members_expert_acc` (true without other members); always true on finetune",
-               lambda frame, rule: ((frame["track"] == "finetune") | (frame["n_members"] <= 1) | (
-                   frame["merged_acc_members_none"] >= rule.members_floor  # type: ignore[attr-defined]
-                   * frame["members_expert_acc"]))),
 )
 
-#: Raw columns the two joins copy from the control and the `none` row (beyond the metrics' own).
+#: Raw columns the two joins copy from the control row and from `none`'s release (beyond the metrics' own).
 CONTROL_COPIES: tuple[str, ...] = ("merged_acc", "acc_before", *ACC_COLUMNS, "acc_after")
-REFERENCE_COPIES: tuple[str, ...] = ("utility", "merged_acc", "merged_acc_by_member", "merged_acc_members",
-                                     "release_loss_s05", "advantage", "advantage_auc", "gain_b1", "gain_auc")
+REFERENCE_COPIES: tuple[str, ...] = ("utility", "release_loss_s05")
 
 
 @dataclass(frozen=True)
 class AggregateMetric:
-    """A leaderboard number: reduced over one (seed, task)'s cells, then averaged over tasks, then over seeds
-    (mean and 95% interval)."""
+    """A leaderboard number: a column of picks.csv reduced over the inputs of one (defense, track, model,
+    format), for one pick family, with a paired bootstrap interval (`bench.results.bootstrap`)."""
 
     name: str
     formula: str
-    reduce: Callable[[Frame], float]
+    column: str                      # the picks.csv column reduced
+    reduce: Literal["mean", "max"] = "mean"
+    family: str = "all"              # whose pick: the overall one (`all`) or one attack family's
+    over: Literal["live", "every"] = "live"  # the non-void inputs, or every input (release-side numbers)
     lo: float | None = 0.0
     hi: float | None = 1.0
-    over: Literal["valid", "scored"] = "valid"  # the valid cells, or every scored cell (diagnostics)
-
-
-def _max(column: str, where: Callable[[Frame], pd.Series] | None = None) -> Callable[[Frame], float]:
-    def reduce(group: Frame) -> float:
-        values = group[column] if where is None else group.loc[where(group), column]
-        return float(values.max()) if values.notna().any() else math.nan
-    return reduce
-
-
-def _mean(column: str) -> Callable[[Frame], float]:
-    return lambda group: float(group[column].astype("float64").mean())
 
 
 def _family_metric(family: str) -> AggregateMetric:
-    return AggregateMetric(f"worst_{family}", f"`max headline_success` over the valid `{family}` attacks",
-                           _max("headline_success", lambda group: group["attack_family"] == family))
+    return AggregateMetric(f"success_{family}", f"`mean success` of the `{family}` family's own pick over the "
+                           f"inputs where that family is not void", "success", family=family)
 
 
 AGGREGATE_METRICS: tuple[AggregateMetric, ...] = (
-    AggregateMetric("utility", "`mean utility`", _mean("utility")),
-    AggregateMetric("utility_retention", "`mean utility_retention`", _mean("utility_retention"), hi=None),
-    AggregateMetric("worst_attack_success", "worst case over attacks (the headline): `max headline_success`",
-                    _max("headline_success")),
-    AggregateMetric("worst_attack_success_raw", "`max attack_success_raw` (unclipped; > 1: easier to attack than "
-                    "`none`)", _max("attack_success_raw"), lo=None, hi=None),
+    AggregateMetric("attack_success", "the headline: `mean success` of the attacker's pick over the non-void inputs",
+                    "success"),
+    AggregateMetric("worst_attack_success", "worst case over inputs: `max success`", "success", reduce="max"),
+    AggregateMetric("oracle_attack_success", "upper bound, not an attacker: `mean oracle_success` (the best test "
+                    "value of any configuration over `none`'s pick)", "oracle_success"),
+    AggregateMetric("attack_success_raw", "`mean success_raw` (unclipped; > 1: easier to attack than `none`)",
+                    "success_raw", lo=None, hi=None),
+    AggregateMetric("pick_value", "`mean pick_value`: the pick's absolute value (merge `joint_kept`, finetune "
+                    "`advantage_auc`)", "pick_value", lo=None, hi=None),
+    AggregateMetric("pick_value_none", "`mean none_pick_value`: `none`'s pick on the same inputs", "none_pick_value",
+                    lo=None, hi=None),
     *(_family_metric(family) for family in ATTACK_FAMILIES),
-    AggregateMetric("bounded_worst_attack_success", "`max headline_success` over the cells with `members_floor_ok` "
-                    "(the same cells for every defense: decided on `none`)",
-                    _max("headline_success", lambda group: group["members_floor_ok"])),
-    AggregateMetric("mean_attack_success", "`mean headline_success`", _mean("headline_success")),
-    AggregateMetric("protection_worst", "`utility_retention × (1 − worst_attack_success)` of the (seed, task)",
-                    lambda group: float(group["utility_retention"].mean() * (1.0 - group["headline_success"].max())),
-                    hi=None),
-    AggregateMetric("legacy_worst_attack_success", "the previous headline, for comparison: `max "
-                    "legacy_attack_success`", _max("legacy_attack_success")),
-    AggregateMetric("trap_formed_rate", "merge: the share of releases with `trap_formed` (over every scored cell, "
-                    "weak attacks included: it describes the release)",
-                    lambda group: float(group["trap_formed"].astype("float64").mean()), over="scored"),
+    AggregateMetric("protection", "`mean protection` = mean of `utility_retention × (1 − success)` over the non-void "
+                    "inputs", "protection", hi=None),
+    AggregateMetric("utility", "`mean utility` over every input", "utility", over="every"),
+    AggregateMetric("utility_retention", "`mean utility_retention` over every input", "utility_retention",
+                    over="every", hi=None),
+    AggregateMetric("trap_formed_rate", "merge: the share of inputs whose release has `trap_formed`", "trap_formed",
+                    over="every"),
 )
 AGGREGATE_NAMES: tuple[str, ...] = tuple(metric.name for metric in AGGREGATE_METRICS)
 
@@ -296,6 +282,17 @@ def formula_lines(rule: object) -> list[str]:
     """The README's formula list, one bullet per declared metric, with the rule's thresholds filled in."""
     lines = ["**Per cell** (derived columns of `cells.csv`, in the order they are computed):", ""]
     lines += [f"- `{m.name}` ({m.track}): {m.formula.format(rule=rule)}" for m in CELL_METRICS]
-    lines += ["", "**Per (seed, task)**, over its valid cells (then averaged over tasks, then over seeds):", ""]
+    lines += ["", "**Per input** (picks.csv: one row per input and pick family):", "",
+              "- the pick: the configuration with the highest `val_objective` (ties: the first attack, then "
+              "attack key); `pick_value` its `cell_value`; `oracle_value` the highest `cell_value`;",
+              "- `success_raw = pick_value / none_pick_value` (`none`'s pick on the same input and seed; empty "
+              "where that is not positive), `success = clip(success_raw, 0, 1)`, `oracle_success = "
+              "clip(oracle_value / none_pick_value, 0, 1)`, `protection = utility_retention × (1 − success)`;",
+              f"- `void`: merge `none_pick_value < {rule.min_kept_fraction}`; finetune: `none`'s pick has "
+              f"`acc_before > {rule.max_downstream_base}`, `gain_b1 < {rule.min_finetune_gain}` or `advantage < "
+              f"{rule.min_scratch_margin}`; `broken`: `success ≥ {rule.broken_line}`.",
+              "", "**Per row** of leaderboard.csv, over its inputs (`live`: the non-void ones), with 95% "
+              "percentile intervals (`_lo`, `_hi`) of a paired bootstrap over seeds and test examples "
+              f"({getattr(rule, 'bootstrap_iters', '?')} resamples):", ""]
     lines += [f"- `{m.name}`: {m.formula.format(rule=rule)}" for m in AGGREGATE_METRICS]
     return lines

@@ -1,5 +1,6 @@
-"""Raw cell records → the cells table: every number normalised by the same attack configuration run
-against `none` and against the harness's control, and the validity verdict of DESIGN §6.
+"""Raw cell records → the cells table: every number against the harness's control of the same attack
+configuration and against `none`'s release of the same input and seed (a fixed reference), and the
+per-configuration diagnostic of DESIGN §6 (`weak`).
 
 The derived columns and their formulas are declared in `bench.results.metrics`; this module joins the
 matching rows and applies them in order, then decides which attack configurations are weak.
@@ -23,6 +24,7 @@ from bench.results.schema import (
     DTYPES,
     MATCH_KEY,
     REFERENCE_DEFENSE,
+    RELEASE_KEY,
     VALIDITY_KEY,
     SchemaError,
     conform_frame,
@@ -30,40 +32,53 @@ from bench.results.schema import (
 
 
 class ValidityRule(StrictModel):
-    """DESIGN §6, applied per attack configuration on its `none` cells, decided once over all seeds.
+    """DESIGN §5–§6: when an input is void, what counts as broken, and how intervals are drawn.
 
-    Merge: the unprotected expert beats the base by `min_expert_gain`; the none merge keeps at least
-    `min_kept_fraction` of *both* the protected expert's and the other members' own gains
-    (`min(kept_p, kept_m)` against the experts, mean over seeds); and the release matters, i.e. the none
-    merge beats the release-free control on T_p by `min_release_margin`. Finetune: the unprotected base
-    scores at most `max_downstream_base` on D, the attack gains `min_finetune_gain` on it, and the base
-    beats the from-scratch control by `min_scratch_margin` at the full budget. `members_floor` sets the
-    bounded worst case's cells; `trap_margin` when a release's loss at half scale counts as a trap.
+    Merge: the unprotected expert beats the base by `min_expert_gain` (the zoo's rule); an input's family
+    is void when `none`'s pick keeps less than `min_kept_fraction` jointly (`joint_kept`, against the
+    fixed experts). Finetune: void when the unprotected base scores above `max_downstream_base` on D, or
+    `none`'s pick gains less than `min_finetune_gain` or beats the from-scratch control by less than
+    `min_scratch_margin` at the full budget. No attack configuration is dropped: the attacker's pick on
+    `attacker_val` decides what counts. `min_release_margin` and the seed-averaged per-configuration
+    verdict (`weak` in cells.csv) remain as a diagnostic of each configuration on `none`.
     """
 
     min_expert_gain: float = 0.3
-    min_kept_fraction: float = 0.5
-    min_release_margin: float = Field(0.3, description="merge: the none merge must beat the release-free control "
-                                      "on T_p by this much (the release must matter)")
+    min_kept_fraction: float = Field(0.5, description="merge: the bar on none's pick (joint_kept) below which an "
+                                     "input's family is void; the sensitivity table varies it")
+    min_release_margin: float = Field(0.3, description="diagnostic (weak in cells.csv): the none merge beats the "
+                                      "release-free control on T_p by this much")
     max_downstream_base: float = 0.3
     min_finetune_gain: float = 0.3
     min_scratch_margin: float = Field(0.3, description="finetune: the unprotected base must beat the from-scratch "
                                       "control by this much at the attacker's budget")
-    members_floor: float = Field(0.5, description="bounded worst case: merges must keep others' tasks ≥ this × expert")
+    broken_line: float = Field(0.5, description="an input is broken when its success is at least this; a row's "
+                               "verdict compares its interval with it")
+    sensitivity_bars: list[float] = Field([0.3, 0.4, 0.5, 0.6], description="merge void-bars of the sensitivity "
+                                          "table")
+    bootstrap_iters: int = Field(1000, ge=0, description="paired bootstrap resamples (seeds and test examples); "
+                                 "0: no intervals")
+    bootstrap_seed: int = 0
     trap_margin: float = Field(0.1, description="a release's answer loss at half scale must exceed none's by this "
                                "(nats per answer token) for trap_formed")
 
 
-def _join(cells: pd.DataFrame, defense: str, columns: tuple[str, ...], suffix: str, flag: str) -> pd.DataFrame:
-    """`cells` with the ok row of `defense` of the same MATCH_KEY joined on (its `columns` + `_suffix`)."""
+def _join(cells: pd.DataFrame, defense: str, columns: tuple[str, ...], suffix: str, flag: str,
+          key: tuple[str, ...] = MATCH_KEY) -> pd.DataFrame:
+    """`cells` with the ok row of `defense` of the same `key` joined on (its `columns` + `_suffix`).
+
+    With MATCH_KEY (the control) one row may match; with RELEASE_KEY (`none`'s release) every row of the
+    release carries the same release numbers, and the first is taken."""
     rows = cells[(cells["defense"] == defense) & (cells["status"] == "ok")]
-    duplicated = rows.duplicated(list(MATCH_KEY), keep=False)
-    if duplicated.any():
-        first = rows[duplicated].iloc[0]
-        raise SchemaError(f"raw frame: several ok '{defense}' rows for one attack configuration "
-                          f"({', '.join(f'{k}={first[k]}' for k in MATCH_KEY)})")
-    right = rows[[*MATCH_KEY, *columns]].rename(columns={c: f"{c}_{suffix}" for c in columns})
-    return cells.merge(right, on=list(MATCH_KEY), how="left", indicator=flag, validate="many_to_one")
+    if key == MATCH_KEY:
+        duplicated = rows.duplicated(list(key), keep=False)
+        if duplicated.any():
+            first = rows[duplicated].iloc[0]
+            raise SchemaError(f"raw frame: several ok '{defense}' rows for one attack configuration "
+                              f"({', '.join(f'{k}={first[k]}' for k in key)})")
+    rows = rows.drop_duplicates(list(key))
+    right = rows[[*key, *columns]].rename(columns={c: f"{c}_{suffix}" for c in columns})
+    return cells.merge(right, on=list(key), how="left", indicator=flag, validate="many_to_one")
 
 
 def _apply(frame: pd.DataFrame, metric: CellMetric, rule: ValidityRule) -> None:
@@ -136,7 +151,7 @@ def score_cells(raw: pd.DataFrame, validity: ValidityRule | None = None) -> pd.D
         _apply(frame, metric, rule)
     own = [m.name for m in CELL_METRICS if m.stage == "control" and m.name not in frame.columns]
     assert not own
-    frame = _join(frame, REFERENCE_DEFENSE, REFERENCE_COPIES, "none", "_reference")
+    frame = _join(frame, REFERENCE_DEFENSE, REFERENCE_COPIES, "none", "_reference", RELEASE_KEY)
     for metric in (m for m in CELL_METRICS if m.stage == "reference"):
         _apply(frame, metric, rule)
     ok = frame["status"] == "ok"
@@ -151,7 +166,7 @@ def score_cells(raw: pd.DataFrame, validity: ValidityRule | None = None) -> pd.D
 
 
 def valid_mask(cells: pd.DataFrame) -> pd.Series:
-    """Cells that count in aggregates: ok, a defense (not the control), normalised by both a `none` and a
-    control row, not weak, with a headline success."""
+    """Cells the attacker can pick from: ok, a defense (not the control), with a control row, `none`'s release
+    and an absolute value (`cell_value`). Weak configurations count: the pick decides (DESIGN §5)."""
     return ((cells["status"] == "ok") & (cells["defense"] != CONTROL_DEFENSE) & cells["reference_found"]
-            & cells["control_found"] & ~cells["weak"] & cells["headline_success"].notna())
+            & cells["control_found"] & cells["cell_value"].notna())

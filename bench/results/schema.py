@@ -3,8 +3,10 @@
 * ``raw`` — one record per cell as the harness produces it (`bench.results.columns.RAW_SCHEMA`);
 * ``cells`` — ``raw`` plus the derived columns declared in `bench.results.metrics.CELL_METRICS` and the
   validity verdict;
+* ``picks`` — the attacker's pick per input and pick family (`bench.results.picks`);
 * ``leaderboard`` — one row per (defense, track, model, release_format): each aggregate of
-  `bench.results.metrics.AGGREGATE_METRICS` with its 95% half-width, then counts and flags.
+  `bench.results.metrics.AGGREGATE_METRICS` with its 95% bootstrap interval, the verdict, counts and flags;
+* ``sensitivity`` — the headline at each void-bar.
 
 Canonical dtypes (what :func:`conform_frame` returns): strings are pandas ``str`` and never missing (a
 missing string is ``""``), floats ``float64`` (missing is NaN), counts and seeds ``int64``, optional
@@ -24,7 +26,7 @@ from bench.plugins import ATTACK_FAMILIES
 from bench.results.columns import CANONICAL_DTYPES, PROVENANCE_COLUMNS, RAW_SCHEMA, Column, ColumnKind
 from bench.results.metrics import AGGREGATE_METRICS, CELL_METRICS
 
-FrameKind = Literal["raw", "cells", "leaderboard"]
+FrameKind = Literal["raw", "cells", "leaderboard", "picks", "sensitivity"]
 
 
 class SchemaError(ValueError):
@@ -39,10 +41,11 @@ DERIVED_SCHEMA: tuple[Column, ...] = (
     *(Column(m.name, m.kind, lo=m.lo, hi=m.hi) for m in CELL_METRICS),
     *VERDICT_SCHEMA,
 )
-#: Counts of distinct attack configurations with a valid / weak cell, overall and per family.
+#: A row's verdict: its headline interval against `broken_line` (`none` is the reference).
+VERDICTS: tuple[str, ...] = ("broken", "partly", "holds", "reference", "")
+#: Counts of inputs: every one, void ones, broken ones, and void ones per attack family.
 COUNT_COLUMNS: tuple[str, ...] = (
-    "n_attacks_valid", "n_attacks_weak",
-    *(f"n_{verdict}_{family}" for family in ATTACK_FAMILIES for verdict in ("valid", "weak")),
+    "n_inputs", "n_inputs_void", "n_inputs_broken", *(f"n_void_{family}" for family in ATTACK_FAMILIES),
 )
 LEADERBOARD_SCHEMA: tuple[Column, ...] = (
     Column("defense", "str", required=True),
@@ -54,8 +57,12 @@ LEADERBOARD_SCHEMA: tuple[Column, ...] = (
     Column("status", "str", required=True, choices=("ok", "n/a", "invalid")),
     *(column for metric in AGGREGATE_METRICS for column in (
         Column(metric.name, "float", lo=metric.lo, hi=metric.hi),
-        Column(f"{metric.name}_ci95", "float", lo=0.0),
+        Column(f"{metric.name}_lo", "float", lo=metric.lo, hi=metric.hi),
+        Column(f"{metric.name}_hi", "float", lo=metric.lo, hi=metric.hi),
     )),
+    Column("verdict", "str", choices=VERDICTS),
+    Column("below_none", "boolean"),
+    Column("threshold_sensitive", "boolean"),
     Column("worst_attack", "str"),
     Column("worst_attack_key", "str"),
     Column("worst_attack_family", "str"),
@@ -67,15 +74,66 @@ LEADERBOARD_SCHEMA: tuple[Column, ...] = (
     Column("flags", "str"),
     *(Column(name, "str") for name in PROVENANCE_COLUMNS),
 )
+#: The headline at each void-bar of the sensitivity table (sensitivity.csv).
+SENSITIVITY_SCHEMA: tuple[Column, ...] = (
+    Column("defense", "str", required=True),
+    Column("track", "str", required=True, choices=("merge", "finetune")),
+    Column("model", "str", required=True),
+    Column("release_format", "str", required=True, choices=("full", "adapter")),
+    Column("bar", "float", required=True),
+    Column("attack_success", "float", lo=0.0, hi=1.0),
+    Column("attack_success_lo", "float", lo=0.0, hi=1.0),
+    Column("attack_success_hi", "float", lo=0.0, hi=1.0),
+    Column("verdict", "str", choices=VERDICTS),
+    Column("n_inputs_live", "int", required=True, lo=0),
+)
+
+#: The attacker's pick per input and pick family (`bench.results.picks`), published as picks.csv.
+PICKS_SCHEMA: tuple[Column, ...] = (
+    Column("defense", "str", required=True),
+    Column("track", "str", required=True, choices=("merge", "finetune")),
+    Column("model", "str", required=True),
+    Column("release_format", "str", required=True, choices=("full", "adapter")),
+    Column("task", "str", required=True),
+    Column("members", "str"),
+    Column("seed", "int", required=True),
+    Column("pick_family", "str", required=True, choices=("all", *ATTACK_FAMILIES)),
+    Column("pick_attack", "str", required=True),
+    Column("pick_attack_key", "str", required=True),
+    Column("pick_attack_family", "str"),
+    Column("pick_val_objective", "float"),
+    Column("pick_value", "float"),
+    Column("oracle_value", "float"),
+    Column("oracle_attack", "str"),
+    Column("n_configs", "int", required=True, lo=1),
+    Column("utility", "float", lo=0.0, hi=1.0),
+    Column("utility_retention", "float", lo=0.0),
+    Column("trap_formed", "boolean"),
+    Column("pick_index", "int", required=True, lo=0),
+    Column("none_pick_attack", "str"),
+    Column("none_pick_value", "float"),
+    Column("none_oracle_value", "float"),
+    Column("none_pick_index", "Int", lo=0),
+    Column("void", "bool", required=True),
+    Column("void_reason", "str"),
+    Column("success_raw", "float"),
+    Column("success", "float", lo=0.0, hi=1.0),
+    Column("oracle_success", "float", lo=0.0, hi=1.0),
+    Column("protection", "float"),
+    Column("broken", "bool", required=True),
+)
 
 SCHEMAS: dict[str, tuple[Column, ...]] = {
     "raw": RAW_SCHEMA,
     "cells": RAW_SCHEMA + DERIVED_SCHEMA,
     "leaderboard": LEADERBOARD_SCHEMA,
+    "picks": PICKS_SCHEMA,
+    "sensitivity": SENSITIVITY_SCHEMA,
 }
 DERIVED_COLUMNS: tuple[str, ...] = tuple(column.name for column in DERIVED_SCHEMA)
 CELL_COLUMNS: tuple[str, ...] = tuple(column.name for column in SCHEMAS["cells"])
 LEADERBOARD_COLUMNS: tuple[str, ...] = tuple(column.name for column in LEADERBOARD_SCHEMA)
+PICKS_COLUMNS: tuple[str, ...] = tuple(column.name for column in PICKS_SCHEMA)
 #: Canonical pandas dtype of every column of every table (a name means the same thing everywhere).
 DTYPES: dict[str, str] = {
     column.name: CANONICAL_DTYPES[column.kind] for schema in SCHEMAS.values() for column in schema
@@ -83,6 +141,8 @@ DTYPES: dict[str, str] = {
 
 #: A `none` or control row matches a cell when these are equal: the same attack configuration on the same input.
 MATCH_KEY: tuple[str, ...] = ("track", "model", "release_format", "task", "members", "attack_key", "seed")
+#: `none`'s release of an input: every row with these equal measured the same release (utility, diagnostics).
+RELEASE_KEY: tuple[str, ...] = ("track", "model", "release_format", "task", "seed")
 #: The validity rule is decided once per value of this key, over all seeds (DESIGN §6).
 VALIDITY_KEY: tuple[str, ...] = ("track", "model", "release_format", "task", "members", "attack_key")
 #: One cell per value of this key; also the CSV row order of the raw and cells tables.
@@ -92,6 +152,8 @@ CELL_KEY: tuple[str, ...] = (
 GROUP_KEY: tuple[str, ...] = ("defense", "track", "model", "release_format")
 SORT_KEYS: dict[str, tuple[str, ...]] = {
     "raw": CELL_KEY, "cells": CELL_KEY, "leaderboard": ("track", "model", "release_format", "defense"),
+    "picks": ("track", "model", "release_format", "defense", "task", "members", "seed", "pick_family"),
+    "sensitivity": ("track", "model", "release_format", "defense", "bar"),
 }
 REFERENCE_DEFENSE = "none"
 CONTROL_DEFENSE = "control"  # bench.harness.controls.CONTROL_DEFENSE: the harness's own control cells
@@ -187,7 +249,7 @@ def _range_problems(series: pd.Series, column: Column) -> list[str]:
 
 def _row_problems(frame: pd.DataFrame, kind: FrameKind) -> list[str]:
     """Cross-column rules: an ok cell must say which task and attack it measured."""
-    if kind == "leaderboard":
+    if kind in ("leaderboard", "picks", "sensitivity"):
         return []
     ok = frame["status"] == "ok"
     problems = []

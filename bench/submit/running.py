@@ -141,12 +141,12 @@ def published_boards(leaderboard_dir: Path) -> list[tuple[str, pd.DataFrame]]:
 
 
 def rank_rows(board: pd.DataFrame, name: str, published: list[tuple[str, pd.DataFrame]]) -> pd.DataFrame:
-    """The submission's rank by worst-case protection in each (track, model, format) it was scored on.
+    """The submission's rank by protection in each (track, model, format) it was scored on.
 
     The pool is this run's defenses plus the published runs' defenses measured on the same zoo (same
     zoo hash), each defense once: this run's numbers win over published ones. Unscored rows rank last.
     """
-    columns = ["track", "model", "release_format", "protection_worst", "worst_attack_success",
+    columns = ["track", "model", "release_format", "protection", "attack_success",
                "utility_retention", "rank", "ranked", "pool", "best_other", "best_other_protection"]
     rows = []
     mine = board[(board["defense"] == name) & (board["status"] == "ok")]
@@ -157,13 +157,13 @@ def rank_rows(board: pd.DataFrame, name: str, published: list[tuple[str, pd.Data
             same = frame[(frame["track"] == key[0]) & (frame["model"] == key[1]) & (frame["release_format"] == key[2])
                          & (frame["status"] == "ok") & (frame["zoo_hash"] == row["zoo_hash"])]
             for _, other in same.iterrows():
-                pool.setdefault(other["defense"], (float(other["protection_worst"]), source))
+                pool.setdefault(other["defense"], (float(other["protection"]), source))
         scored = {defense: value for defense, (value, _) in pool.items() if not math.isnan(value)}
-        value = float(row["protection_worst"])
+        value = float(row["protection"])
         rank = 1 + sum(other > value for other in scored.values()) if not math.isnan(value) else None
         others = {d: v for d, v in scored.items() if d != name}
         best = max(others, key=lambda d: others[d]) if others else ""
-        rows.append([*key, value, float(row["worst_attack_success"]), float(row["utility_retention"]), rank,
+        rows.append([*key, value, float(row["attack_success"]), float(row["utility_retention"]), rank,
                      len(scored), ", ".join(f"{d} ({src})" for d, (_, src) in sorted(pool.items())),
                      best, others.get(best, math.nan)])
     return pd.DataFrame(rows, columns=columns)
@@ -197,15 +197,15 @@ def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.D
     if not failed.empty:
         lines += [f"**{len(failed)} of the submission's cells failed**; first error: `{failed['error'].iloc[0]}`", ""]
     lines += ["## Rank", "",
-              "Rank by worst-case protection (`protection_worst`, higher is better) among the defenses of this",
+              "Rank by protection (`protection`, higher is better) among the defenses of this",
               "run and the published defenses measured on the same zoo; unscored defenses are not ranked.", ""]
     if ranks.empty:
         lines.append("The submission has no scored row.")
     else:
-        header = ["track", "model", "format", "protection (worst case)", "worst-case attack success",
+        header = ["track", "model", "format", "protection", "attack success",
                   "utility retention", "rank", "best other defense", "pool"]
-        rows = [[r["track"], r["model"], r["release_format"], fmt(r["protection_worst"]),
-                 fmt(r["worst_attack_success"]), fmt(r["utility_retention"]),
+        rows = [[r["track"], r["model"], r["release_format"], fmt(r["protection"]),
+                 fmt(r["attack_success"]), fmt(r["utility_retention"]),
                  "not ranked" if problems or pd.isna(r["rank"]) else f"{int(r['rank'])} of {r['ranked']}",
                  f"{r['best_other']} ({fmt(r['best_other_protection'])})" if r["best_other"] else "–", r["pool"]]
                 for _, r in ranks.iterrows()]
@@ -294,13 +294,13 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
 def _print_ranks(console: Any, ranks: pd.DataFrame, valid: bool) -> None:
     from rich.table import Table
 
-    table = Table(title="rank by worst-case protection (higher is better)")
-    for column in ("track", "model", "format", "protection", "worst attack success", "utility retention", "rank"):
+    table = Table(title="rank by protection (higher is better)")
+    for column in ("track", "model", "format", "protection", "attack success", "utility retention", "rank"):
         table.add_column(column)
     for _, r in ranks.iterrows():
         rank = "not ranked" if not valid or pd.isna(r["rank"]) else f"{int(r['rank'])} of {r['ranked']}"
-        table.add_row(r["track"], r["model"], r["release_format"], fmt(r["protection_worst"]),
-                      fmt(r["worst_attack_success"]), fmt(r["utility_retention"]), rank)
+        table.add_row(r["track"], r["model"], r["release_format"], fmt(r["protection"]),
+                      fmt(r["attack_success"]), fmt(r["utility_retention"]), rank)
     console.print(table)
 
 

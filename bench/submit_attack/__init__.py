@@ -2,7 +2,7 @@
 defenses and file whether it breaks them.
 
 Why three steps. A benchmark of defenses is only as strong as its strongest attack (DESIGN §4), so a new
-attack is worth filing when it raises some defense's worst case. It is worth *comparing* only where it
+attack is worth filing when it raises some defense's attack success. It is worth *comparing* only where it
 works against the unprotected release: an attack that is weak on `none` (DESIGN §6) has a normalised
 success that is noise, so it is validated on `none` first, before any defense spends compute on it.
 
@@ -11,7 +11,7 @@ Registration. For its own run the attack is registered as `NAME@<hash of its sou
 workers register it through :func:`worker_setup`. It is also registered under its plain `NAME`, so a
 preset can name it: in other processes, `LOCKBENCH_PLUGINS=bench.submit_attack` with
 `LOCKBENCH_ATTACKS=path/to/attack.py[,more]` registers it in the driver and every worker (importing this
-module registers the attacks listed there), after which it joins every defense's worst case.
+module registers the attacks listed there), after which it joins every attacker's pick.
 """
 
 from bench.submit_attack.command import AttackRequest, submit_attack_command

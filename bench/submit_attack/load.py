@@ -26,7 +26,7 @@ ATTACK_GROUP = "lockbench.attacks"
 ATTACKS_ENV = "LOCKBENCH_ATTACKS"
 #: Set for Ray workers of a submission run: JSON {"spec", "config", "salt"} of the attack to register.
 WORKER_ENV = "LOCKBENCH_ATTACK_SUBMISSION"
-#: A submitted attack *breaks* a defense when it raises the defense's worst case by more than this.
+#: A submitted attack *breaks* a defense when it raises the defense's attack success by more than this.
 BREAK_MARGIN = 0.05
 #: One input of an attack: what its `none` verdict is decided on (bench.results VALIDITY_KEY less the attack).
 INPUT_KEY = ["track", "model", "release_format", "task", "members"]

@@ -50,14 +50,14 @@ def _rows_by_key(board: pd.DataFrame | None) -> dict[tuple[str, ...], pd.Series]
 
 def _reference_worst(key: tuple[str, ...], zoo: str, published: dict, others: dict, family: str
                      ) -> tuple[float, float, str, str]:
-    """(worst case, worst case of `family`, its attack, where from): the published row of the same zoo, else
-    this run's other attacks."""
+    """(headline success, `family`'s success, the attack picked on the worst input, where from): the published
+    row of the same zoo, else this run's other attacks."""
     row, source = published.get(key), "published"
     if row is None or row["zoo_hash"] != zoo:
         row, source = others.get(key), "this run's other attacks"
     if row is None:
         return math.nan, math.nan, "", "no other attack"
-    return (float(row["worst_attack_success"]), float(row.get(f"worst_{family}", math.nan)),
+    return (float(row["attack_success"]), float(row.get(f"success_{family}", math.nan)),
             str(row["worst_attack"]), source)
 
 
@@ -67,8 +67,9 @@ def _nanmax(one: float, other: float) -> float:
 
 
 def compare(cells: pd.DataFrame, name: str, family: str, published: pd.DataFrame | None) -> pd.DataFrame:
-    """Per defense × track × model × format (not `none`, not n/a): the published (or this run's) worst case,
-    this attack's success, and whether it breaks the defense (raises the worst case by > BREAK_MARGIN)."""
+    """Per defense × track × model × format (not `none`, not n/a): the published (or this run's) headline
+    success, this attack's success (the attacker's pick among its own configurations), and whether it breaks
+    the defense (raises the headline by > BREAK_MARGIN)."""
     mine = _board_of(cells[cells["attack"] == name])
     others = _rows_by_key(_board_of(cells[cells["attack"] != name]))
     known = _rows_by_key(published)
@@ -78,7 +79,7 @@ def compare(cells: pd.DataFrame, name: str, family: str, published: pd.DataFrame
             continue
         key = (row["defense"], row["track"], row["model"], row["release_format"])
         worst, family_worst, attack, source = _reference_worst(key, row["zoo_hash"], known, others, family)
-        success = float(row["worst_attack_success"])
+        success = float(row["attack_success"])
         status = "weak" if row["status"] == "invalid" else "ok"
         rows.append([*key, worst, family_worst, attack, source, success, status, _nanmax(worst, success),
                      bool(success - worst > BREAK_MARGIN)])
@@ -111,8 +112,8 @@ def _comparison_table(comparison: pd.DataFrame, family: str) -> list[str]:
              fmt(r["reference_family_worst"]), f"{r['reference_attack'] or '–'} ({r['reference_source']})",
              fmt(r["success"]) if r["status"] == "ok" else "weak on none", fmt(r["new_worst"]),
              "**yes**" if r["breaks"] else "no"] for _, r in comparison.iterrows()]
-    header = ["defense", "model", "format", "worst case before", f"before, {family} family", "worst attack (from)",
-              "this attack's success", "worst case now", "breaks"]
+    header = ["defense", "model", "format", "success before", f"before, {family} family", "worst input's pick (from)",
+              "this attack's success", "success now (the higher)", "breaks"]
     return markdown_table(header, rows)
 
 
@@ -138,7 +139,7 @@ def _header(report: AttackReport) -> list[str]:
             f"- config: `{sub.config_json}`",
             f"- code hash: `{sub.code_hash}` (cache key of its cells)",
             f"- preset: `{report.preset.name}` — {report.preset.description}",
-            f"- worst cases before this attack: {report.published_note} (the table's 'from' column says which "
+            f"- attack success before this attack: {report.published_note} (the table's 'from' column says which "
             "source each row uses: the published run of the same zoo, else this run's other attacks)",
             ""]
 
@@ -159,9 +160,9 @@ def _warnings(report: AttackReport) -> list[str]:
 def render_attack_readme(report: AttackReport, run_readme: str) -> str:
     breaks = broken(report.comparison)
     lines = [*_header(report), *_warnings(report), "## Validation on `none`", "",
-             "Per input, whether the attack works against the unprotected release (DESIGN §6); only valid inputs",
-             "count in any worst case.", "", *_verdict_table(report.verdicts), "", "## Against the defenses", "",
-             f"A defense is *broken* when this attack's success exceeds its worst case before it by more than "
+             "Per input, whether the attack works against the unprotected release (DESIGN §6); a weak input still counts",
+             "when the attacker's pick chooses it.", "", *_verdict_table(report.verdicts), "", "## Against the defenses", "",
+             f"A defense is *broken* when this attack's success exceeds its success before it by more than "
              f"{BREAK_MARGIN}. `none` is the reference and is not listed.", "",
              f"**Breaks:** {', '.join(breaks)}." if breaks else "**Breaks no defense** of the preset.", ""]
     lines += (_comparison_table(report.comparison, report.submission.family) if not report.comparison.empty

@@ -114,7 +114,7 @@ def none_verdicts(cells: pd.DataFrame, name: str) -> pd.DataFrame:
         if ok.empty:
             failed = group[group["status"] == "failed"]
             verdict, why = ("failed", failed["error"].iloc[0]) if len(failed) else ("n/a", "not applicable")
-        elif valid_mask(ok).any():
+        elif (valid_mask(ok) & ~ok["weak"]).any():
             verdict, why = "valid", ""
         elif ok["weak"].any():
             verdict, why = "weak", ok.loc[ok["weak"], "weak_reason"].iloc[0]
