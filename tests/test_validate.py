@@ -50,18 +50,21 @@ def test_an_expert_off_the_merge_track_is_a_note_not_a_failure(ci_root, ci_repor
 
 def test_destructive_experts_break_the_rule(ci_root):
     """Experts at a destructive learning rate without replay break the rule, and the failure comes from
-    the rule, not from a crash: every model and form names failing experts. (Not necessarily every task:
-    `last`, a one-character skill, was measured to survive lr 3e-2 on Llama.)"""
+    the rule, not from a crash: both forms name failing experts. (Not necessarily every task: `last`, a
+    one-character skill, was measured to survive lr 3e-2 on Llama.) On the Llama-style model only: the rule's
+    code is the same for every architecture (`test_ci_zoo_is_valid` runs it on both), and training a second
+    architecture's broken experts doubled the test's minutes without reaching other code."""
     preset = load_preset("ci")
     broken_training = preset.zoo.expert_training.model_copy(update={"lr": 3e-2, "replay_fraction": 0.0})
     broken_lora = preset.zoo.lora.model_copy(
         update={"training": preset.zoo.lora.training.model_copy(update={"lr": 1e-1, "replay_fraction": 0.0})})
     models = {name: entry.model_copy(update={"expert_training": None, "lora": None})
-              for name, entry in preset.zoo.models.items()}  # no per-architecture recipe escapes the breakage
+              for name, entry in preset.zoo.models.items()
+              if name == "llama"}  # no per-architecture recipe escapes the breakage
     broken = preset.model_copy(update={"zoo": preset.zoo.model_copy(
         update={"expert_training": broken_training, "lora": broken_lora, "models": models})})
     reports = _validate(broken, ci_root)
-    assert {report.model for report in reports} == set(preset.zoo.models)
+    assert {report.model for report in reports} == {"llama"}
     for report in reports:
         for form in ("full", "lora"):
             named = [task for task in broken.zoo.expert_tasks_of(report.model)
