@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import torch
 from peft import PeftModel, get_peft_model
 from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -27,14 +28,21 @@ class FinetuneRecipe(StrictModel):
     lora_alpha: int = Field(16, ge=1)
 
 
-def _trainable(model: PreTrainedModel | PeftModel, method: Method, r: int, alpha: int) -> PreTrainedModel | PeftModel:
-    """A trainable copy: a fresh peft LoRA over a folded copy, or a plain copy for full fine-tuning."""
+def _trainable(model: PreTrainedModel | PeftModel, method: Method, r: int, alpha: int,
+               seed: int) -> PreTrainedModel | PeftModel:
+    """A trainable copy: a fresh peft LoRA over a folded copy, or a plain copy for full fine-tuning.
+
+    The LoRA matrices are initialised from `seed` alone (in a forked stream): a search's run at one
+    learning rate then starts from the same adapter whichever rates ran before it, and a grid that drops
+    a rate leaves the others unchanged."""
     from bench.evaluate import as_plain_model
     from bench.zoo.build import lora_config_for
 
     plain = copy.deepcopy(as_plain_model(model))
     if method == "lora":
-        return get_peft_model(plain, lora_config_for(plain, r, alpha, 0.0))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(plain, lora_config_for(plain, r, alpha, 0.0))
     return plain
 
 
@@ -72,7 +80,7 @@ def train_snapshots(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTok
                     answers: list[str], settings: FinetuneSettings, at_steps: Sequence[int]
                     ) -> dict[int, PreTrainedModel]:
     """Fine-tune a copy of `model` as `settings` say; a folded snapshot after each step in `at_steps`."""
-    trained = _trainable(model, settings.method, settings.lora_r, settings.lora_alpha)
+    trained = _trainable(model, settings.method, settings.lora_r, settings.lora_alpha, settings.training.seed)
     marks = set(at_steps)
     snapshots: dict[int, PreTrainedModel] = {}
 

@@ -1,10 +1,12 @@
 """`lockbench regress`: the CI gate. Re-run a preset and compare it with a committed baseline.
 
 The baseline is a `cells.csv` (same schema, written by the same code) of an earlier run of the preset.
-A change fails the gate when, beyond a tolerance, any cell's or defense's attack success rises, any
-cell's or defense's utility falls, a cell that worked now fails or is missing, an attack that worked
-against `none` no longer does (it became weak, DESIGN §6), or the run breaks the validity rule.
-Cells are matched on `bench.results.CELL_KEY`; defenses on `GROUP_KEY` of their aggregate rows.
+A change fails the gate when a defense's attack success rises above the baseline's own bootstrap interval
+(seeds and test examples) by more than a tolerance, a utility falls below it, `none`'s pick (what the
+attacks reach without protection) falls below it, a row's inputs all turn void, a cell that worked now
+fails or is missing, or the run breaks the validity rule. It never compares one cell's point value with
+another machine's: those move with the CPU's floating point. Cells are matched on
+`bench.results.CELL_KEY`; rows on `GROUP_KEY` of their aggregates.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from rich.table import Table
 from bench.results import (
     CELL_KEY,
     GROUP_KEY,
+    RAW_COLUMNS,
     REFERENCE_DEFENSE,
     SchemaError,
     ValidityRule,
     aggregate,
     read_csv,
+    score_cells,
     validity_failures,
     write_csv,
 )
@@ -91,61 +95,57 @@ def _number(value: object) -> float:
     return math.nan if value is None or pd.isna(value) else float(value)
 
 
-def _changes(joined: pd.DataFrame, level: str, success: str, utility: str, tolerance: float) -> list[Regression]:
-    """Rises of attack success and falls of utility beyond the tolerance, in rows present in both runs."""
+def _bounds(row: pd.Series, column: str) -> tuple[float, float, float]:
+    """(point, low, high) of a baseline aggregate; without an interval the point is both ends."""
+    point = _number(row[f"{column}_base"])
+    low, high = _number(row[f"{column}_lo_base"]), _number(row[f"{column}_hi_base"])
+    return point, point if math.isnan(low) else min(low, point), point if math.isnan(high) else max(high, point)
+
+
+def _spread_changes(boards: pd.DataFrame, tolerance: float) -> list[Regression]:
+    """Per row (defense × track × model × format): what moved outside the baseline's own interval (seeds and
+    test examples, DESIGN §5) by more than the tolerance. A defense's attack success above it or its
+    utility below it; `none`'s pick value below it (an attack that weakens flatters every defense); a row
+    whose inputs all turned void."""
     found = []
-    for _, row in joined.iterrows():
-        identity = _identity(row, level)
-        base_success, now_success = _number(row[f"{success}_base"]), _number(row[f"{success}_now"])
-        if not math.isnan(base_success) and not math.isnan(now_success) and \
-                now_success - base_success > tolerance + _EPSILON:
-            found.append(Regression("attack success rose", level, **identity, baseline=base_success,
-                                    current=now_success, detail=f"+{now_success - base_success:.3f} > {tolerance:g}"))
-        base_utility, now_utility = _number(row[f"{utility}_base"]), _number(row[f"{utility}_now"])
-        if not math.isnan(base_utility) and not math.isnan(now_utility) and \
-                base_utility - now_utility > tolerance + _EPSILON:
-            found.append(Regression("utility fell", level, **identity, baseline=base_utility, current=now_utility,
-                                    detail=f"−{base_utility - now_utility:.3f} > {tolerance:g}"))
-    return found
-
-
-def reference_strength(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per cell, how well its attack works against `none`: `strength` is the joint kept fraction of both
-    experts' gains (merge) or the gain on D (finetune), `margin` what the release adds over the control
-    (merge: `merged_acc − control_acc`; finetune: `advantage`). Attacks that stop working flatter every
-    defense, so the gate watches these too."""
-    from bench.results.normalise import joint_kept_vs_experts
-
-    merge = cells["track"] == "merge"
-    strength = [joint_kept_vs_experts(row) if is_merge and row["status"] == "ok" else math.nan
-                for is_merge, (_, row) in zip(merge, cells.iterrows(), strict=True)]
-    return pd.DataFrame({"strength": pd.Series(strength, index=cells.index).where(merge, cells["gain_b1"]),
-                         "margin": (cells["merged_acc"] - cells["control_acc"]).where(merge, cells["advantage"])},
-                        index=cells.index)
-
-
-def _reference_falls(reference: pd.DataFrame, tolerance: float) -> list[Regression]:
-    """`none` cells (joined baseline/now) whose attack strength or margin over the control fell."""
-    found = []
-    checks = (("strength", "attack weakened against 'none'"), ("margin", "release margin over the control fell"))
-    for _, row in reference.iterrows():
-        for measure, check in checks:
-            before, now = _number(row[f"{measure}_base"]), _number(row[f"{measure}_now"])
-            if not math.isnan(before) and not math.isnan(now) and before - now > tolerance + _EPSILON:
-                found.append(Regression(check, "cell", **_identity(row, "cell"), baseline=before, current=now,
-                                        detail=f"−{before - now:.3f} > {tolerance:g}"))
+    for _, row in boards.iterrows():
+        identity = _identity(row, "defense")
+        is_none = row["defense"] == REFERENCE_DEFENSE
+        checks = [("pick_value", "attack weakened against 'none'", -1)] if is_none else [
+            ("attack_success", "attack success rose", 1)]
+        checks.append(("utility", "utility fell", -1))
+        for column, check, direction in checks:
+            point, low, high = _bounds(row, column)
+            now = _number(row[f"{column}_now"])
+            if math.isnan(point) or math.isnan(now):
+                continue
+            edge = high if direction > 0 else low
+            beyond = (now - edge) * direction
+            if beyond > tolerance + _EPSILON:
+                found.append(Regression(check, "defense", **identity, baseline=point, current=now,
+                                        detail=f"{now:.3f} is {beyond:.3f} {'above' if direction > 0 else 'below'} "
+                                               f"the baseline's interval [{low:.3f}, {high:.3f}] (> {tolerance:g})"))
+        if row["status_base"] == "ok" and row["status_now"] == "invalid":
+            found.append(Regression(f"attack stopped working against '{REFERENCE_DEFENSE}'" if is_none
+                                    else "every input turned void", "defense", **identity,
+                                    detail=f"the row is now invalid: {row['flags_now'] or 'every input void'}"))
     return found
 
 
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DEFAULT_TOLERANCE,
             allow_invalid: bool = False, rule: ValidityRule | None = None) -> Comparison:
-    """Everything in `current` that is worse than `baseline` (both cells tables, aggregated under `rule`)."""
+    """Everything in `current` that is worse than `baseline` (both cells tables, aggregated under `rule`).
+
+    Numbers are judged per row against the baseline's own bootstrap interval, never cell by cell against
+    one machine's point values: a cell's number moves with the CPU's floating point (DESIGN §8), a row's
+    interval says how far it moves with seeds and test examples. Cells are checked for structure only:
+    missing from this run, or failed where they ran."""
     regressions: list[Regression] = []
     notes: list[str] = []
+    # derived numbers are recomputed from the raw columns under the rule: an edited CSV cannot disagree with itself
+    baseline, current = (score_cells(frame[list(RAW_COLUMNS)], rule) for frame in (baseline, current))
     keys = list(CELL_KEY)
-    joined = pd.concat([baseline, reference_strength(baseline)], axis=1).merge(
-        pd.concat([current, reference_strength(current)], axis=1), on=keys, how="outer", suffixes=("_base", "_now"),
-        indicator="_side")
+    joined = baseline.merge(current, on=keys, how="outer", suffixes=("_base", "_now"), indicator="_side")
     for column in ("family", "attack", "error"):  # identity columns outside the key: this run's, else the baseline's
         joined[column] = joined[f"{column}_now"].where(joined[f"{column}_now"].notna(), joined[f"{column}_base"])
     both = joined[joined["_side"] == "both"]
@@ -157,26 +157,13 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, tolerance: float = DE
     if new:
         notes.append(f"{new} cells of this run are not in the baseline (new defenses or attacks?): they are not "
                      "compared until the baseline is regenerated")
-
-    was_ok, is_ok = both["status_base"] == "ok", both["status_now"] == "ok"
-    for _, row in both[was_ok & (both["status_now"] == "failed")].iterrows():
+    for _, row in both[(both["status_base"] == "ok") & (both["status_now"] == "failed")].iterrows():
         regressions.append(Regression("cell failed", "cell", **_identity(row, "cell"), detail=str(row["error"])))
-
-    reference = both[was_ok & is_ok & (both["defense"] == REFERENCE_DEFENSE)]
-    for _, row in reference[~reference["weak_base"].astype(bool) & reference["weak_now"].astype(bool)].iterrows():
-        regressions.append(Regression(
-            f"attack stopped working against '{REFERENCE_DEFENSE}'", "cell", **_identity(row, "cell"),
-            baseline=_number(row["strength_base"]), current=_number(row["strength_now"]),
-            detail=f"now weak: {row['weak_reason_now']}"))
-
-    regressions += _reference_falls(reference, tolerance)
-    defended = both[was_ok & is_ok & (both["defense"] != REFERENCE_DEFENSE)]
-    regressions += _changes(defended, "cell", "cell_value", "utility", tolerance)
 
     group = list(GROUP_KEY)
     boards = aggregate(baseline, rule).merge(aggregate(current, rule), on=group, how="inner", suffixes=("_base", "_now"))
     boards["family"] = boards["family_now"]
-    regressions += _changes(boards, "defense", "attack_success", "utility", tolerance)
+    regressions += _spread_changes(boards, tolerance)
 
     for problem in validity_failures(current, rule):
         track, _, rest = problem.partition(" track, ")

@@ -1,6 +1,7 @@
 """`lockbench regress`, the CI gate: passes on a baseline of the same run, fails with a table naming the
-cell when a baseline makes a defense look stronger than it now is, when an attack stops working against
-`none`, and when the run breaks the validity rule.
+row when a baseline makes a defense look stronger than its interval allows, when an attack weakens or
+stops working against `none`, and when the run breaks the validity rule; a single cell's point value is
+not judged alone.
 
 Unit tests compare fakes.valid_raw_frame's synthetic run (hand-checked numbers, valid) with edited copies; the CLI
 tests run it on a finished synthetic run directory (`--run-dir`) and end to end on a slice of micro
@@ -48,60 +49,64 @@ def test_same_run_passes() -> None:
     assert result.ok and result.regressions == [], result.regressions
 
 
-def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_cell() -> None:
+def test_a_baseline_that_made_a_defense_look_stronger_fails_naming_the_row() -> None:
     current = _scored()
-    baseline = current.copy()
-    row = _where(baseline, **TRAP2_TA_0)
-    assert current.loc[row, "cell_value"].item() == pytest.approx(1 / 3)
-    baseline.loc[row, "cell_value"] = 0.05
-    result = compare(baseline, current, tolerance=0.05)
-    cells = [r for r in result.regressions if r.level == "cell"]
-    assert len(cells) == 1, result.regressions
-    found = cells[0]
-    assert (found.check, found.defense, found.track, found.model, found.family, found.release_format, found.task,
-            found.attack, found.seed) == ("attack success rose", "trap2", "merge", "llama", "llama", "adapter",
-                                          "add", "ta", "0")
-    assert found.baseline == 0.05 and found.current == pytest.approx(1 / 3)
-    # within the tolerance it passes: the cell by 0.03, the defense's success by 0.03 / 0.75 (none's pick)
-    baseline.loc[row, "cell_value"] = 1 / 3 - 0.03
-    assert compare(baseline, current, tolerance=0.05).ok
+    assert current.loc[_where(current, **TRAP2_TA_0), "cell_value"].item() == pytest.approx(1 / 3)
+    raw = raw_frame()
+    row = _where(raw, **TRAP2_TA_0)
+    raw.loc[row, "merged_acc"] = 0.28  # a flattered baseline: trap2's pick kept only 0.05 of the expert's gain
+    result = compare(_scored(raw), current, tolerance=0.05)
+    assert [(r.check, r.level, r.defense, r.track, r.model, r.release_format) for r in result.regressions] == [
+        ("attack success rose", "defense", "trap2", "merge", "llama", "adapter")], result.regressions
+    found = result.regressions[0]
+    assert found.baseline == pytest.approx(0.05 / 0.75) and found.current == pytest.approx((1 / 3) / 0.75)
+    assert "above the baseline's interval" in found.detail
+    # within the tolerance it passes: trap2's pick keeps 0.03 less, its success moves by 0.03 / 0.75 = 0.04
+    raw.loc[row, "merged_acc"] = 0.45 - 0.6 * 0.03
+    assert compare(_scored(raw), current, tolerance=0.05).ok
 
 
-def test_defense_level_worst_case_and_utility() -> None:
-    """A stronger attack in the current run raises trap2's headline; a lower utility is caught per cell and
-    per defense."""
+def test_one_cells_point_value_is_not_judged_alone() -> None:
+    """A cell that moves (as cells do on another CPU) while its row stays inside the baseline's interval
+    passes: the gate judges rows against their spread, not cells against one machine's numbers."""
+    current = _scored()
+    raw = raw_frame()
+    raw.loc[_where(raw, defense="trap2", attack="ties", seed=0), "merged_acc"] = 0.0  # not the attacker's pick
+    assert compare(_scored(raw), current, tolerance=0.05).ok
+
+
+def test_defense_level_success_and_utility() -> None:
+    """A stronger attack in the current run raises trap2's headline; a lower utility is caught per row."""
     raw = raw_frame()
     # seed 0 (the live input): ta keeps 1/3 on T_p; keeping more of it lifts the pick's value to 0.583
     raw.loc[_where(raw, defense="trap2", attack="ta", seed=0, task="add"), "merged_acc"] = 0.6
     raw.loc[raw["defense"] == "pmp", "utility"] -= 0.2
     result = compare(_scored(), _scored(raw), tolerance=0.05)
     checks = {(r.check, r.level, r.defense) for r in result.regressions}
-    assert ("attack success rose", "cell", "trap2") in checks
-    assert ("attack success rose", "defense", "trap2") in checks
-    assert ("utility fell", "cell", "pmp") in checks and ("utility fell", "defense", "pmp") in checks
-    assert not any(r.defense == "none" for r in result.regressions)
+    assert checks == {("attack success rose", "defense", "trap2"), ("utility fell", "defense", "pmp")}, checks
 
 
 def test_an_attack_that_stops_working_against_none_fails() -> None:
     raw = raw_frame()
-    raw.loc[_where(raw, defense="none", attack="ta", seed=0), "merged_acc"] = 0.3  # keeps 0.1 of 0.6: weak
+    raw.loc[_where(raw, defense="none", attack="ta", seed=0), "merged_acc"] = 0.3  # keeps 0.08 of 0.6: void
     result = compare(_scored(), _scored(raw), tolerance=0.05)
-    stopped = [r for r in result.regressions if r.check.startswith("attack stopped working")]
-    assert {(r.defense, r.attack, r.seed, r.track, r.model) for r in stopped} == {
-        ("none", "ta", "0", "merge", "llama"), ("none", "ta", "1", "merge", "llama")}  # decided over seeds
-    weakened = {(r.check, r.seed) for r in result.regressions if r.defense == "none"}
-    assert ("attack weakened against 'none'", "0") in weakened
-    assert ("release margin over the control fell", "0") in weakened
+    checks = {(r.check, r.defense, r.track) for r in result.regressions}
+    assert ("attack stopped working against 'none'", "none", "merge") in checks
+    assert ("every input turned void", "trap2", "merge") in checks  # nothing left to judge trap2 on
+    assert ("validity rule broken", "", "merge") in checks
 
 
-def test_a_weaker_attack_on_none_fails_before_it_turns_weak() -> None:
-    """Attacks that lose strength flatter every defense: the gate watches none's joint kept fraction and
-    its margin over the control, not only the weak flag."""
+def test_a_weaker_attack_on_none_fails_before_it_turns_void() -> None:
+    """Attacks that lose strength flatter every defense: the gate watches `none`'s pick against its interval,
+    not only whether its inputs turn void."""
     raw = raw_frame()
-    raw.loc[_where(raw, defense="none", attack="lora", seed=0), "acc_after"] = 0.7  # advantage 0.7 → 0.5
+    for seed in (0, 1):  # lora reaches 0.4 instead of 0.7 at half the budget: slower, the same at the end
+        raw.loc[_where(raw, defense="none", attack="lora", seed=seed), "acc_b05"] = 0.4
     result = compare(_scored(), _scored(raw), tolerance=0.05)
-    checks = {(r.check, r.attack, r.seed) for r in result.regressions if r.defense == "none"}
-    assert ("release margin over the control fell", "lora", "0") in checks
+    checks = {(r.check, r.defense, r.track) for r in result.regressions}
+    # and every defense judged against it looks weaker for it: pmp's success rises with none's fall
+    assert checks == {("attack weakened against 'none'", "none", "finetune"),
+                      ("attack success rose", "pmp", "finetune")}, checks
     assert not any(r.check.startswith("attack stopped working") for r in result.regressions)
 
 
@@ -145,20 +150,19 @@ def test_cli_on_a_finished_run(tmp_path: Path) -> None:
     assert "no regression" in result.output
 
     stronger = read_csv(same, "cells")
-    stronger.loc[_where(stronger, **TRAP2_TA_0), "cell_value"] = 0.0  # the run says 0.333
+    stronger.loc[_where(stronger, **TRAP2_TA_0), "merged_acc"] = 0.25  # at its control: keeps 0 (the run: 0.333)
     write_csv(stronger, edited, "cells")
     result = runner.invoke(app, ["regress", "--run-dir", str(run), "--baseline", str(edited), "--tolerance", "0.1"],
                            env=WIDE)
     assert result.exit_code == 1, result.output
     table = [line for line in result.output.splitlines() if "attack success rose" in line]
-    assert len(table) == 2, result.output  # the cell, and trap2's headline (its pick's value fell to 0)
-    for expected in ("cell", "trap2", "merge", "llama", "adapter", "add", " ta ", "0.000", "0.333"):
+    assert len(table) == 1, result.output  # trap2's headline: its pick's value was 0 in the baseline
+    for expected in ("defense", "trap2", "merge", "llama", "adapter", "0.000", "0.444"):
         assert expected in table[0], (expected, table[0])
-    assert "defense" in table[1] and "0.444" in table[1]
-    assert "2 regression(s)" in result.output
+    assert "1 regression(s)" in result.output
     saved = pd.read_csv(run / "regressions.csv", dtype=str, keep_default_na=False)
     assert saved[["check", "level", "defense", "attack", "seed"]].values.tolist() == [
-        ["attack success rose", "cell", "trap2", "ta", "0"], ["attack success rose", "defense", "trap2", "", ""]]
+        ["attack success rose", "defense", "trap2", "", ""]]
 
 
 def test_cli_usage_errors(tmp_path: Path) -> None:
