@@ -15,6 +15,28 @@ import pytest  # noqa: E402
 import bench  # noqa: E402,F401  (pins the CPU code path, bench.numerics, before any test module computes)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `--dist loadfile`, pytest-xdist hands out test files in the order `pytest_collection_modifyitems`
+    below leaves them, not re-sorted by their number of tests (a one-test file of minutes would go last and
+    run alone at the end)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest first, so that two xdist workers finish together: the files with tests on the ci zoo (minutes
+    each, and the first of them trains the zoo) lead, the others follow by number of tests, as xdist would
+    order them. Each file's tests stay together and in their order; only whole files move."""
+    from collections import Counter
+
+    def on_ci_zoo(item: pytest.Item) -> bool:
+        return "ci_root" in getattr(item, "fixturenames", ())
+
+    counts = Counter(item.path for item in items)
+    ci_files = {item.path for item in items if on_ci_zoo(item)}
+    items.sort(key=lambda item: (item.path not in ci_files, -counts[item.path]))  # stable: files stay whole
+
+
 @pytest.fixture(autouse=True)
 def _document_tasks_stay_in_their_test():
     """A preset with `zoo.document_tasks` declares them process-wide (tasks.documents); put the declarations

@@ -53,7 +53,7 @@ def test_destructive_experts_break_the_rule(ci_root):
     the rule, not from a crash: both forms name failing experts. (Not necessarily every task: `last`, a
     one-character skill, was measured to survive lr 3e-2 on Llama.) On the Llama-style model only: the rule's
     code is the same for every architecture (`test_ci_zoo_is_valid` runs it on both), and training a second
-    architecture's broken experts doubled the test's minutes without reaching other code."""
+    architecture's broken experts cost minutes without reaching other code."""
     preset = load_preset("ci")
     broken_training = preset.zoo.expert_training.model_copy(update={"lr": 3e-2, "replay_fraction": 0.0})
     broken_lora = preset.zoo.lora.model_copy(
