@@ -19,6 +19,7 @@ from bench.results import RAW_COLUMNS
 PROVENANCE = {
     "lockbench_version": "0.1.0", "torch_version": "2.13.0", "transformers_version": "5.23.0",
     "peft_version": "0.21.0", "mergekit_version": "0.1.5", "lm_eval_version": "0.4.13", "zoo_hash": "zoo123",
+    "cpu_capability": "aten AVX2",
 }
 FAMILY = {"ta": "pinned", "ties": "rescaling", "orphan": "pinned", "lora": "finetune", "full": "finetune"}
 

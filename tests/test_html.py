@@ -110,7 +110,7 @@ def test_publish_writes_a_self_contained_index(leaderboard: Path) -> None:
         assert formula in page.replace("<code>", "").replace("</code>", ""), formula
     versions = {row[0][0]: [cell[0] for cell in row[1:]] for row in tables.tables["versions"]}
     assert sorted(versions) == ["alpha", "beta", "submissions/my_attack", "submissions/my_pmp"]
-    assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123"]
+    assert versions["alpha"] == ["0.1.0", "2.13.0", "5.23.0", "0.21.0", "0.1.5", "0.4.13", "zoo123", "aten AVX2"]
     trap2 = next(r for r in tables.records("results") if r["run"][0] == "alpha" and r["defense"][0] == "trap2"
                  and r["model"][0] == "llama")
     success = (1 / 3) / 0.75  # tests/test_results.py computes it by hand

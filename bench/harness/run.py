@@ -275,6 +275,7 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
 
 def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, Any]:
     """Map a stage record onto the raw-cell schema of bench.results (every column present)."""
+    from bench.numerics import numerics_stamp
     from bench.results.columns import BUDGETS, RAW_COLUMNS
     from bench.versions import versions
 
@@ -295,4 +296,5 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
                 row[f"acc_{tag}"] = record.get(f"acc_at_{fraction:g}")
     row.update(versions())
     row["zoo_hash"] = zoo_hash
+    row["cpu_capability"] = numerics_stamp()  # the workers' too: they inherit the pin (tests/test_worker_env.py)
     return row

@@ -44,7 +44,7 @@ def difference(name: str) -> Column:
 
 PROVENANCE_COLUMNS: tuple[str, ...] = (
     "lockbench_version", "torch_version", "transformers_version", "peft_version", "mergekit_version",
-    "lm_eval_version", "zoo_hash",
+    "lm_eval_version", "zoo_hash", "cpu_capability",
 )
 #: Wall-clock columns: they differ between otherwise identical runs, so comparisons drop them.
 TIMING_COLUMNS: tuple[str, ...] = ("attack_seconds", "defense_seconds")
