@@ -185,7 +185,7 @@ MICRO_SLICE = MICRO_LLAMA_PRESET
 @pytest.mark.slow
 def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
     """Baseline from a micro run; the re-run passes on it, fails on the validity rule without
-    --allow-invalid, and fails naming the cell when the baseline claims `none` kept more utility."""
+    --allow-invalid, and fails naming the row when the baseline claims `none` kept more utility."""
     preset = tmp_path / "micro-llama.yaml"
     preset.write_text(MICRO_SLICE)
     common = ["--preset", str(preset), "--root", str(micro_zoo.root)]
@@ -215,5 +215,5 @@ def test_regress_end_to_end_on_micro(micro_zoo: Zoo, tmp_path: Path) -> None:
     assert failed.exit_code == 1, failed.output
     lines = [line for line in failed.output.splitlines() if "utility fell" in line]
     assert len(lines) == 1, failed.output
-    for expected in ("cell", "none", "merge", "llama", "full", "sort", "task_arithmetic", "0.500"):
+    for expected in ("defense", "none", "merge", "llama", "full", "0.500", "below the baseline's interval"):
         assert expected in lines[0], (expected, lines[0])

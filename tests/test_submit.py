@@ -240,7 +240,7 @@ def test_invalid_runs_are_not_filed_unless_allowed(filed: dict) -> None:
     refused = filed["refused"]
     assert refused.exit_code == 1, refused.output
     assert "the run broke the validity rule, so nothing was filed" in refused.output
-    assert "VALIDITY: merge track, llama: no attack is valid against 'none'" in refused.output
+    assert "VALIDITY: merge track, llama: 'none' is void on every input" in refused.output
 
 
 @pytest.mark.slow

@@ -51,9 +51,11 @@ class Evidence:
         """(n picks, size) per column of `_RESAMPLED` and of every plain column an aggregate reads."""
         size = self.resampler.size
         picks = self.picks
-        value = {i: self.resampler.value(i) for i in {*picks["pick_index"], *picks["none_pick_index"].dropna()}}
+        value = {int(i): self.resampler.value(int(i))
+                 for i in {*picks["pick_index"].dropna(), *picks["none_pick_index"].dropna()}}
         nan = np.full(size, np.nan)
-        mine = np.vstack([value[i] for i in picks["pick_index"]]) if len(picks) else np.zeros((0, size))
+        mine = (np.vstack([nan if pd.isna(i) else value[int(i)] for i in picks["pick_index"]]) if len(picks)
+                else np.zeros((0, size)))
         none = (np.vstack([nan if pd.isna(i) else value[int(i)] for i in picks["none_pick_index"]]) if len(picks)
                 else np.zeros((0, size)))
         oracle = np.vstack([self._oracle(row) for _, row in picks.iterrows()]) if len(picks) else np.zeros((0, size))
@@ -72,6 +74,8 @@ class Evidence:
         return columns
 
     def _oracle(self, row: pd.Series) -> np.ndarray:
+        if pd.isna(row["pick_index"]):
+            return np.full(self.resampler.size, np.nan)
         cells = self.cells
         same = (cells["status"] == "ok") & (cells["defense"] == row["defense"]) & cells["cell_value"].notna()
         for key in ("track", "model", "release_format", "task", "members", "seed"):
@@ -243,13 +247,8 @@ def validity_failures(cells: pd.DataFrame, rule: ValidityRule | None = None) -> 
             continue
         mine = picks[(picks["track"] == track) & (picks["model"] == model) & (picks["defense"] == REFERENCE_DEFENSE)
                      & (picks["pick_family"] == ALL_FAMILIES)]
-        ok = group[(group["defense"] == REFERENCE_DEFENSE) & (group["status"] == "ok")]
-        if mine.empty and ok.empty:
+        if mine.empty:
             failures.append(f"{track} track, {model}: no ok '{REFERENCE_DEFENSE}' cell to pick from")
-        elif mine.empty:
-            failures.append(f"{track} track, {model}: '{REFERENCE_DEFENSE}' has no measurable value on any input "
-                            "(cell_value empty: an expert did not gain over the base, or a control or attacker_val "
-                            "score is missing)")
         elif mine["void"].all():
             failures.append(f"{track} track, {model}: '{REFERENCE_DEFENSE}' is void on every input "
                             f"({reasons_of_void(mine)})")

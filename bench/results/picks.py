@@ -10,6 +10,7 @@ bar (merge: `joint_kept < min_kept_fraction`; finetune: the fine-tuning rule): n
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -28,27 +29,35 @@ def _ordered(group: pd.DataFrame, by: str) -> pd.DataFrame:
     return group.assign(_neg=-group[by]).sort_values(["_neg", "attack", "attack_key"], kind="mergesort")
 
 
-def _pick_row(key: tuple, family: str, group: pd.DataFrame) -> dict[str, Any] | None:
-    candidates = group[group["val_objective"].notna()]
+def _pick_row(key: tuple, family: str, group: pd.DataFrame) -> dict[str, Any]:
+    """The attacker's pick among `group` (one input's ok cells of one family). Without a pickable cell
+    (no `cell_value` or no `val_objective`) the input still has a row: its release was scored, and the
+    row says why nothing could be picked (`void`)."""
+    identity = {**dict(zip(INPUT_KEY, key, strict=True)), "pick_family": family, "n_configs": int(len(group)),
+                "utility": float(group["utility"].iloc[0]), "utility_retention": float(group["utility_retention"].iloc[0]),
+                "trap_formed": group["trap_formed"].iloc[0]}
+    measured = group[valid_mask(group)]
+    candidates = measured[measured["val_objective"].notna()]
     if candidates.empty:
-        return None
+        return identity | {"pick_attack": "", "pick_attack_key": "", "pick_attack_family": "", "oracle_attack": "",
+                           "pick_val_objective": math.nan, "pick_value": math.nan, "oracle_value": math.nan,
+                           "pick_index": None, "_advantage": math.nan, "_gain": math.nan, "_before": math.nan}
     pick = _ordered(candidates, "val_objective").iloc[0]
-    oracle = _ordered(group, "cell_value").iloc[0]
-    return {**dict(zip(INPUT_KEY, key, strict=True)), "pick_family": family,
-            "pick_attack": pick["attack"], "pick_attack_key": pick["attack_key"],
-            "pick_attack_family": pick["attack_family"], "pick_val_objective": float(pick["val_objective"]),
-            "pick_value": float(pick["cell_value"]), "oracle_value": float(oracle["cell_value"]),
-            "oracle_attack": oracle["attack"], "n_configs": int(len(group)),
-            "utility": float(pick["utility"]), "utility_retention": float(pick["utility_retention"]),
-            "trap_formed": pick["trap_formed"], "pick_index": int(pick.name),
-            "_advantage": float(pick["advantage"]), "_gain": float(pick["gain_b1"]),
-            "_before": float(pick["acc_before"])}
+    oracle = _ordered(measured, "cell_value").iloc[0]
+    return identity | {
+        "pick_attack": pick["attack"], "pick_attack_key": pick["attack_key"],
+        "pick_attack_family": pick["attack_family"], "pick_val_objective": float(pick["val_objective"]),
+        "pick_value": float(pick["cell_value"]), "oracle_value": float(oracle["cell_value"]),
+        "oracle_attack": oracle["attack"], "pick_index": int(pick.name),
+        "_advantage": float(pick["advantage"]), "_gain": float(pick["gain_b1"]), "_before": float(pick["acc_before"])}
 
 
 def _void_reason(row: pd.Series, rule: ValidityRule) -> str:
-    """Why `none`'s pick on this input makes the family void ("" when it does not)."""
+    """Why this input's family is void ("" when it is not): nothing to pick, or `none`'s pick below the bar."""
+    if pd.isna(row["pick_value"]):
+        return "no measurable configuration (cell_value or attacker_val score missing)"
     if pd.isna(row["none_pick_value"]):
-        return "no pick against none"
+        return "no measurable pick against none"
     if row["track"] == "merge":
         if row["none_pick_value"] < rule.min_kept_fraction:
             return f"none's pick keeps {row['none_pick_value']:.2f} < {rule.min_kept_fraction:g} jointly"
@@ -69,15 +78,12 @@ def pick_inputs(cells: pd.DataFrame, rule: ValidityRule | None = None) -> pd.Dat
     success, void and broken. `pick_index` / `none_pick_index` are the picked cells' row labels in `cells`."""
     rule = rule or ValidityRule()
     cells = conform_frame(cells, "cells")
-    ranked = cells[(cells["defense"] != CONTROL_DEFENSE) & valid_mask(cells)]
+    scored = cells[(cells["defense"] != CONTROL_DEFENSE) & (cells["status"] == "ok")]
     rows = []
-    for key, group in ranked.groupby(list(INPUT_KEY), sort=True):
-        families = [ALL_FAMILIES, *sorted(set(group["attack_family"]))]
-        for family in families:
-            mine = group if family == ALL_FAMILIES else group[group["attack_family"] == family]
-            row = _pick_row(key, family, mine)
-            if row is not None:
-                rows.append(row)
+    for key, group in scored.groupby(list(INPUT_KEY), sort=True):
+        for family in [ALL_FAMILIES, *sorted(set(group["attack_family"]))]:
+            rows.append(_pick_row(key, family, group if family == ALL_FAMILIES
+                                  else group[group["attack_family"] == family]))
     picks = pd.DataFrame(rows)
     if picks.empty:
         return conform_frame(pd.DataFrame({c: pd.Series(dtype="object") for c in PICKS_COLUMNS}), "picks")
@@ -95,7 +101,8 @@ def pick_inputs(cells: pd.DataFrame, rule: ValidityRule | None = None) -> pd.Dat
     picks["oracle_success"] = (picks["oracle_value"] / denominator).clip(0.0, 1.0)
     picks["protection"] = picks["utility_retention"] * (1.0 - picks["success"])
     picks["broken"] = picks["success"] >= rule.broken_line
-    picks["none_pick_index"] = picks["none_pick_index"].astype("Int64")
+    for column in ("pick_index", "none_pick_index"):
+        picks[column] = picks[column].astype("Int64")
     return sort_frame(conform_frame(picks[list(PICKS_COLUMNS)], "picks"), "picks")
 
 
