@@ -67,6 +67,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("n_inputs_broken", "broken inputs", True),
     Column("n_cells_failed", "failed cells", True),
     Column("flags", "flags"),
+    Column("utility_tasks_retention", "utility tasks kept (vs base)"),
     Column("zoo_hash", "zoo hash"),
 )
 

@@ -116,6 +116,7 @@ def _check_consistent(cells: pd.DataFrame, files: dict[str, pd.DataFrame], rule:
     """leaderboard.csv, picks.csv and sensitivity.csv must be what aggregate_all() makes of cells.csv under
     the run's rule: no mixing files from two runs."""
     board, picks, sensitivity = aggregate_all(cells, rule)
+    board = with_board_columns(board, cells, LEADERBOARD_COLUMNS)
     expected = {LEADERBOARD_FILE: board, PICKS_FILE: picks, SENSITIVITY_FILE: sensitivity}
     for name, frame in expected.items():
         actual = files[name].reset_index(drop=True)

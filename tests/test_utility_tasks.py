@@ -86,6 +86,10 @@ def test_utility_task_yaml_is_scored_by_lm_eval_into_cells_csv(micro_zoo, arc_ya
     readme = (summary.out_dir / "README.md").read_text()
     assert "## Utility tasks" in readme
     assert f"| none | merge | llama | full | arc_local | {release:.3f} | {expected:.3f} | {kept:.3f} |" in readme
+    board_csv = read_csv(summary.out_dir / "leaderboard.csv", "leaderboard")
+    merge_none = board_csv[(board_csv["defense"] == "none") & (board_csv["track"] == "merge")].iloc[0]
+    assert json.loads(merge_none["utility_tasks_acc"])["arc_local"] == pytest.approx(release, abs=1e-6)
+    assert json.loads(merge_none["utility_tasks_retention"])["arc_local"] == pytest.approx(kept, abs=1e-5)
     import shutil
 
     from html_tables import parse

@@ -72,6 +72,10 @@ LEADERBOARD_SCHEMA: tuple[Column, ...] = (
     Column("n_cells_failed", "int", required=True, lo=0),
     Column("n_cells_unmatched", "int", required=True, lo=0),
     Column("flags", "str"),
+    # JSON {utility task: the release's accuracy} and {task: retention against the public base}, filled by the
+    # report writer (bench.utility_report, which reads cells.csv's utility-task columns); empty without any
+    Column("utility_tasks_acc", "str"),
+    Column("utility_tasks_retention", "str"),
     *(Column(name, "str") for name in PROVENANCE_COLUMNS),
 )
 #: The headline at each void-bar of the sensitivity table (sensitivity.csv).
