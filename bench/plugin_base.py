@@ -59,6 +59,13 @@ class Defense(Plugin[C]):
         return (track in self.tracks and release_format in self.formats
                 and (self.families is None or family in self.families))
 
+    @classmethod
+    def budget_control(cls, config: StrictModel) -> StrictModel | None:
+        """The config of this defense that is `config`'s negative control at the same training budget, when
+        `config` trains at another budget than the zoo's experts (then its utility and trap diagnostics are
+        judged against that release, not `none`'s: DESIGN §5). None: `none` is the right reference."""
+        return None
+
     @abc.abstractmethod
     def protect(self, owner: OwnerView) -> Release:
         """Produce the release for `owner.track` (merge: an update for `owner.task`; finetune: a base)."""

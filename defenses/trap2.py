@@ -163,6 +163,12 @@ class Trap2(Defense[Trap2Config]):
     name = "trap2"
     description = "Trap²: fine-tune the update to work at scale 1 and fail when a merge re-scales it"
 
+    @classmethod
+    def budget_control(cls, config: Trap2Config) -> Trap2Config | None:  # type: ignore[override]
+        """At its own step budget, Trap² is judged against λ = 0 at that budget: the same code and training,
+        no trap term (`none`'s expert keeps the zoo's budget)."""
+        return None if config.steps is None else config.model_copy(update={"lambda_": 0.0})
+
     def protect(self, owner: OwnerView) -> Release:
         config = self.config
         recipe = owner.recipe

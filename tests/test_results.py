@@ -307,3 +307,35 @@ def test_the_validity_rules_kept_fraction_follows_the_same_joint_rule() -> None:
     assert joint_kept_vs_experts(pd.Series(merge_row("none", "ta", 0, 0.8, 0.5, 0.5))) == pytest.approx(0.5)
     # the T_p expert gained nothing over the base: not measurable, never the member's share alone
     assert math.isnan(joint_kept_vs_experts(pd.Series(merge_row("none", "ta", 0, 0.2, 0.5, 0.5))))
+
+
+def test_a_setting_trained_longer_is_judged_against_the_control_of_its_own_budget() -> None:
+    """DESIGN §5, equal budgets: Trap² at 800 steps is compared with λ = 0 at 800 steps (its
+    `budget_reference`), not with `none`'s expert trained at the zoo's budget; the rest against `none`."""
+    rows = [merge_row("control", "ta", 0, 0.2, 0.25, 0.8, defense_config='{"control": "release-free"}'),
+            merge_row("none", "ta", 0, 0.8, 0.7, 0.7, loss_half=0.5),
+            merge_row("trap2_l0_s800", "ta", 0, 0.9, 0.7, 0.7, loss_half=0.65, budget_reference="trap2_l0_s800"),
+            merge_row("trap2_l0.1_s800", "ta", 0, 0.72, 0.3, 0.7, loss_half=0.7, budget_reference="trap2_l0_s800"),
+            merge_row("trap2", "ta", 0, 0.76, 0.3, 0.7, loss_half=0.7)]
+    cells = score_cells(pd.DataFrame(rows), ValidityRule())
+    control = cell(cells, "trap2_l0_s800", "ta", 0)
+    assert control["utility_retention"] == pytest.approx(1.0) and control["trap_loss_gap"] == pytest.approx(0.0)
+    assert not control["trap_formed"], "λ = 0 trained longer has no trap term: it cannot count as formed"
+    trapped = cell(cells, "trap2_l0.1_s800", "ta", 0)
+    assert trapped["utility_reference"] == pytest.approx(0.9)
+    assert trapped["utility_retention"] == pytest.approx(0.72 / 0.9)
+    assert trapped["trap_loss_gap"] == pytest.approx(0.7 - 0.65) and not trapped["trap_formed"]
+    plain = cell(cells, "trap2", "ta", 0)  # the zoo's budget: against none
+    assert plain["utility_retention"] == pytest.approx(0.76 / 0.8) and plain["trap_loss_gap"] == pytest.approx(0.2)
+    # kept_protected keeps its fixed reference, none's expert of the same seed, whatever the budget
+    assert trapped["kept_protected"] == pytest.approx((0.3 - 0.25) / (0.8 - 0.2))
+
+
+def test_the_paper_grid_names_lambda_zero_at_the_same_budget() -> None:
+    from bench.harness.grid import budget_references
+    from bench.presets import load_preset
+
+    grid = load_preset("paper").grid
+    assert grid is not None
+    assert budget_references(grid) == {"trap2_l0_s800": "trap2_l0_s800", "trap2_l0.01_s800": "trap2_l0_s800",
+                                       "trap2_l0.1_s800": "trap2_l0_s800"}

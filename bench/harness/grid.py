@@ -100,6 +100,22 @@ class Cell:
         return content_hash("cell", self.defense.key, self.attack_key, self.task, list(self.members))
 
 
+def budget_references(grid: GridConfig) -> dict[str, str]:
+    """Defense label → the label of its same-budget negative control in this grid (`Defense.budget_control`),
+    for the defenses that declare one and whose control the grid runs; the others are judged against
+    `none`. A control that is its own reference (λ = 0 at that budget) maps to itself."""
+    labels = {(spec.name, _canonical_config(DEFENSES, spec)): spec.display for spec in grid.defenses}
+    found = {}
+    for spec in grid.defenses:
+        cls = DEFENSES.get(spec.name)
+        control = cls.budget_control(cls.Config.model_validate(spec.config))
+        if control is not None:
+            key = (spec.name, json.dumps(control.model_dump(mode="json", by_alias=True), sort_keys=True))
+            if key in labels:
+                found[spec.display] = labels[key]
+    return found
+
+
 def _canonical_config(registry, spec: PluginSpec) -> str:
     """Validate a plugin's config against its schema and return it as canonical JSON."""
     try:

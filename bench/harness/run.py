@@ -33,7 +33,15 @@ from rich.progress import (
 
 from bench.harness.context import clear_contexts, get_context
 from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
-from bench.harness.grid import Cell, ConfigError, DefenseJob, copied_control, expand, shared_controls
+from bench.harness.grid import (
+    Cell,
+    ConfigError,
+    DefenseJob,
+    budget_references,
+    copied_control,
+    expand,
+    shared_controls,
+)
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
@@ -127,8 +135,10 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     def record_of(i: int) -> dict[str, Any]:
         return cached_records[i] if i in cached_records else results[("cell", i)]
 
+    references = budget_references(preset.grid)
     records = [to_raw_row(copied_control(record_of(stand_in[i]), cell) if i in stand_in else record_of(i), cell,
-                          ctx.zoo.hash) for i, cell in enumerate(cells)]
+                          ctx.zoo.hash) | {"budget_reference": references.get(cell.defense.defense_label, "")}
+               for i, cell in enumerate(cells)]
     add_utility_scores(ctx, utility, records, cells, console)
     raw = _checked_frame(ctx, records, cells)
     rule = preset.validity.rule()

@@ -64,6 +64,7 @@ RAW_SCHEMA: tuple[Column, ...] = (
     Column("defense", "str", required=True),
     Column("defense_config", "str"),
     Column("defense_paper", "str"),
+    Column("budget_reference", "str"),  # the same-budget negative control's label (DESIGN §5); empty: `none`
     Column("release_format", "str", required=True, choices=("full", "adapter")),
     Column("model", "str", required=True),
     Column("family", "str"),

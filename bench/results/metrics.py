@@ -139,6 +139,12 @@ def _by_track(frame: Frame, merge: pd.Series, finetune: pd.Series) -> pd.Series:
     return merge.where(frame["track"] == "merge", finetune)
 
 
+def _budget_or_none(frame: Frame, column: str) -> pd.Series:
+    """The same-budget control's `column` where the row names one (`budget_reference`), else `none`'s."""
+    named = frame["budget_reference"] != ""
+    return frame[f"{column}_budget"].where(named, frame[f"{column}_none"])
+
+
 def _copy(column: str, suffix: str) -> Callable[[Frame, object], pd.Series]:
     return lambda frame, rule: frame[f"{column}_{suffix}"]
 
@@ -191,8 +197,12 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                _copy("utility", "none"), 0.0, 1.0),
     CellMetric("release_loss_s05_none", "float", "merge", "reference", "`none`'s `release_loss_s05`",
                _copy("release_loss_s05", "none"), 0.0),
-    CellMetric("utility_retention", "float", "both", "reference", "`utility / utility_none`",
-               lambda frame, rule: ratio(frame["utility"], frame["utility_none"]), 0.0),
+    CellMetric("utility_reference", "float", "both", "reference",
+               "the utility a release is judged against: the same-budget control's (`budget_reference`, e.g. Trap² at "
+               "λ = 0 with the same steps) where the row names one, else `utility_none`",
+               lambda frame, rule: _budget_or_none(frame, "utility"), 0.0, 1.0),
+    CellMetric("utility_retention", "float", "both", "reference", "`utility / utility_reference`",
+               lambda frame, rule: ratio(frame["utility"], frame["utility_reference"]), 0.0),
     CellMetric("paper_normalised_acc", "float", "merge", "reference",
                "Trap²'s own metric, beside ours: the mean over T_p and every other member t of `merged_t / expert_t` "
                "(T_p's expert: `utility_none`; the others' from `expert_acc_by_member`); no control, no base",
@@ -220,9 +230,10 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "(`val_*_by_task`); finetune the fine-tuned model's `attacker_val` accuracy on D",
                lambda frame, rule: _by_track(frame, val_joint(frame), val_downstream(frame))),
     CellMetric("trap_loss_gap", "float", "merge", "reference",
-               "`release_loss_s05 − release_loss_s05_none`: how much more the release's loss rises at half scale "
-               "(owner's held-out tail) than the unprotected expert's",
-               lambda frame, rule: frame["release_loss_s05"] - frame["release_loss_s05_none"]),
+               "`release_loss_s05` minus the same-budget control's (`budget_reference`) where the row names one, "
+               "else minus `release_loss_s05_none`: how much more the release's loss rises at half scale (owner's "
+               "held-out tail) than a release trained as long without the trap term",
+               lambda frame, rule: frame["release_loss_s05"] - _budget_or_none(frame, "release_loss_s05")),
     CellMetric("trap_formed", "boolean", "merge", "reference",
                "`trap_loss_gap > {rule.trap_margin}` (nats per answer token): a scale trap formed in this release",
                lambda frame, rule: (frame["trap_loss_gap"] > rule.trap_margin).where(  # type: ignore[attr-defined]

@@ -81,6 +81,16 @@ def _join(cells: pd.DataFrame, defense: str, columns: tuple[str, ...], suffix: s
     return cells.merge(right, on=list(key), how="left", indicator=flag, validate="many_to_one")
 
 
+def _join_budget_reference(cells: pd.DataFrame) -> pd.DataFrame:
+    """`cells` with the release numbers (REFERENCE_COPIES + `_budget`) of the row's same-budget control, the
+    defense its `budget_reference` names, on the same input and seed (empty where it names none)."""
+    rows = cells[(cells["status"] == "ok") & (cells["defense"] != "")]
+    key = [*RELEASE_KEY, "defense"]
+    right = rows[[*key, *REFERENCE_COPIES]].drop_duplicates(key).rename(
+        columns={"defense": "budget_reference", **{c: f"{c}_budget" for c in REFERENCE_COPIES}})
+    return cells.merge(right, on=[*RELEASE_KEY, "budget_reference"], how="left", validate="many_to_one")
+
+
 def _apply(frame: pd.DataFrame, metric: CellMetric, rule: ValidityRule) -> None:
     values = metric.compute(frame, rule)
     if metric.track != "both":
@@ -152,6 +162,7 @@ def score_cells(raw: pd.DataFrame, validity: ValidityRule | None = None) -> pd.D
     own = [m.name for m in CELL_METRICS if m.stage == "control" and m.name not in frame.columns]
     assert not own
     frame = _join(frame, REFERENCE_DEFENSE, REFERENCE_COPIES, "none", "_reference", RELEASE_KEY)
+    frame = _join_budget_reference(frame)
     for metric in (m for m in CELL_METRICS if m.stage == "reference"):
         _apply(frame, metric, rule)
     ok = frame["status"] == "ok"
