@@ -200,9 +200,9 @@ ATTACK_SUBMISSION_COLUMNS: tuple[Column, ...] = (
     Column("model", "model"),
     Column("release_format", "format"),
     Column("status", "status"),
-    Column("reference_worst", "worst case before", True),
+    Column("reference_worst", "success before", True),
     Column("success", "this attack's success", True),
-    Column("new_worst", "worst case now", True),
+    Column("new_worst", "success now (the higher)", True),
     Column("breaks", "breaks"),
 )
 
