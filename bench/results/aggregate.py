@@ -33,7 +33,8 @@ from bench.results.schema import (
     sort_frame,
 )
 
-_RESAMPLED = ("success", "success_raw", "oracle_success", "pick_value", "none_pick_value", "protection")
+_RESAMPLED = ("success", "success_raw", "oracle_success", "pick_value", "none_pick_value", "protection", "utility",
+              "utility_retention")
 
 
 class Evidence:
@@ -65,8 +66,12 @@ class Evidence:
             success = np.clip(raw, 0.0, 1.0)
             columns = {"pick_value": mine, "none_pick_value": none, "success_raw": raw, "success": success,
                        "oracle_success": np.clip(oracle / positive, 0.0, 1.0)}
-        retention = picks["utility_retention"].to_numpy(dtype="float64")[:, None]
-        columns["protection"] = retention * (1.0 - success)
+        kept = [self.resampler.retention(int(i)) if not pd.isna(i) else None for i in picks["pick_index"]]
+        points = {name: _floats(picks[name]) for name in ("utility", "utility_retention")}
+        for position, name in enumerate(("utility", "utility_retention")):
+            columns[name] = (np.vstack([np.full(size, points[name][n]) if pair is None else pair[position]
+                                        for n, pair in enumerate(kept)]) if len(picks) else np.zeros((0, size)))
+        columns["protection"] = columns["utility_retention"] * (1.0 - success)
         for name in {m.column for m in AGGREGATE_METRICS} - set(columns):
             columns[name] = np.repeat(_floats(picks[name])[:, None], size, axis=1)
         for name in _RESAMPLED:  # row 0 is exactly the CSV's number

@@ -6,7 +6,8 @@ paired), so a difference between a defense and `none` is not blurred by drawing 
 A cell's value (`joint_kept`, `advantage_auc`) is recomputed from the resampled accuracies; the
 attacker's pick stays what it chose on `attacker_val` (its choice is not a test-set quantity). Where a
 model's per-example values were not recorded (`bench.results.examples`), its accuracy is held at its
-point value. Intervals are the 2.5 and 97.5 percentiles of the resampled aggregate, so they stay inside
+point value; so is a finetune release's utility (the mean over capability tasks, not in the cell).
+Intervals are the 2.5 and 97.5 percentiles of the resampled aggregate, so they stay inside
 the metric's range.
 
 Our own code: scipy.stats.bootstrap resamples one sample per statistic, not several frames paired by
@@ -40,6 +41,7 @@ class Resampler:
         self.seed = seed
         self._control = self._first_row(cells[cells["defense"] == CONTROL_DEFENSE], MATCH_KEY)
         self._release = self._first_row(cells[cells["defense"] == REFERENCE_DEFENSE], RELEASE_KEY)
+        self._releases = self._first_row(cells, (*RELEASE_KEY, "defense"))
         seeds = np.unique(cells["seed"].to_numpy())
         self.seeds = {int(s): i for i, s in enumerate(seeds)}
         draws = np.random.default_rng([seed, 1]).integers(0, len(seeds), size=(iters, len(seeds)))
@@ -83,6 +85,25 @@ class Resampler:
         values = self._merge(row) if row["track"] == "merge" else self._finetune(row)
         values[0] = row["cell_value"]
         return values
+
+    def retention(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The cell's release `utility` and `utility_retention` per resample. Merge track: the release's and its
+        reference's (`budget_reference`, else `none`'s) per-example values on T_p, paired. Finetune track: held
+        at the point (the capability tasks' per-example values are not in the cell)."""
+        row = self.cells.loc[index]
+        utility, retention = (np.full(self.size, row[c], dtype="float64") for c in ("utility", "utility_retention"))
+        if row["track"] != "merge" or pd.isna(row["utility_retention"]):
+            return utility, retention
+        task = row["task"]
+        reference = self._releases.get((*(row[k] for k in RELEASE_KEY), row["budget_reference"] or REFERENCE_DEFENSE))
+        mine = self.accuracy(row["examples"], "release", task, row["utility"])
+        if reference is None:
+            return mine, retention
+        theirs = self.accuracy(self.cells.loc[reference, "examples"], "release", task, row["utility_reference"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            resampled = np.where(theirs > 0, mine / np.where(theirs > 0, theirs, 1.0), np.nan)
+        resampled[0] = row["utility_retention"]
+        return mine, resampled
 
     def _keyed(self, table: dict[tuple, int], row: pd.Series, key: tuple[str, ...]) -> pd.Series | None:
         index = table.get(tuple(row[k] for k in key))
