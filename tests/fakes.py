@@ -198,3 +198,21 @@ grid:
   models: [llama]
   protected_tasks: [sort]
 """
+
+
+def owner_of(ctx, defense: str, track: str, release_format: str, model: str = "llama"):
+    """The owner's view of one job of `ctx`'s zoo; the merge track protects the zoo's first expert task."""
+    from bench.harness.grid import DefenseJob
+    from bench.harness.stages import owner_view
+
+    task = ctx.preset.zoo.expert_tasks[0] if track == "merge" else None
+    return owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
+
+
+def protect_with(name: str, owner, **config):
+    """The release of the registered defense `name` with `config`, for `owner`."""
+    from bench.plugins import DEFENSES
+
+    cls = DEFENSES.get(name)
+    return cls(cls.Config.model_validate(config)).protect(owner)
+

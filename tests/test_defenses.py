@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 import torch
+from fakes import owner_of, protect_with
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from bench.harness.grid import DefenseJob, GridConfig, PluginSpec
+from bench.harness.grid import GridConfig, PluginSpec
 from bench.plugins import DEFENSES, Attack, AttackOutput, OwnerView, PublicView, register_attack
 from bench.presets import Preset
 from bench.zoo.architectures import build_model
@@ -205,26 +206,13 @@ def micro_ctx(micro_zoo, micro_preset):
     return get_context(micro_preset, Path(micro_zoo.root))
 
 
-def _owner(ctx, defense: str, track: str, release_format: str, model: str = "llama") -> OwnerView:
-    """The owner's view of one job; the merge track protects the zoo's first expert task."""
-    from bench.harness.stages import owner_view
-
-    task = ctx.preset.zoo.expert_tasks[0] if track == "merge" else None
-    return owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
-
-
-def _protect(name: str, owner: OwnerView, **config: Any):
-    cls = DEFENSES.get(name)
-    return cls(cls.Config.model_validate(config)).protect(owner)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("name", ["params", "merge_lock"])
 def test_reparameterised_zoo_experts_keep_their_logits(micro_ctx, family: str, name: str) -> None:
     """Both zoo families, through `protect`: logits within 1e-4, the key kept private, far from the base."""
-    owner = _owner(micro_ctx, name, "merge", "full", family)
-    release = _protect(name, owner)
+    owner = owner_of(micro_ctx, name, "merge", "full", family)
+    release = protect_with(name, owner)
     ids = batch_of(owner.tokenizer, owner.owner_val).input_ids[:16]
     assert _max_logit_difference(owner.reference_release, release.model, ids) <= LOGIT_TOLERANCE
     assert release.private and release.notes["distance_to_base"] > 3 * release.notes["expert_distance_to_base"]
@@ -234,8 +222,8 @@ def test_reparameterised_zoo_experts_keep_their_logits(micro_ctx, family: str, n
 @pytest.mark.slow
 @pytest.mark.parametrize("release_format", ["adapter", "full"])
 def test_trap2_runs_with_the_expert_recipe(micro_ctx, release_format: str) -> None:
-    owner = _owner(micro_ctx, "trap2", "merge", release_format)
-    release = _protect("trap2", owner)
+    owner = owner_of(micro_ctx, "trap2", "merge", release_format)
+    release = protect_with("trap2", owner)
     assert isinstance(release.model, PeftModel) == (release_format == "adapter")
     expected = owner.recipe.lora.training.steps if release_format == "adapter" else owner.recipe.expert_training.steps
     assert release.notes["steps"] == expected and release.notes["skipped_steps"] == 0
@@ -249,11 +237,11 @@ def test_trap2_objective_raises_the_loss_at_rescaled_points(micro_ctx) -> None:
     at s = 1 than it is at s = 0.5."""
     from bench.zoo.config import TrainingConfig
 
-    owner = _owner(micro_ctx, "trap2", "merge", "full")
+    owner = owner_of(micro_ctx, "trap2", "merge", "full")
     training = TrainingConfig(steps=40, lr=3e-3, batch_size=32, replay_fraction=1.0)
     owner.recipe = owner.recipe.model_copy(update={"expert_training": training})
-    plain = _protect("trap2", owner, **{"lambda": 0.0}).notes
-    trapped = _protect("trap2", owner, **{"lambda": 1.0}).notes
+    plain = protect_with("trap2", owner, **{"lambda": 0.0}).notes
+    trapped = protect_with("trap2", owner, **{"lambda": 1.0}).notes
     assert trapped["val_loss_at_0.5"] > plain["val_loss_at_0.5"] + 0.05, (plain, trapped)
     assert trapped["val_loss"] < trapped["val_loss_at_0.5"]
 
@@ -269,8 +257,8 @@ def _zoo_init(owner: OwnerView) -> PreTrainedModel:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_pmp_frozen_keeps_every_complement_entry_at_init(micro_ctx, family: str) -> None:
-    owner = _owner(micro_ctx, "pmp", "finetune", "full", family)
-    release = _protect("pmp", owner, rho=0.5, complement="frozen", mask_max_steps=10)
+    owner = owner_of(micro_ctx, "pmp", "finetune", "full", family)
+    release = protect_with("pmp", owner, rho=0.5, complement="frozen", mask_max_steps=10)
     init = dict(_zoo_init(owner).named_parameters())
     trained, total = 0, 0
     for name, parameter in release.model.named_parameters():
@@ -286,8 +274,8 @@ def test_pmp_frozen_keeps_every_complement_entry_at_init(micro_ctx, family: str)
 
 @pytest.mark.slow
 def test_pmp_projected_shrinks_the_complement_into_the_ball(micro_ctx) -> None:
-    owner = _owner(micro_ctx, "pmp", "finetune", "full")
-    release = _protect("pmp", owner, rho=0.5, complement="projected", radius=0.5, mask_max_steps=5)
+    owner = owner_of(micro_ctx, "pmp", "finetune", "full")
+    release = protect_with("pmp", owner, rho=0.5, complement="projected", radius=0.5, mask_max_steps=5)
     init = dict(_zoo_init(owner).named_parameters())
     shrunk = 0
     for name, parameter in release.model.named_parameters():
@@ -301,8 +289,8 @@ def test_pmp_projected_shrinks_the_complement_into_the_ball(micro_ctx) -> None:
 def test_pmp_radius_fraction_shrinks_each_complement_by_that_fraction(micro_ctx) -> None:
     """`radius_fraction` carries the code's shrinkage to our init scale: every tensor's complement ends at
     that fraction of its norm at the init (it gets no gradient, so the first projection is the last)."""
-    owner = _owner(micro_ctx, "pmp", "finetune", "full")
-    release = _protect("pmp", owner, rho=0.5, complement="projected", radius_fraction=0.25, mask_max_steps=5,
+    owner = owner_of(micro_ctx, "pmp", "finetune", "full")
+    release = protect_with("pmp", owner, rho=0.5, complement="projected", radius_fraction=0.25, mask_max_steps=5,
                        weight_decay=0.1)
     init = dict(_zoo_init(owner).named_parameters())
     assert release.notes["weight_decay"] == 0.1 and release.notes["radius_fraction"] == 0.25
@@ -318,10 +306,10 @@ def test_pmp_frozen_mask_is_readable_from_the_public_init(micro_ctx) -> None:
     """A finding, not a guarantee: the zoo's init seed is public, so rebuilding the init and comparing
     reads the `frozen` complement (hence the private mask) straight off the release. With `init: secret`
     the exact comparison finds nothing."""
-    owner = _owner(micro_ctx, "pmp", "finetune", "full")
+    owner = owner_of(micro_ctx, "pmp", "finetune", "full")
     init = dict(_zoo_init(owner).named_parameters())
     for mode, readable in (("zoo", True), ("secret", False)):
-        release = _protect("pmp", owner, rho=0.5, mask_max_steps=5, init=mode)
+        release = protect_with("pmp", owner, rho=0.5, mask_max_steps=5, init=mode)
         recovered = {name: p != init[name] for name, p in release.model.named_parameters()}
         exact = all(torch.equal(recovered[name], release.private[f"mask.{name}"]) for name in recovered)
         assert exact is readable, mode
@@ -329,8 +317,8 @@ def test_pmp_frozen_mask_is_readable_from_the_public_init(micro_ctx) -> None:
 
 @pytest.mark.slow
 def test_anti_finetune_runs_and_reports_its_probe(micro_ctx) -> None:
-    owner = _owner(micro_ctx, "anti_finetune", "finetune", "full")
-    release = _protect("anti_finetune", owner, outer_steps=3, inner_steps=2, probe_steps=2, proxies=2)
+    owner = owner_of(micro_ctx, "anti_finetune", "finetune", "full")
+    release = protect_with("anti_finetune", owner, outer_steps=3, inner_steps=2, probe_steps=2, proxies=2)
     assert {"before_probe_loss", "after_probe_loss", "after_capability_val_acc"} <= set(release.notes)
     assert all(torch.isfinite(t).all() for t in release.model.state_dict().values() if t.is_floating_point())
 

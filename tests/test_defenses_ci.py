@@ -10,24 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from fakes import owner_of, protect_with
 
-from bench.harness.grid import DefenseJob
-from bench.plugins import DEFENSES, OwnerView
 from bench.presets import load_preset
 from defenses._training import batch_of, evaluate, scaled_update
-
-
-def _owner(ctx, defense: str, track: str, release_format: str, model: str = "llama") -> OwnerView:
-    """The owner's view of one job; the merge track protects the zoo's first expert task."""
-    from bench.harness.stages import owner_view
-
-    task = ctx.preset.zoo.expert_tasks[0] if track == "merge" else None
-    return owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
-
-
-def _protect(name: str, owner: OwnerView, **config: Any):
-    cls = DEFENSES.get(name)
-    return cls(cls.Config.model_validate(config)).protect(owner)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +46,8 @@ def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any
     test loss at s = 0.5 exceeds `none`'s by more than `margin`."""
     from bench.evaluate import score
 
-    owner = _owner(ci_ctx, "trap2", "merge", release_format)
-    release = _protect("trap2", owner, **config)
+    owner = owner_of(ci_ctx, "trap2", "merge", release_format)
+    release = protect_with("trap2", owner, **config)
     task, tokenizer = owner.task, owner.tokenizer
     utility = {label: score(model, tokenizer, [task], ci_ctx.tasks)[task]
                for label, model in (("none", owner.reference_release), ("trap2", release.model))}

@@ -4,40 +4,17 @@ the same numbers in every way, and the exit codes of `validate && run`."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import pytest
 from typer.testing import CliRunner
 
-from bench.harness.context import get_context
+from bench.harness.context import get_context, lm_eval_untrimmed
 from bench.validate import validate_zoo, zoo_parts
-
-
-@contextmanager
-def _lm_eval_untrimmed():
-    """lm-eval as shipped, as the zoo check called it before it shared the harness's trim."""
-    import lm_eval.api.task
-    import lm_eval.evaluator
-    import lm_eval.utils
-
-    from bench.harness.context import LM_EVAL_ORIGINALS, trim_lm_eval_overheads
-
-    trim_lm_eval_overheads()  # once per process: records lm-eval's own functions, later calls change nothing
-    task_class = lm_eval.api.task.ConfigurableTask
-    trimmed = lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download
-    lm_eval.evaluator.add_env_info = LM_EVAL_ORIGINALS["add_env_info"]
-    lm_eval.utils.apply_template = LM_EVAL_ORIGINALS["apply_template"]
-    task_class.download = LM_EVAL_ORIGINALS["download"]
-    try:
-        yield
-    finally:
-        lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download = trimmed
 
 
 @pytest.fixture(scope="module")
 def micro_untrimmed(micro_zoo, micro_preset):
     ctx = get_context(micro_preset, micro_zoo.root)
-    with _lm_eval_untrimmed():
+    with lm_eval_untrimmed():
         return [report.to_json() for report in validate_zoo(ctx.zoo, micro_preset, ctx.tasks)]
 
 

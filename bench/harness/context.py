@@ -6,7 +6,9 @@ so this costs a few file reads.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,3 +128,23 @@ def get_context(preset: Preset, root: Path) -> HarnessContext:
 def clear_contexts() -> None:
     """Forget this process's contexts, so the next `get_context` re-checks the zoo on disk."""
     _context.cache_clear()
+
+
+@contextlib.contextmanager
+def lm_eval_untrimmed() -> Iterator[None]:
+    """lm-eval as shipped, without `trim_lm_eval_overheads` (restored on exit): what the trim saves
+    (`make perf`), and the reference a test compares the trimmed scores with."""
+    import lm_eval.api.task
+    import lm_eval.evaluator
+    import lm_eval.utils
+
+    trim_lm_eval_overheads()  # records lm-eval's own functions once
+    task_class = lm_eval.api.task.ConfigurableTask
+    trimmed = lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download
+    lm_eval.evaluator.add_env_info = LM_EVAL_ORIGINALS["add_env_info"]
+    lm_eval.utils.apply_template = LM_EVAL_ORIGINALS["apply_template"]
+    task_class.download = LM_EVAL_ORIGINALS["download"]
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download = trimmed

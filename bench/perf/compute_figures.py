@@ -3,7 +3,6 @@ step against a plain one, training FLOP/s against matmul FLOP/s."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -11,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,33 +117,11 @@ def _raw_loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]
     return results
 
 
-@contextlib.contextmanager
-def _lm_eval_untrimmed() -> Iterator[None]:
-    """lm-eval as shipped, without the harness's trim (bench.harness.context.trim_lm_eval_overheads), to
-    show what the trim saves."""
-    import lm_eval.api.task
-    import lm_eval.evaluator
-    import lm_eval.utils
-
-    from bench.harness.context import LM_EVAL_ORIGINALS, trim_lm_eval_overheads
-
-    trim_lm_eval_overheads()
-    task_class = lm_eval.api.task.ConfigurableTask
-    trimmed = lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download
-    lm_eval.evaluator.add_env_info = LM_EVAL_ORIGINALS["add_env_info"]
-    lm_eval.utils.apply_template = LM_EVAL_ORIGINALS["apply_template"]
-    task_class.download = LM_EVAL_ORIGINALS["download"]
-    try:
-        yield
-    finally:
-        lm_eval.evaluator.add_env_info, lm_eval.utils.apply_template, task_class.download = trimmed
-
-
 def figure_lmeval(ctx: Any) -> Figure:
     from lm_eval import simple_evaluate
 
     from bench.evaluate import quiet_hflm_class, score
-    from bench.harness.context import trim_lm_eval_overheads
+    from bench.harness.context import lm_eval_untrimmed, trim_lm_eval_overheads
     from tasks.lmeval import task_manager
 
     trim_lm_eval_overheads()  # as every harness worker scores
@@ -182,7 +159,7 @@ def figure_lmeval(ctx: Any) -> Figure:
         mine = _raw_loglikelihoods(model, tokenizer, pairs[task])
         for sample, (loglik, _) in zip(samples, mine, strict=True):
             worst = max(worst, abs(float(sample["resps"][0][0][0]) - loglik))
-    with _lm_eval_untrimmed():
+    with lm_eval_untrimmed():
         score(model, tokenizer, tasks, ctx.tasks)
         untrimmed_s, untrimmed_scores = _best_times({"untrimmed": lm_eval_score}, 3)["untrimmed"]
     figure.check(lm_s / raw_s, "<=", 1.5)
