@@ -33,16 +33,11 @@ def base_test(ctx: HarnessContext, model: str) -> dict[str, dict[str, Any]]:
         ctx.zoo.load_base(model), ctx.zoo.tokenizer(model), ctx.all_tasks)))
 
 
-def _expert(ctx: HarnessContext, model: str, release_format: str, task: str) -> Any:
-    return (ctx.zoo.load_expert(model, task) if release_format == "full"
-            else ctx.zoo.load_lora_expert(model, task))
-
-
 def expert_test(ctx: HarnessContext, model: str, release_format: str, task: str) -> dict[str, dict[str, Any]]:
     """A public expert on its own task's test split (`as_record` form), cached."""
     return cached_scores(ctx, f"expert-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
                          lambda: as_record(ctx.scorer.score_examples(
-                             _expert(ctx, model, release_format, task), ctx.zoo.tokenizer(model), [task])))
+                             ctx.zoo.load_expert_as(model, task, release_format), ctx.zoo.tokenizer(model), [task])))
 
 
 def val_scores(ctx: HarnessContext, model_name: str, model: Any, tasks: list[str]) -> dict[str, float]:
@@ -57,7 +52,7 @@ def _base_val(ctx: HarnessContext, model: str, tasks: list[str]) -> dict[str, fl
 
 def _expert_val(ctx: HarnessContext, model: str, release_format: str, task: str) -> float:
     return cached_scores(ctx, f"expert-val-{model}-{release_format}-{task}", f"{model}{release_format}{task}",
-                         lambda: val_scores(ctx, model, _expert(ctx, model, release_format, task), [task]))[task]
+                         lambda: val_scores(ctx, model, ctx.zoo.load_expert_as(model, task, release_format), [task]))[task]
 
 
 def merge_scores(ctx: HarnessContext, cell: Cell, merged: Any, release: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def reference_expert(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel | 
     zoo, adapter = ctx.zoo, job.release_format == "adapter"
     assert job.task is not None
     if job.seed == 0:
-        return zoo.load_lora_expert(job.model, job.task) if adapter else zoo.load_expert(job.model, job.task)
+        return zoo.load_expert_as(job.model, job.task, job.release_format)
     recipe = ctx.preset.zoo.recipe(job.model)
     seed = expert_seed(recipe, job.task, adapter, job.seed)
 

@@ -53,6 +53,7 @@ from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring 
 #: The budget fraction of each finetune column tag (`b025` at ¼), as a cell's `examples` roles.
 BUDGET_TAGS: dict[float, str] = {fraction: tag for tag, fraction in BUDGETS.items()}
 
+
 class DefenseOutputError(RuntimeError):
     """A defense returned something that cannot be released (wrong type, NaN weights, …)."""
 
@@ -185,8 +186,7 @@ def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> Pub
     experts: dict[str, Any] = {}
     experts_val = {}
     for member in cell.members:
-        experts[member] = (zoo.load_expert(job.model, member) if job.release_format == "full"
-                           else zoo.load_lora_expert(job.model, member))
+        experts[member] = zoo.load_expert_as(job.model, member, job.release_format)
         experts_val[member] = ctx.split(member, "attacker_val")
     return PublicView(track=job.track, release_format=job.release_format, model_name=job.model,
                       release=load_release(ctx, job), base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model),

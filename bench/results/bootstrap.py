@@ -49,6 +49,7 @@ class Resampler:
         self.seed_weights = np.vstack([np.ones((1, len(seeds))), *counts]) if counts else np.ones((1, len(seeds)))
 
         self._weights: dict[tuple[str, int], np.ndarray] = {}
+        self._values: dict[int, np.ndarray] = {}
 
     @staticmethod
     def _first_row(frame: pd.DataFrame, key: tuple[str, ...]) -> dict[tuple, int]:
@@ -78,13 +79,17 @@ class Resampler:
         return result
 
     def value(self, index: int) -> np.ndarray:
-        """The cell's `cell_value` per resample (NaN where it is not measurable)."""
-        row = self.cells.loc[index]
-        if pd.isna(row["cell_value"]):
-            return np.full(self.size, np.nan)
-        values = self._merge(row) if row["track"] == "merge" else self._finetune(row)
-        values[0] = row["cell_value"]
-        return values
+        """The cell's `cell_value` per resample (NaN where it is not measurable); computed once per cell, as a
+        pick and every oracle over its input read it."""
+        if index not in self._values:
+            row = self.cells.loc[index]
+            if pd.isna(row["cell_value"]):
+                values = np.full(self.size, np.nan)
+            else:
+                values = self._merge(row) if row["track"] == "merge" else self._finetune(row)
+                values[0] = row["cell_value"]
+            self._values[index] = values
+        return self._values[index]
 
     def retention(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The cell's release `utility` and `utility_retention` per resample. Merge track: the release's and its

@@ -76,6 +76,10 @@ class Zoo:
     def load_lora_expert(self, model: str, task: str) -> PeftModel:
         return PeftModel.from_pretrained(self.load_base(model), str(self.paths[model].experts_lora[task]))
 
+    def load_expert_as(self, model: str, task: str, release_format: str) -> PreTrainedModel | PeftModel:
+        """The public expert in a release format: full weights, or the LoRA adapter over the base."""
+        return self.load_expert(model, task) if release_format == "full" else self.load_lora_expert(model, task)
+
 
 def library_stamp() -> str:
     """The versions of the libraries that decide a trained model's weights, and the CPU code path they
