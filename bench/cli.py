@@ -103,9 +103,13 @@ def validate(
             _fail(f"--models names {unknown}; the preset's zoo has {sorted(loaded.zoo.models)}")
         zoo = loaded.zoo.model_copy(update={"models": {name: loaded.zoo.models[name] for name in chosen}})
         loaded = loaded.model_copy(update={"zoo": zoo})
+    from bench.runlog import library_output
+    from bench.storage import storage_root
     from bench.validate_cli import run_validate
 
-    sys.exit(run_validate(loaded, root, executor))
+    with library_output(storage_root(root) / "validate"):  # library chatter -> <root>/validate/lockbench.log
+        code = run_validate(loaded, root, executor)
+    sys.exit(code)
 
 
 @app.command("build-zoo")
@@ -174,7 +178,8 @@ def run(
 
     from bench.harness.cluster import ray_session
 
-    with ray_session() if executor == "ray" else nullcontext():  # one cluster for validation and the run
+    # one cluster for validation and the run; library chatter of both goes to the run's log
+    with ray_session() if executor == "ray" else nullcontext(), library_output(out_dir):
         if validate_first:
             from bench.validate_cli import run_validate
 
@@ -182,8 +187,7 @@ def run(
             if code:
                 typer.secho("error: validation failed (above); nothing was run", fg=typer.colors.RED, err=True)
                 raise typer.Exit(code)
-        with library_output(out_dir):
-            summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
+        summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
     typer.echo(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                f"{summary.seconds:.1f}s -> {summary.out_dir}")
     label = "VALIDITY" if strict else "VALIDITY (not enforced: --no-strict)"

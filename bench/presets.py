@@ -25,8 +25,9 @@ class ValidityConfig(ValidityRule):
     finetune_attacks: dict[str, FinetuneRecipe]
     weak_attacks: Literal["fail", "warn"] = Field(
         "fail", description="a grid attack that is weak against `none` (or a zoo expert below the rule) fails "
-        "validation, or (warn) is only reported loudly: its cells are marked weak and left out of the aggregates "
-        "either way, and a track × architecture × family without a valid attack is published as invalid (DESIGN §6)")
+        "validation, or (warn) is only reported loudly. Either way its cells are marked weak as a diagnostic and "
+        "still count: the attacker picks per input on its own split, and an input is void only when `none`'s pick "
+        "keeps too little (DESIGN §6)")
 
     def rule(self) -> ValidityRule:
         """The thresholds alone, as the scoring stage applies them."""

@@ -22,6 +22,10 @@ LIBRARY_LOGGERS = ("py.warnings", "transformers", "datasets", "lm_eval", "lm-eva
                    "huggingface_hub", "mergekit", "torch", "urllib3", "filelock", "fsspec", "optuna", "ray")
 
 
+#: The handler of the innermost open `library_output` block (empty outside any block).
+_active: list[RunLogHandler] = []
+
+
 class RunLogHandler(logging.Handler):
     """Appends records to `path`; holds them in memory while `path`'s folder does not exist yet."""
 
@@ -45,6 +49,16 @@ class RunLogHandler(logging.Handler):
             self.pending.clear()
 
 
+def reclaim(name: str) -> None:
+    """Inside a `library_output` block, send logger `name` to the run's log again. Why: a library that
+    installs its own terminal handler when it is first imported or started (Ray, at `import ray` and
+    `ray.init`) would otherwise print past the block."""
+    if _active:
+        logger = logging.getLogger(name)
+        logger.handlers = [_active[-1]]
+        logger.propagate = False
+
+
 @contextmanager
 def library_output(run_dir: Path) -> Iterator[RunLogHandler]:
     """Within the block, library log records and Python warnings go to `run_dir/lockbench.log` only."""
@@ -56,9 +70,11 @@ def library_output(run_dir: Path) -> Iterator[RunLogHandler]:
         logger.handlers = [handler]
         logger.propagate = False
     logging.captureWarnings(True)
+    _active.append(handler)
     try:
         yield handler
     finally:
+        _active.remove(handler)
         logging.captureWarnings(False)
         for logger, handlers, propagate in saved:
             logger.handlers = handlers

@@ -380,7 +380,7 @@ def attack_failures(checks: list[AttackCheck], problems: list[str], weak_attacks
 
 def attack_warnings(checks: list[AttackCheck]) -> list[str]:
     """Configurations weak on some inputs (task, member set) or everywhere under `weak_attacks: warn`: those
-    cells are marked weak and left out of the aggregates, the rest count."""
+    cells are marked weak (a diagnostic: they still count, the attacker's pick on its own split decides)."""
     return [f"{_where(check)} is weak on {check.weak_groups} of its {check.groups} inputs "
-            f"({'; '.join(check.reasons)}); those cells are left out of the aggregates"
+            f"({'; '.join(check.reasons)}); marked weak in cells.csv, still open to the attacker's pick"
             for check in checks if check.weak_groups and check.status in ("pass", "weak")]

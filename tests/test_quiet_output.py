@@ -64,3 +64,29 @@ def test_library_warnings_go_to_the_run_log_once_the_folder_exists(tmp_path: Pat
     assert "warning" not in captured.err and "warning" not in captured.out
     after = [(logger.handlers[:], logger.propagate) for logger in map(logging.getLogger, ("transformers", "lm_eval"))]
     assert after == before, "the loggers are restored after the run"
+
+
+def test_a_library_that_installs_its_own_terminal_handler_is_sent_back_to_the_run_log(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Ray adds a terminal handler to its logger at `import ray` (after `library_output` set the handlers);
+    `start_ray` reclaims the logger, so Ray's start-up notes (the token-authentication warning) reach the
+    run's log, not the terminal."""
+    import io
+
+    from bench.runlog import reclaim
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    terminal = io.StringIO()
+    logger = logging.getLogger("lockbench_test_library")
+    with library_output(run_dir):
+        logger.handlers = [logging.StreamHandler(terminal)]  # what the library does when it is imported
+        reclaim("lockbench_test_library")
+        logger.warning("token authentication is enabled")
+    assert terminal.getvalue() == ""
+    assert "token authentication is enabled" in (run_dir / LOG_FILE).read_text()
+    logger.handlers = [logging.StreamHandler(terminal)]
+    reclaim("lockbench_test_library")  # outside any block: the logger is left as it is
+    logger.warning("outside the run")
+    assert "outside the run" in terminal.getvalue()
+    logger.handlers = []

@@ -20,6 +20,7 @@ from bench.device import DEVICE_ENV
 from bench.harness.grid import ConfigError
 from bench.numerics import numerics_env
 from bench.offline import offline_env
+from bench.runlog import reclaim
 from bench.storage import DEFAULT_ROOT_ENV
 
 PROBE_PREFIX = ".lockbench-probe-"
@@ -49,6 +50,7 @@ def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = 
 
     if ray.is_initialized():
         return
+    reclaim("ray")  # `import ray` gave its logger a terminal handler: its start-up notes go to the run's log
     address = os.environ.get("RAY_ADDRESS") or None
     os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     env = {**offline_env(), **numerics_env(), "PYTHONPATH": project_pythonpath(*pythonpath),
@@ -59,7 +61,8 @@ def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = 
     # "local": without RAY_ADDRESS, always a private cluster. ray.init(address=None) would join whatever
     # cluster `ray start` last left on this machine (someone else's, possibly).
     ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
-             log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True)
+             log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True,
+             configure_logging=False)  # keeps the handler `reclaim` set (Ray would re-format it)
 
 
 #: How many `ray_session` blocks this process is inside: while any is open, `stop_local_ray` keeps the cluster.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -175,14 +176,24 @@ def replay_sample(config: ZooConfig, count: int, seed: int) -> tuple[list[str], 
 
 
 def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
-    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0) as bar, compute_threads():
+    """A bar on a terminal; sent to a file or a CI log, one plain line per training when it ends (a bar's
+    redraws would fill the log with carriage returns)."""
+    on_terminal = sys.stderr.isatty()
+    started = time.perf_counter()
+    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0, disable=not on_terminal) as bar, \
+            compute_threads():
 
         def on_step(step: int, loss: float) -> None:
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss:.3f}")
 
-        return train(model, data, settings, on_step=on_step)
+        losses = train(model, data, settings, on_step=on_step)
+    if not on_terminal:
+        final = f", last loss {losses[-1]:.3f}" if losses else ""
+        print(f"zoo: {label} trained, {settings.steps} steps in {time.perf_counter() - started:.1f}s{final}",
+              file=sys.stderr, flush=True)
+    return losses
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, manifest: dict) -> None:
