@@ -30,8 +30,9 @@ from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 class PerMemberConfig(StrictModel):
     method: str = Field("task_arithmetic", description="mergekit method with a per-member weight")
     release_weight: float = Field(1.0, gt=0, description="the protected update's pinned weight")
-    weights: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 1.5], min_length=1,
-                                 description="candidate weights of the other members")
+    weights: list[float] = Field(default_factory=lambda: [0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5], min_length=1,
+                                 description="candidate weights of the other members (down to 0.02: a member "
+                                 "that drowns the pinned release can be turned almost off)")
     refine: bool = Field(False, description="after the shared weight, one coordinate-ascent pass per member "
                          "(n − 1 more searches: off by default for cost, on in the `full` preset)")
     density: float = Field(1.0, gt=0, le=1, description="for sparsifying methods")

@@ -102,6 +102,9 @@ class PublicView:
     public_experts_val: dict[str, TaskData]
     seed: int
     budget_fractions: list[float] = field(default_factory=lambda: [1.0])
+    public_experts_train: dict[str, TaskData] = field(default_factory=dict)
+    """The attacker's own training rows of each public expert's task (its attacker_train split: disjoint
+    from the owner's data and from test), for attacks that train on the members' skills too."""
     score_val: Callable[[PreTrainedModel | PeftModel, list[str]], dict[str, float]] | None = None
     """lm-eval accuracy on the attacker's validation split (never test), for adaptive attacks' searches: the
     harness passes a `bench.harness.scorer.AttackerValScorer` holding only the attacker_val rows of the

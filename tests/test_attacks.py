@@ -164,6 +164,19 @@ CASES = [  # (family, method, shared parameters, per-member parameters)
 SEED = 7
 
 
+def test_multitask_heal_trains_on_every_members_attacker_rows_and_nothing_else(micro_ctx) -> None:
+    """The heal's data is T_p's attacker_train and each member's attacker_train (never val or test rows)."""
+    from attacks.multitask_heal import heal_data
+
+    view = _view(micro_ctx)
+    prompts, answers = heal_data(view)
+    expected = [*view.attacker_train.prompts, *view.public_experts_train["max"].prompts]
+    assert prompts == expected and len(answers) == len(prompts)
+    held_out = {*view.attacker_val.prompts, *micro_ctx.split("sort", "test").prompts,
+                *micro_ctx.split("max", "test").prompts, *view.public_experts_val["max"].prompts}
+    assert not held_out & set(prompts)
+
+
 @pytest.mark.slow
 def test_in_memory_merge_equals_mergekit_yaml_on_disk(tmp_path: Path) -> None:
     """bench.merging gives the very tensors `mergekit-yaml --random-seed` writes, DARE's random drops included."""
@@ -235,7 +248,8 @@ def _view(ctx, release_format: str = "full", track: str = "merge", experts: dict
         base=zoo.load_base("llama"), tokenizer=tokenizer, task=task,
         attacker_train=ctx.split(task, "attacker_train"), attacker_val=ctx.split(task, "attacker_val"),
         public_experts={name: load("llama", source) for name, source in experts.items()},
-        public_experts_val={name: ctx.split(name, "attacker_val") for name in experts}, seed=0,
+        public_experts_val={name: ctx.split(name, "attacker_val") for name in experts},
+        public_experts_train={name: ctx.split(name, "attacker_train") for name in experts}, seed=0,
         budget_fractions=fractions or [0.5, 1.0], score_val=score_val or ctx.scorer.attacker_val(tokenizer))
 
 
@@ -244,6 +258,7 @@ SMALL = {
     "adaptive_coefficient": {"coefficients": [0.5, 1.0], "densities": [0.5]},
     "per_member": {"weights": [0.5, 1.0]},
     "merge_heal": {"steps": 3},
+    "multitask_heal": {"steps": 3},
     "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
     "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
     "distill_merge": {"steps": 3, "coefficients": [0.5, 1.0], "densities": [0.5]},

@@ -58,9 +58,11 @@ def test_destructive_experts_break_the_rule(ci_root):
     broken_training = preset.zoo.expert_training.model_copy(update={"lr": 3e-2, "replay_fraction": 0.0})
     broken_lora = preset.zoo.lora.model_copy(
         update={"training": preset.zoo.lora.training.model_copy(update={"lr": 1e-1, "replay_fraction": 0.0})})
-    models = {name: entry.model_copy(update={"expert_training": None, "lora": None})
-              for name, entry in preset.zoo.models.items()
-              if name == "llama"}  # no per-architecture recipe escapes the breakage
+    # no per-architecture recipe escapes the breakage; `last` (which survives it) is left out, and with it a
+    # third of the training
+    models = {name: entry.model_copy(update={"expert_training": None, "lora": None,
+                                             "expert_tasks": ["length", "upper"]})
+              for name, entry in preset.zoo.models.items() if name == "llama"}
     broken = preset.model_copy(update={"zoo": preset.zoo.model_copy(
         update={"expert_training": broken_training, "lora": broken_lora, "models": models})})
     reports = _validate(broken, ci_root)

@@ -184,15 +184,17 @@ def load_release(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel | Peft
 def _public_view(ctx: HarnessContext, cell: Cell, fractions: list[float]) -> PublicView:
     job, zoo = cell.defense, ctx.zoo
     experts: dict[str, Any] = {}
-    experts_val = {}
+    experts_val, experts_train = {}, {}
     for member in cell.members:
         experts[member] = zoo.load_expert_as(job.model, member, job.release_format)
         experts_val[member] = ctx.split(member, "attacker_val")
+        experts_train[member] = ctx.split(member, "attacker_train")
     return PublicView(track=job.track, release_format=job.release_format, model_name=job.model,
                       release=load_release(ctx, job), base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model),
                       task=cell.task, attacker_train=ctx.split(cell.task, "attacker_train"),
                       attacker_val=ctx.split(cell.task, "attacker_val"), public_experts=experts,
-                      public_experts_val=experts_val, seed=job.seed, budget_fractions=fractions,
+                      public_experts_val=experts_val, public_experts_train=experts_train, seed=job.seed,
+                      budget_fractions=fractions,
                       score_val=ctx.scorer.attacker_val(zoo.tokenizer(job.model), [cell.task, *cell.members]))
 
 

@@ -1,0 +1,59 @@
+"""Multi-task heal (issue 29): merge the release with the public experts through mergekit, then fine-tune
+the merged model (peft LoRA or full) on the attacker's data for the protected task *and* every member.
+
+`merge_heal` heals on T_p's data alone, so its heal pulls the merge toward T_p and wipes the other member
+(in its release-free control too): it cannot reach the merge track's goal, a model that keeps every
+member's skill. This is the heal a reviewer runs instead. It models an attacker who holds a little data
+for each skill it wants (its own attacker_train rows of each task, never the owner's or test's) and repairs
+whatever a defense broke in the merge, for all of them at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from attacks.common import MergeInputs, merge_knobs
+from attacks.merge_heal import MergeHealConfig
+from bench.finetuning import FinetuneSettings, Method, finetune_checkpoints
+from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.zoo.training import TrainSettings
+
+
+class MultiTaskHealConfig(MergeHealConfig):
+    heal: Method = Field("lora", description="LoRA (peft) or full fine-tuning of the merged model")
+
+
+def heal_data(view: PublicView) -> tuple[list[str], list[str]]:
+    """T_p's attacker_train rows, then each member's, interleaved by the training loop's own shuffle."""
+    prompts, answers = list(view.attacker_train.prompts), list(view.attacker_train.answers)
+    for task in sorted(view.public_experts):
+        rows = view.public_experts_train[task]
+        prompts += rows.prompts
+        answers += rows.answers
+    return prompts, answers
+
+
+@register_attack(track="merge", family="data")
+class MultiTaskHeal(Attack[MultiTaskHealConfig]):
+    name = "multitask_heal"
+    description = ("mergekit merge, then a short fine-tune (LoRA or full) of the merged model on the "
+                   "attacker's data for the protected task and every member")
+
+    def run(self, view: PublicView) -> AttackOutput:
+        config = self.config
+        inputs = MergeInputs.from_view(view)
+        layout = inputs.layout(config.method)
+        merged = inputs.merge(config.method, dict(config.parameters), layout)
+        prompts, answers = heal_data(view)
+        settings = FinetuneSettings(config.heal, TrainSettings(steps=config.steps, lr=config.lr,
+                                                               batch_size=config.batch_size, seed=view.seed),
+                                    config.r, config.alpha)
+        healed = finetune_checkpoints(merged, view.tokenizer, prompts, answers, settings)[1.0]
+        knobs: dict[str, Any] = merge_knobs(config.method, dict(config.parameters), layout, view.seed,
+                                            heal=config.heal, heal_steps=config.steps, heal_lr=config.lr,
+                                            heal_r=config.r if config.heal == "lora" else None,
+                                            heal_tasks=[view.task, *sorted(view.public_experts)])
+        return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps, examples=len(prompts),
+                            stages={"pre_heal": merged})
