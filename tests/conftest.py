@@ -18,9 +18,19 @@ import bench  # noqa: E402,F401  (pins the CPU code path, bench.numerics, before
 def pytest_configure(config: pytest.Config) -> None:
     """Under `--dist loadfile`, pytest-xdist hands out test files in the order `pytest_collection_modifyitems`
     below leaves them, not re-sorted by their number of tests (a one-test file of minutes would go last and
-    run alone at the end)."""
+    run alone at the end).
+
+    Each xdist worker computes on its share of the cores (one thread with two workers on two cores): torch
+    otherwise starts a thread per core in every worker, and the two workers' threads fight for the cores
+    (measured: 300 Trap² steps on the ci zoo took 60 s with two threads beside another busy process, 22 s
+    with one, bitwise the same result). The harness computes with one thread anyway (bench.threads)."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
