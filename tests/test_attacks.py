@@ -259,6 +259,7 @@ SMALL = {
     "per_member": {"weights": [0.5, 1.0]},
     "merge_heal": {"steps": 3},
     "multitask_heal": {"steps": 3},
+    "untrap_merge": {"steps": 3, "methods": ["task_arithmetic"], "coefficients": [1.0]},
     "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
     "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
     "distill_merge": {"steps": 3, "coefficients": [0.5, 1.0], "densities": [0.5]},

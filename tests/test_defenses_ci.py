@@ -7,6 +7,7 @@ Split from tests/test_defenses.py (whose tests run on tiny models and the micro 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -41,9 +42,9 @@ def test_trap2_keeps_utility_at_the_paper_lambda(ci_ctx, release_format: str) ->
     _check_trap(ci_ctx, release_format, margin=None)
 
 
-def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any) -> None:
+def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any) -> Any:
     """A Trap² release on the ci zoo keeps `none`'s utility (within 0.02) and, unless `margin` is None, its
-    test loss at s = 0.5 exceeds `none`'s by more than `margin`."""
+    test loss at s = 0.5 exceeds `none`'s by more than `margin`. Returns the owner and the release."""
     from bench.evaluate import score
 
     owner = owner_of(ci_ctx, "trap2", "merge", release_format)
@@ -52,17 +53,47 @@ def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any
     utility = {label: score(model, tokenizer, [task], ci_ctx.tasks)[task]
                for label, model in (("none", owner.reference_release), ("trap2", release.model))}
     assert utility["trap2"] >= utility["none"] - 0.02, utility
-    if margin is None:
-        return
-    test = batch_of(tokenizer, ci_ctx.split(task, "test"))
-    half = {label: evaluate(scaled_update(owner.base, model, 0.5), test)[1]
-            for label, model in (("none", owner.reference_release), ("trap2", release.model))}
-    assert half["trap2"] > half["none"] + margin, half
+    if margin is not None:
+        half = {label: _half_scale_loss(ci_ctx, owner, model)
+                for label, model in (("none", owner.reference_release), ("trap2", release.model))}
+        assert half["trap2"] > half["none"] + margin, half
+    return owner, release
+
+
+def _half_scale_loss(ci_ctx, owner, model) -> float:
+    """Test loss on T_p of `W0 + ½·(W − W0)`: what a two-member average does to the update."""
+    test = batch_of(owner.tokenizer, ci_ctx.split(owner.task, "test"))
+    return evaluate(scaled_update(owner.base, model, 0.5), test)[1]
+
+
+@pytest.fixture(scope="module")
+def formed_trap(ci_ctx):
+    """The trap itself, at a budget where it forms: the `paper` preset measured
+    it on its 8-expert zoo (Llama-style `tail`, λ = 0.01, 800 steps: loss at s = 0.5 4.97 nats against 0.85
+    for λ = 0 at the same budget). Here on the ci zoo's `length`, against `none`'s zoo expert (measured on
+    the pinned path: 1.153 against 0.730 at 800 steps; 0.866 at 600, and no trap at 300 or 400)."""
+    return _check_trap(ci_ctx, "full", margin=0.1, steps=800)  # the leaderboard's trap margin
 
 
 @pytest.mark.slow
-def test_trap2_full_forms_its_trap_at_the_paper_lambda_with_a_longer_budget(ci_ctx) -> None:
-    """The trap itself, at a budget where it forms: the `paper` preset measured
-    it on its 8-expert zoo (Llama-style `tail`, λ = 0.01, 800 steps: loss at s = 0.5 4.97 nats against 0.85
-    for λ = 0 at the same budget). Here on the ci zoo's `length`, against `none`'s zoo expert."""
-    _check_trap(ci_ctx, "full", margin=0.1, steps=800)  # the leaderboard's trap margin
+def test_trap2_full_forms_its_trap_at_the_paper_lambda_with_a_longer_budget(formed_trap) -> None:
+    owner, release = formed_trap
+    assert release.model is not owner.reference_release
+
+
+@pytest.mark.slow
+def test_the_untrap_fine_tune_disarms_a_formed_trap(ci_ctx, formed_trap) -> None:
+    """Issue 29: the attacker's un-trap fine-tune (Trap²'s objective turned around, on attacker_train only)
+    brings the release's loss at s = ½ back below the trapped release's, and keeps its skill at s = 1."""
+    from attacks.untrap_merge import UnTrapConfig, untrap
+    from bench.evaluate import score
+
+    owner, release = formed_trap
+    view = SimpleNamespace(release=release.model, base=owner.base, tokenizer=owner.tokenizer, seed=0,
+                           attacker_train=ci_ctx.split(owner.task, "attacker_train"))
+    untrapped = untrap(view, UnTrapConfig())
+    trapped_half, untrapped_half = (_half_scale_loss(ci_ctx, owner, model) for model in (release.model, untrapped))
+    assert untrapped_half < trapped_half, (untrapped_half, trapped_half)
+    accuracy = {label: score(model, owner.tokenizer, [owner.task], ci_ctx.tasks)[owner.task]
+                for label, model in (("trapped", release.model), ("untrapped", untrapped))}
+    assert accuracy["untrapped"] >= accuracy["trapped"] - 0.05, accuracy

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -328,32 +329,55 @@ def _artefacts(paths: ZooPaths) -> list[Path]:
     return [paths.base, *paths.experts_full.values(), *paths.experts_lora.values()]
 
 
+BASE = "base"
+
+
+def expert_artefacts(config: ZooConfig, name: str) -> list[str]:
+    """The labels of model `name`'s expert artefacts the zoo trains: `full:<task>` (unless the entry names
+    its own expert) and `lora:<task>` per expert task."""
+    entry = config.models[name]
+    return [label for task in config.recipe(name).expert_tasks
+            for label in ((f"full:{task}",) if task not in entry.expert_paths else ()) + (f"lora:{task}",)]
+
+
 def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int) -> None:
-    """Build each model in its own (spawned) process. A fault point that fires in one (bench.storage) kills
-    the whole run, as a crash of the machine would; any other death is an error naming the model."""
+    """Train artefact by artefact in a pool of (spawned) processes: every base first, and each model's
+    experts as soon as its base is saved, so both cores stay busy until the last artefact (a process per
+    model left one idle while the larger model trained on). Each artefact is seeded on its own and
+    trained from the saved base, as in a one-by-one build. A fault point that fires in one (bench.storage)
+    kills the whole run, as a crash of the machine would; any other death is an error naming the model."""
     context = multiprocessing.get_context("spawn")
+    config_json = config.model_dump_json()
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = {pool.submit(build_one_model, config.model_dump_json(), str(root), name): name for name in names}
-        for future in as_completed(futures):
+        pending = {pool.submit(build_artefact, config_json, str(root), name, BASE): (name, BASE) for name in names}
+        while pending:
+            future = next(as_completed(pending))
+            name, label = pending.pop(future)
             try:
                 future.result()
             except BrokenProcessPool as error:
                 if os.environ.get(FAULT_ENV):
                     os.kill(os.getpid(), signal.SIGKILL)
-                raise RuntimeError(f"the process building zoo model '{futures[future]}' died: {error}") from error
+                raise RuntimeError(f"the process building zoo model '{name}' died: {error}") from error
+            if label == BASE:
+                pending.update({pool.submit(build_artefact, config_json, str(root), name, expert): (name, expert)
+                                for expert in expert_artefacts(config, name)})
 
 
-def build_one_model(config_json: str, root: str, name: str) -> None:
-    """A build process's work: one model's base, experts and LoRA experts."""
+def build_artefact(config_json: str, root: str, name: str, label: str) -> None:
+    """A build process's work: one artefact of model `name` (`base`, `full:<task>` or `lora:<task>`)."""
     config = ZooConfig.model_validate_json(config_json)
-    model_paths(config, Path(root), name, document_digests(config))
+    model_paths(config, Path(root), name, document_digests(config), build=lambda artefact: artefact == label)
 
 
-def model_paths(zoo_config: ZooConfig, root: Path, name: str, documents: list, build: bool = True) -> ZooPaths:
-    """Where model `name`'s artefacts live, training each that is missing (unless `build` is False)."""
+def model_paths(zoo_config: ZooConfig, root: Path, name: str, documents: list,
+                build: bool | Callable[[str], bool] = True) -> ZooPaths:
+    """Where model `name`'s artefacts live, training each that is missing (unless `build` is False, or says
+    False for its label: `base`, `full:<task>`, `lora:<task>`)."""
 
-    def cached(target: Path, make) -> Path:
-        return cached_directory(target, make) if build else target
+    def cached(target: Path, make, label: str) -> Path:
+        wanted = build(label) if callable(build) else build
+        return cached_directory(target, make) if wanted else target
 
     entry = zoo_config.models[name]
     config = zoo_config.recipe(name)
@@ -364,7 +388,7 @@ def model_paths(zoo_config: ZooConfig, root: Path, name: str, documents: list, b
                                 config.base_task_fractions, config.base_training, config.seed, config.split_sizes,
                                 *documents)
         base = cached(root / "zoo" / "base" / f"{name}-{base_key}",
-                      lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch))
+                      lambda scratch, n=name, e=entry, c=config: _build_base(c, n, e, scratch), BASE)
         base_id = base_key
     full: dict[str, Path] = {}
     lora: dict[str, Path] = {}
@@ -375,9 +399,11 @@ def model_paths(zoo_config: ZooConfig, root: Path, name: str, documents: list, b
             key = content_hash("expert", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.expert_training,
                                config.seed, config.split_sizes, config.expert_tasks, *documents)
             full[task] = cached(root / "zoo" / "experts" / f"{name}-{task}-{key}",
-                                lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch))
+                                lambda scratch, n=name, t=task, b=base, c=config: _build_full_expert(c, n, b, t, scratch),
+                                f"full:{task}")
         key = content_hash("lora", ZOO_FORMAT_VERSION, library_stamp(), base_id, task, config.lora, config.seed,
                            config.split_sizes, config.expert_tasks, *documents)
         lora[task] = cached(root / "zoo" / "lora" / f"{name}-{task}-{key}",
-                            lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch))
+                            lambda scratch, n=name, t=task, b=base, c=config: _build_lora_expert(c, n, b, t, scratch),
+                            f"lora:{task}")
     return ZooPaths(base=base, experts_full=full, experts_lora=lora)
