@@ -84,7 +84,9 @@ def test_trap2_full_forms_its_trap_at_the_paper_lambda_with_a_longer_budget(form
 @pytest.mark.slow
 def test_the_untrap_fine_tune_disarms_a_formed_trap(ci_ctx, formed_trap) -> None:
     """Issue 29: the attacker's un-trap fine-tune (Trap²'s objective turned around, on attacker_train only)
-    brings the release's loss at s = ½ back below the trapped release's, and keeps its skill at s = 1."""
+    brings the release's loss at s = ½ back below the trapped release's, and keeps its skill at s = 1.
+    Measured on the pinned path (100 steps, anchored): s = ½ loss 1.153 → 0.668 (`none`'s expert: 0.730),
+    s = ¼ 1.106 → 0.929, accuracy 0.96 → 0.92; without the anchor at s = 1, 0.650 but accuracy 0.805."""
     from attacks.untrap_merge import UnTrapConfig, untrap
     from bench.evaluate import score
 
