@@ -55,9 +55,10 @@ def test_destructive_experts_break_the_rule(ci_root):
     code is the same for every architecture (`test_ci_zoo_is_valid` runs it on both), and training a second
     architecture's broken experts cost minutes without reaching other code."""
     preset = load_preset("ci")
-    broken_training = preset.zoo.expert_training.model_copy(update={"lr": 3e-2, "replay_fraction": 0.0})
-    broken_lora = preset.zoo.lora.model_copy(
-        update={"training": preset.zoo.lora.training.model_copy(update={"lr": 1e-1, "replay_fraction": 0.0})})
+    # a quarter of the ci budget: a destructive rate breaks the experts within it
+    broken_training = preset.zoo.expert_training.model_copy(update={"lr": 3e-2, "replay_fraction": 0.0, "steps": 50})
+    broken_lora = preset.zoo.lora.model_copy(update={"training": preset.zoo.lora.training.model_copy(
+        update={"lr": 1e-1, "replay_fraction": 0.0, "steps": 75})})
     # no per-architecture recipe escapes the breakage; `last` (which survives it) is left out, and with it a
     # third of the training
     models = {name: entry.model_copy(update={"expert_training": None, "lora": None,

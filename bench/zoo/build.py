@@ -84,10 +84,9 @@ class Zoo:
 
 
 def library_stamp() -> str:
-    """The versions of the libraries that decide a trained model's weights, and the CPU code path they
-    computed on (bench.numerics): part of every zoo cache key, so a zoo trained under other versions or on
-    another path is never reused (GPT-2-style training differs between transformers 5.23.0 and 5.24.0)
-    and the zoo hash in every published row names them."""
+    """The versions of the libraries that decide a trained model's weights and the CPU code path (bench.numerics):
+    in every zoo cache key, so a zoo trained otherwise is never reused (GPT-2-style training differs between
+    transformers 5.23.0 and 5.24.0), and the zoo hash in every published row names them."""
     import peft
     import transformers
 
@@ -100,8 +99,8 @@ def zoo_hash(config: ZooConfig) -> str:
 
 
 def document_digests(config: ZooConfig) -> list[list[list[str]]]:
-    """[[(name, digest of its documents), …]] for a zoo with document tasks, else [] (so that the keys of a zoo
-    without them are unchanged): a changed data file retrains what was trained on it."""
+    """[[(name, digest of its documents), …]] for a zoo with document tasks, else [] (keys of a zoo without them
+    unchanged): a changed data file retrains what was trained on it."""
     from tasks import get_task
 
     if not config.document_tasks:
@@ -110,10 +109,8 @@ def document_digests(config: ZooConfig) -> list[list[list[str]]]:
 
 
 def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
-    """Load weights through safetensors only (never pickle) and put the model in eval mode.
-
-    transformers' per-load progress bar is switched off: a run loads thousands of tiny models, and the
-    bars would bury the harness's own progress display."""
+    """Load weights through safetensors only (never pickle), in eval mode, without transformers' per-load bar
+    (a run loads thousands of tiny models: the bars would bury the harness's own progress display)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -131,13 +128,8 @@ def load_tokenizer(path: Path | str, trust_remote_code: bool = False) -> PreTrai
 
 
 def _settings(training: TrainingConfig, seed: int) -> TrainSettings:
-    return TrainSettings(
-        steps=training.steps,
-        lr=training.lr,
-        batch_size=training.batch_size,
-        warmup_steps=training.warmup_steps,
-        seed=seed,
-    )
+    return TrainSettings(steps=training.steps, lr=training.lr, batch_size=training.batch_size,
+                         warmup_steps=training.warmup_steps, seed=seed)
 
 
 def _owner_examples(config: ZooConfig, task_names: list[str], fractions: dict[str, float] | None = None
@@ -179,8 +171,7 @@ def replay_sample(config: ZooConfig, count: int, seed: int) -> tuple[list[str], 
 def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
     """A bar on a terminal; sent to a file or a CI log, one plain line per training when it ends (a bar's
     redraws would fill the log with carriage returns)."""
-    on_terminal = sys.stderr.isatty()
-    started = time.perf_counter()
+    on_terminal, started = sys.stderr.isatty(), time.perf_counter()
     with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0, disable=not on_terminal) as bar, \
             compute_threads():
 
@@ -191,9 +182,8 @@ def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label
 
         losses = train(model, data, settings, on_step=on_step)
     if not on_terminal:
-        final = f", last loss {losses[-1]:.3f}" if losses else ""
-        print(f"zoo: {label} trained, {settings.steps} steps in {time.perf_counter() - started:.1f}s{final}",
-              file=sys.stderr, flush=True)
+        print(f"zoo: {label} trained, {settings.steps} steps in {time.perf_counter() - started:.1f}s"
+              f"{f', last loss {losses[-1]:.3f}' if losses else ''}", file=sys.stderr, flush=True)
     return losses
 
 
@@ -333,19 +323,17 @@ BASE = "base"
 
 
 def expert_artefacts(config: ZooConfig, name: str) -> list[str]:
-    """The labels of model `name`'s expert artefacts the zoo trains: `full:<task>` (unless the entry names
-    its own expert) and `lora:<task>` per expert task."""
+    """Labels of the experts the zoo trains for `name`: `full:<task>` (unless given) and `lora:<task>`."""
     entry = config.models[name]
     return [label for task in config.recipe(name).expert_tasks
             for label in ((f"full:{task}",) if task not in entry.expert_paths else ()) + (f"lora:{task}",)]
 
 
 def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int) -> None:
-    """Train artefact by artefact in a pool of (spawned) processes: every base first, and each model's
-    experts as soon as its base is saved, so both cores stay busy until the last artefact (a process per
-    model left one idle while the larger model trained on). Each artefact is seeded on its own and
-    trained from the saved base, as in a one-by-one build. A fault point that fires in one (bench.storage)
-    kills the whole run, as a crash of the machine would; any other death is an error naming the model."""
+    """Train artefact by artefact in a pool of (spawned) processes, each model's experts as soon as its base
+    is saved (a process per model left a core idle while the larger model trained on); each artefact is
+    seeded alike either way. A fault point that fires in one (bench.storage) kills the whole run, as a
+    machine crash would; any other death is an error naming the model."""
     context = multiprocessing.get_context("spawn")
     config_json = config.model_dump_json()
     with ProcessPoolExecutor(processes, mp_context=context) as pool:
