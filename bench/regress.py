@@ -240,6 +240,7 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         return fail(str(error))
     if run_dir is None:
         from bench.harness.run import run_benchmark
+        from bench.runlog import library_output
 
         try:
             preset = load_preset(preset_name)
@@ -248,7 +249,8 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         if preset.grid is None:
             return fail(f"preset '{preset.name}' has no grid section")
         run_dir = (out or Path("runs") / f"regress-{preset.name}").resolve()
-        summary = run_benchmark(preset, storage_root(root), run_dir, executor)  # type: ignore[arg-type]
+        with library_output(run_dir):  # library chatter (Ray's start-up notes too) -> the run's lockbench.log
+            summary = run_benchmark(preset, storage_root(root), run_dir, executor)  # type: ignore[arg-type]
         console.print(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                       f"{summary.seconds:.1f}s -> {run_dir}")
     try:

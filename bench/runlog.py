@@ -17,6 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOG_FILE = "lockbench.log"
+#: The run log's line format (Ray's `ray.init` re-formats the handlers of its logger with the format it is
+#: given: `start_ray` gives it this one).
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 #: Loggers of the libraries lockbench drives; `py.warnings` receives Python warnings (logging.captureWarnings).
 LIBRARY_LOGGERS = ("py.warnings", "transformers", "datasets", "lm_eval", "lm-eval", "peft", "accelerate",
                    "huggingface_hub", "mergekit", "torch", "urllib3", "filelock", "fsspec", "optuna", "ray")
@@ -33,7 +36,7 @@ class RunLogHandler(logging.Handler):
         super().__init__(logging.WARNING)
         self.path = path
         self.pending: list[str] = []
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(name)s] %(message)s"))
+        self.setFormatter(logging.Formatter(LOG_FORMAT))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:

@@ -90,3 +90,26 @@ def test_a_library_that_installs_its_own_terminal_handler_is_sent_back_to_the_ru
     logger.warning("outside the run")
     assert "outside the run" in terminal.getvalue()
     logger.handlers = []
+
+
+@pytest.mark.slow
+def test_rays_start_up_notes_go_to_the_run_log(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    """`ray.init` replaces the handlers of Ray's logger (it clears them, or re-formats them): started inside
+    `library_output`, Ray's notes (the token-authentication warning among them) reach the run's log in its
+    format, and nothing of Ray's reaches the terminal."""
+    from bench.harness.cluster import start_ray, stop_local_ray
+    from bench.runlog import RunLogHandler
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with library_output(run_dir):
+        start_ray(num_cpus=1)
+        try:
+            handlers = logging.getLogger("ray").handlers
+            assert len(handlers) == 1 and isinstance(handlers[0], RunLogHandler), handlers
+            logging.getLogger("ray.lockbench_test").warning("a note from Ray")
+        finally:
+            stop_local_ray()
+    assert "WARNING [ray.lockbench_test] a note from Ray" in (run_dir / LOG_FILE).read_text()
+    err = capfd.readouterr().err
+    assert "Token authentication" not in err and "a note from Ray" not in err, err[-2000:]

@@ -10,6 +10,7 @@ back. A node that cannot fails the run with one line naming the node and the pat
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from bench.device import DEVICE_ENV
 from bench.harness.grid import ConfigError
 from bench.numerics import numerics_env
 from bench.offline import offline_env
-from bench.runlog import reclaim
+from bench.runlog import LOG_FORMAT, reclaim
 from bench.storage import DEFAULT_ROOT_ENV
 
 PROBE_PREFIX = ".lockbench-probe-"
@@ -62,7 +63,8 @@ def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = 
     # cluster `ray start` last left on this machine (someone else's, possibly).
     ray.init(address=address or "local", num_cpus=None if address else num_cpus, include_dashboard=False,
              log_to_driver=False, runtime_env=runtime_env, ignore_reinit_error=True,
-             configure_logging=False)  # keeps the handler `reclaim` set (Ray would re-format it)
+             # keeps the handler `reclaim` set (configure_logging=False would clear it) in the run log's format
+             logging_level=logging.WARNING, logging_format=LOG_FORMAT)
 
 
 #: How many `ray_session` blocks this process is inside: while any is open, `stop_local_ray` keeps the cluster.
