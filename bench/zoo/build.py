@@ -188,6 +188,9 @@ def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, manifest: dict) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per artefact, would fill a log
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     write_json_atomic(directory / "lockbench.json", manifest)
