@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from attacks.common import MergeInputs, merge_knobs
 from bench.config import StrictModel
-from bench.finetuning import FinetuneSettings, finetune_checkpoints
+from bench.finetuning import FinetuneSettings, Method, finetune_checkpoints
 from bench.merging import method_spec
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 from bench.zoo.training import TrainSettings
@@ -44,15 +44,22 @@ class MergeHeal(Attack[MergeHealConfig]):
     description = "mergekit merge, then a short peft LoRA fine-tune of the merged model on the attacker's data"
 
     def run(self, view: PublicView) -> AttackOutput:
-        config = self.config
-        inputs = MergeInputs.from_view(view)
-        layout = inputs.layout(config.method)
-        merged = inputs.merge(config.method, dict(config.parameters), layout)
-        heal = FinetuneSettings("lora", TrainSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
-                                                      seed=view.seed), config.r, config.alpha)
-        healed = finetune_checkpoints(merged, view.tokenizer, view.attacker_train.prompts,
-                                      view.attacker_train.answers, heal)[1.0]
-        knobs = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal="lora",
-                            heal_steps=config.steps, heal_lr=config.lr, heal_r=config.r)
-        return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps,
-                            examples=len(view.attacker_train.prompts), stages={"pre_heal": merged})
+        return merge_then_heal(view, self.config, "lora", view.attacker_train.prompts, view.attacker_train.answers)
+
+
+def merge_then_heal(view: PublicView, config: MergeHealConfig, heal: Method, prompts: list[str],
+                    answers: list[str], **knobs: Any) -> AttackOutput:
+    """The one merge-then-heal: mergekit merge of the release and the members, then a `heal` fine-tune
+    (peft LoRA or full) of the merged model on `prompts` → `answers`; the merge before the heal is the
+    `pre_heal` stage."""
+    inputs = MergeInputs.from_view(view)
+    layout = inputs.layout(config.method)
+    merged = inputs.merge(config.method, dict(config.parameters), layout)
+    settings = FinetuneSettings(heal, TrainSettings(steps=config.steps, lr=config.lr, batch_size=config.batch_size,
+                                                    seed=view.seed), config.r, config.alpha)
+    healed = finetune_checkpoints(merged, view.tokenizer, prompts, answers, settings)[1.0]
+    recorded = merge_knobs(config.method, dict(config.parameters), layout, view.seed, heal=heal,
+                           heal_steps=config.steps, heal_lr=config.lr,
+                           heal_r=config.r if heal == "lora" else None, **knobs)
+    return AttackOutput(models={1.0: healed}, knobs=recorded, steps=config.steps, examples=len(prompts),
+                        stages={"pre_heal": merged})

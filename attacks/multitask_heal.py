@@ -10,15 +10,11 @@ whatever a defense broke in the merge, for all of them at once.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from attacks.common import MergeInputs, merge_knobs
-from attacks.merge_heal import MergeHealConfig
-from bench.finetuning import FinetuneSettings, Method, finetune_checkpoints
+from attacks.merge_heal import MergeHealConfig, merge_then_heal
+from bench.finetuning import Method
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
-from bench.zoo.training import TrainSettings
 
 
 class MultiTaskHealConfig(MergeHealConfig):
@@ -42,18 +38,6 @@ class MultiTaskHeal(Attack[MultiTaskHealConfig]):
                    "attacker's data for the protected task and every member")
 
     def run(self, view: PublicView) -> AttackOutput:
-        config = self.config
-        inputs = MergeInputs.from_view(view)
-        layout = inputs.layout(config.method)
-        merged = inputs.merge(config.method, dict(config.parameters), layout)
         prompts, answers = heal_data(view)
-        settings = FinetuneSettings(config.heal, TrainSettings(steps=config.steps, lr=config.lr,
-                                                               batch_size=config.batch_size, seed=view.seed),
-                                    config.r, config.alpha)
-        healed = finetune_checkpoints(merged, view.tokenizer, prompts, answers, settings)[1.0]
-        knobs: dict[str, Any] = merge_knobs(config.method, dict(config.parameters), layout, view.seed,
-                                            heal=config.heal, heal_steps=config.steps, heal_lr=config.lr,
-                                            heal_r=config.r if config.heal == "lora" else None,
-                                            heal_tasks=[view.task, *sorted(view.public_experts)])
-        return AttackOutput(models={1.0: healed}, knobs=knobs, steps=config.steps, examples=len(prompts),
-                            stages={"pre_heal": merged})
+        return merge_then_heal(view, self.config, self.config.heal, prompts, answers,
+                               heal_tasks=[view.task, *sorted(view.public_experts)])
