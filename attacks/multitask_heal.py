@@ -24,6 +24,10 @@ class MultiTaskHealConfig(MergeHealConfig):
 def heal_data(view: PublicView) -> tuple[list[str], list[str]]:
     """T_p's attacker_train rows, then each member's, interleaved by the training loop's own shuffle."""
     prompts, answers = list(view.attacker_train.prompts), list(view.attacker_train.answers)
+    missing = sorted(set(view.public_experts) - set(view.public_experts_train))
+    if missing:
+        raise ValueError(f"multitask_heal needs the attacker's training rows of every member; the view has none "
+                         f"for {missing} (PublicView.public_experts_train)")
     for task in sorted(view.public_experts):
         rows = view.public_experts_train[task]
         prompts += rows.prompts
