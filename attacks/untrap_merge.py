@@ -17,6 +17,7 @@ so it is written here.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from attacks.common import RELEASE, MergeInputs, Objective, full_weights, merge_knobs, validation_scorer
+from attacks.common import MergeInputs, Objective, merge_knobs, validation_scorer
 from bench.config import StrictModel
 from bench.evaluate import as_plain_model
 from bench.merging import sparsifies
@@ -92,8 +93,8 @@ class UnTrapMerge(Attack[UnTrapConfig]):
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config
         untrapped = untrap(view, config)
-        inputs = MergeInputs.from_view(view)
-        inputs.members[RELEASE] = full_weights(untrapped)
+        # the un-trapped release stands in for the release (folded once, the original never)
+        inputs = MergeInputs.from_view(dataclasses.replace(view, release=untrapped, release_format="full"))
         evaluate = validation_scorer(view, config.objective)
         trace: list[dict[str, Any]] = []
         best: tuple[float, Any, str, dict[str, Any]] = (-1.0, None, "", {})
