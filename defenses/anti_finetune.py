@@ -2,7 +2,8 @@
 "Tamper-Resistant Safeguards for Open-Weight LLMs", arXiv 2408.00761; SOPHON, Deng et al., S&P 2024,
 is the same idea for vision).
 
-Post-hoc, on the plainly pre-trained base. Each outer step: (1) draw a proxy task; (2) simulate an
+Post-hoc, on the plainly pre-trained base of the job's seed (the one `none` releases at that seed,
+re-trained per seed by the harness). Each outer step: (1) draw a proxy task; (2) simulate an
 attacker who fine-tunes all weights on it for K Adam steps (functional fast weights, the model is not
 copied); (3) after every simulated step, take the gradient of a tamper-resistance loss at the attacked
 weights — the negative entropy of the attacked model's predictions on held-out proxy examples, which

@@ -2,8 +2,8 @@
 
 Merge track: the owner's plainly fine-tuned expert. Finetune track: the plainly pre-trained base. At
 job seed 0 these are the zoo's own; at every other seed they are re-trained through the zoo's own code
-path (`bench.zoo.build.train_*`; merge experts by the harness, `bench.harness.references`, shared with the
-post-hoc defenses) with that seed's initialisation and row order, so that the intervals
+path (`bench.zoo.build.train_*`, by the harness: `bench.harness.references`, shared with the post-hoc
+defenses) with that seed's initialisation and row order, so that the intervals
 across seeds include training variance for the reference as they do for every defense (DESIGN §5).
 A hub base (`pretrained:`) cannot be re-trained here: its finetune release is the same at every seed.
 Tracks: merge, finetune; formats: adapter, full; any architecture.
@@ -12,7 +12,7 @@ Tracks: merge, finetune; formats: adapter, full; any architecture.
 from __future__ import annotations
 
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from bench.zoo.build import base_seed, expert_seed, train_base
+from bench.zoo.build import base_seed, expert_seed
 
 
 @register_defense(paper="unprotected reference", tracks={"merge", "finetune"})
@@ -27,12 +27,10 @@ class NoDefense(Defense):
         if owner.track == "merge":
             assert owner.task is not None
             seed = expert_seed(recipe, owner.task, owner.release_format == "adapter", owner.seed)
-            # the harness re-trained it once for this job seed (bench.harness.references), shared with the
-            # post-hoc defenses that transform the same expert
-            return Release(owner.unprotected(), notes={"trained": f"re-trained with seed {seed}"})
-        entry = recipe.models[owner.model_name]
-        if entry.architecture is None:
+        elif recipe.models[owner.model_name].architecture is None:
             return Release(owner.base, notes={"trained": "hub base: the same at every seed"})
-        seed = base_seed(recipe, owner.seed)
-        model, _, losses = train_base(recipe, owner.model_name, entry.architecture, seed)
-        return Release(model, notes={"trained": f"re-trained with seed {seed}", "final_loss": losses[-1]})
+        else:
+            seed = base_seed(recipe, owner.seed)
+        # the harness re-trained it once for this job seed (bench.harness.references), shared with the
+        # post-hoc defenses that transform the same expert or base
+        return Release(owner.unprotected(), notes={"trained": f"re-trained with seed {seed}"})

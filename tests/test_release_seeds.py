@@ -71,3 +71,20 @@ def test_seeds_vary_the_release_and_an_empty_root_reproduces_it(name: str, micro
         where = f"{name} {job.track}/{job.release_format}"
         assert not _same(seed0, seed1), f"{where}: seeds 0 and 1 release the same weights"
         assert _same(seed1, _weights(elsewhere, seed1_job)), f"{where}: another storage root, other weights"
+
+
+def test_a_finetune_defense_transforms_its_own_seeds_base(micro_zoo, micro_preset) -> None:
+    """The finetune track pairs each defense with `none` per seed: at seed 1 the owner's base is the base
+    `none` releases at seed 1 (re-trained), not the zoo's seed-0 base that `none` releases at seed 0."""
+    from bench.harness.stages import owner_view
+
+    ctx = get_context(micro_preset, micro_zoo.root)
+    jobs = {seed: _jobs("none", seed)[-1] for seed in (0, 1)}
+    assert all(job.track == "finetune" for job in jobs.values())
+    released = {seed: _weights(ctx, job) for seed, job in jobs.items()}
+    anti = _jobs("anti_finetune", 1)[-1]
+    base = {f"model.safetensors:{name}": tensor for name, tensor in owner_view(ctx, anti).base.state_dict().items()}
+    shared = released[1].keys() & base.keys()
+    assert shared, "no tensor names in common"
+    assert all(torch.equal(base[key], released[1][key]) for key in shared), "seed 1's owner base is not none's"
+    assert not all(torch.equal(base[key], released[0][key]) for key in shared), "seed 1's owner base is seed 0's"

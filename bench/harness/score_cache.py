@@ -15,7 +15,7 @@ from typing import Any
 from bench.harness.context import HarnessContext
 from bench.storage import content_hash, report_damaged, write_json_atomic
 
-CODE_VERSION = 3  # bump when a stage's semantics change, so caches are not reused across it
+CODE_VERSION = 4  # bump when a stage's semantics change, so caches are not reused across it
 
 
 def read_json_record(path: Path) -> Any | None:

@@ -26,7 +26,7 @@ from bench.harness.context import HarnessContext
 from bench.harness.controls import CONTROL_DEFENSE, ControlRelease
 from bench.harness.grid import Cell, DefenseJob
 from bench.harness.owner_secret import owner_secret
-from bench.harness.references import reference_expert
+from bench.harness.references import reference_base, reference_expert
 from bench.harness.score_cache import CODE_VERSION, read_json_record
 from bench.measure import release_diagnostics
 from bench.plugins import (
@@ -73,8 +73,10 @@ def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
 def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     zoo = ctx.zoo
     recipe = ctx.preset.zoo.recipe(job.model)
+    # finetune track: the job seed's own plain base (re-trained per seed), what `none` releases
+    base = reference_base(ctx, job) if job.track == "finetune" else zoo.load_base(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
-                     base=zoo.load_base(job.model), tokenizer=zoo.tokenizer(job.model), seed=job.seed,
+                     base=base, tokenizer=zoo.tokenizer(job.model), seed=job.seed,
                      secret=owner_secret(ctx.preset.zoo.seed, job.key), task=job.task, recipe=recipe)
     if job.track == "merge":
         assert job.task is not None
