@@ -6,6 +6,7 @@ never sees a test prompt (DESIGN.md §2).
 
 from __future__ import annotations
 
+import functools
 import random
 
 import datasets
@@ -58,7 +59,27 @@ def sample_distinct(task: ProceduralTask, seed: int, count: int) -> list[Example
 
 
 def build_splits(task: str | ProceduralTask, seed: int, sizes: SplitSizes) -> datasets.DatasetDict:
-    """The four SPLITS of `task` as datasets with string columns `prompt` and `answer`."""
+    """The four SPLITS of `task` as datasets with string columns `prompt` and `answer`.
+
+    A registered task's splits are drawn once per process and handed out as a new DatasetDict of the
+    same (immutable) datasets: drawing them costs about 0.1 s, and a run asks for them thousands of
+    times (each cell for its task and members, each zoo training and owner view for the replay mixture);
+    profiled on `default`, a third of a merge cell's time went here. The datasets are shared: use
+    `with_format`, never the in-place `set_format`."""
+    if isinstance(task, str):
+        sized = tuple(sizes.as_dict().items())
+        return datasets.DatasetDict(_registered_splits(task, type(get_task(task)), seed, sized))
+    return _draw_splits(task, seed, sizes)
+
+
+@functools.lru_cache(maxsize=256)
+def _registered_splits(name: str, kind: type, seed: int, sizes: tuple[tuple[str, int], ...]
+                       ) -> datasets.DatasetDict:
+    """`kind`, the task's registered class, keys the cache: a task registered anew is drawn anew."""
+    return _draw_splits(name, seed, SplitSizes(**dict(sizes)))
+
+
+def _draw_splits(task: str | ProceduralTask, seed: int, sizes: SplitSizes) -> datasets.DatasetDict:
     resolved = _resolve(task)
     wanted = sizes.as_dict()
     examples = sample_distinct(resolved, seed, sum(wanted.values()))

@@ -144,6 +144,30 @@ def test_a_task_plugin_registers_through_the_registry(scratch_registry):
     assert build_splits("plugin_echo", 0, SMALL)["test"].num_rows == SMALL.test
 
 
+
+def test_a_task_registered_anew_under_its_name_is_drawn_anew(scratch_registry):
+    """Splits are drawn once per process (tasks.splits keys them by the registered class): a plugin task
+    registered again under the same name with another definition gets its own splits, not the old ones."""
+    def plugin(offset: int) -> type[ProceduralTask]:
+        class Plugin(ProceduralTask):
+            name = "plugin_shift"
+            description = "third-party example"
+
+            def sample(self, rng):
+                n = rng.randrange(10_000)
+                return Example(f"shift {n}=", str(n + offset))
+        return Plugin
+
+    with registry_module.TASKS.scoped():
+        register_task(plugin(0))
+        first = build_splits("plugin_shift", 0, SMALL)
+        assert _as_pairs(build_splits("plugin_shift", 0, SMALL)) == _as_pairs(first)
+    with registry_module.TASKS.scoped():
+        register_task(plugin(1))
+        again = build_splits("plugin_shift", 0, SMALL)
+    assert _as_pairs(again) != _as_pairs(first)
+
+
 # ----------------------------------------------------------------------------- examples
 
 
