@@ -3,7 +3,7 @@ own validation split, and the knobs every merge cell records."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -20,6 +20,8 @@ from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa:
 from bench.zoo.training import TrainSettings
 
 if TYPE_CHECKING:
+    import torch
+
     from bench.optuna_search import OptunaSpace
 
 RELEASE = "release"
@@ -243,8 +245,10 @@ class SweepConfig(StrictModel):
         return OptunaSpace(self.trials, self.lr_range, tuple(self.steps_choices), tuple(self.warmup_choices))
 
 
-def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, alpha: int = 16) -> AttackOutput:
-    """Shared by the LoRA and full fine-tuning attacks: sweep (or search), choose on attacker_val, report."""
+def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, alpha: int = 16,
+              update_mask: Mapping[str, torch.Tensor] | None = None) -> AttackOutput:
+    """Shared by the fine-tuning attacks: sweep (or search), choose on attacker_val, report. `update_mask`
+    (grid search, full fine-tuning) trains only those entries (bench.finetuning.FinetuneSettings)."""
     if view.score_val is None:
         raise RuntimeError("fine-tuning sweeps choose on view.score_val (the attacker-val scorer)")
     score_val, task = view.score_val, view.task
@@ -253,9 +257,11 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
         return score_val(model, [task])[task]
 
     if config.search == "optuna":
+        if update_mask is not None:
+            raise ValueError("update_mask: the Optuna search trains every entry; use the grid")
         return _run_optuna(view, config, method, alpha, evaluate)
     settings = FinetuneSettings(method, TrainSettings(steps=0, lr=0.0, batch_size=config.batch_size, seed=view.seed),
-                                lora_r=r, lora_alpha=alpha)
+                                lora_r=r, lora_alpha=alpha, update_mask=update_mask)
     result = sweep(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,
                    settings, config.lr, config.steps, evaluate, view.budget_fractions, config.independent_runs)
     knobs = {"method": method, "lr": result.lr, "steps": result.steps, "batch_size": config.batch_size,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -67,6 +67,9 @@ class FinetuneSettings:
     training: TrainSettings
     lora_r: int = 8
     lora_alpha: int = 16
+    #: full fine-tuning only: per parameter name, the entries that may change (the rest get no gradient;
+    #: with the default zero weight decay they keep their values exactly)
+    update_mask: Mapping[str, torch.Tensor] | None = None
 
     @classmethod
     def from_recipe(cls, recipe: FinetuneRecipe, seed: int) -> FinetuneSettings:
@@ -81,6 +84,17 @@ def train_snapshots(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTok
                     ) -> dict[int, PreTrainedModel]:
     """Fine-tune a copy of `model` as `settings` say; a folded snapshot after each step in `at_steps`."""
     trained = _trainable(model, settings.method, settings.lora_r, settings.lora_alpha, settings.training.seed)
+    mask_gradients = None
+    if settings.update_mask is not None:
+        if settings.method != "full":
+            raise ValueError("update_mask: only full fine-tuning trains the release's own entries")
+        masked = [(p, settings.update_mask[name].to(p.dtype)) for name, p in trained.named_parameters()
+                  if name in settings.update_mask]
+
+        def mask_gradients() -> None:
+            for parameter, keep in masked:
+                if parameter.grad is not None:
+                    parameter.grad.mul_(keep)
     marks = set(at_steps)
     snapshots: dict[int, PreTrainedModel] = {}
 
@@ -89,7 +103,8 @@ def train_snapshots(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTok
             snapshots[step + 1] = _folded(trained)
             trained.train()
 
-    train(trained, tokenise(tokenizer, prompts, answers), settings.training, on_step=on_step)
+    train(trained, tokenise(tokenizer, prompts, answers), settings.training, on_step=on_step,
+          on_gradients=mask_gradients)
     return snapshots
 
 

@@ -73,8 +73,11 @@ def _job_key(ctx: HarnessContext, job: DefenseJob) -> str:
 def owner_view(ctx: HarnessContext, job: DefenseJob) -> OwnerView:
     zoo = ctx.zoo
     recipe = ctx.preset.zoo.recipe(job.model)
-    # finetune track: the job seed's own plain base (re-trained per seed), what `none` releases
-    base = reference_base(ctx, job) if job.track == "finetune" else zoo.load_base(job.model)
+    # finetune track: the job seed's own plain base (re-trained per seed), what `none` releases; the
+    # release-free control reads only the base's config (it starts from a random init), so it does not
+    # wait for, or race `none` to train, that base
+    own_base = job.track == "finetune" and job.defense != CONTROL_DEFENSE
+    base = reference_base(ctx, job) if own_base else zoo.load_base(job.model)
     view = OwnerView(track=job.track, release_format=job.release_format, model_name=job.model,
                      base=base, tokenizer=zoo.tokenizer(job.model), seed=job.seed,
                      secret=owner_secret(ctx.preset.zoo.seed, job.key), task=job.task, recipe=recipe)

@@ -75,8 +75,10 @@ def train(
     data: TokenisedBatch,
     settings: TrainSettings,
     on_step: Callable[[int, float], None] | None = None,
+    on_gradients: Callable[[], None] | None = None,
 ) -> list[float]:
-    """AdamW with linear warm-up then cosine decay; returns the loss of every step."""
+    """AdamW with linear warm-up then cosine decay; returns the loss of every step. `on_gradients` runs
+    after each backward pass, before clipping (e.g. to zero the gradients of entries left untrained)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, settings))
@@ -89,6 +91,8 @@ def train(
         loss = batch_loss(model, data, rows)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        if on_gradients is not None:
+            on_gradients()
         torch.nn.utils.clip_grad_norm_(parameters, settings.grad_clip)
         optimiser.step()
         schedule.step()
