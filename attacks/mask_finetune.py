@@ -11,14 +11,19 @@ The estimator is our own (no maintained library estimates a training mask from w
 - a vector (norm weights, biases) starts at one constant (1 or 0): entries still exactly at the
   tensor's most common value are estimated untrained when that value is shared by at least
   `tie_fraction` of the entries; with no such value every entry moved;
-- a matrix starts as zero-mean Gaussian noise: a two-component zero-mean Gaussian scale mixture is fitted
-  by EM to its entries; the narrow component is the untouched initialisation, the wide one the trained
-  entries (initial value plus an update); an entry whose posterior for the wide one exceeds ½ is trained.
+- a matrix starts as zero-mean Gaussian noise of a scale the architecture fixes (read off a fresh random
+  initialisation of the release's config: public, unlike the owner's init values): a two-component
+  zero-mean Gaussian mixture is fitted by EM to its entries, the narrow component held at that init scale
+  (the untouched complement), the wide one free (initial value plus an update); an entry whose posterior
+  for the wide one exceeds ½ is trained.
 
-It reads nothing private: not the mask, not the seed of the initialisation (`init: zoo` would let an
-attacker rebuild the init and read the frozen complement exactly; this estimator also works under
-`init: secret`). How well the estimate matches the private mask is measured in tests/test_mask_finetune.py
-with the mask the defense kept. Track: finetune. Formats: full.
+Where a tensor shows nothing to tell apart (every entry at its constant, or the whole matrix at the
+init's scale: a fresh random model, e.g. the from-scratch control), every entry of it is trained: the
+attacker freezes only what it has evidence was left untouched, so its control is plain fine-tuning from
+scratch, not a frozen model. It reads nothing private: not the mask, not the seed of the initialisation
+(`init: zoo` would let an attacker rebuild the init and read the frozen complement exactly; this
+estimator also works under `init: secret`). How well the estimate matches the private mask is measured
+in tests/test_mask_finetune.py with the mask the defense kept. Track: finetune. Formats: full.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 import torch
 from pydantic import Field, model_validator
+from transformers import PreTrainedModel
 
 from attacks.common import SweepConfig, run_sweep
 from bench.evaluate import as_plain_model
@@ -52,40 +58,56 @@ def constant_init_mask(values: torch.Tensor, tie_fraction: float) -> torch.Tenso
     """A vector's trained entries: those away from its most common exact value, if that value is common."""
     unique, counts = torch.unique(values, return_counts=True)
     top = int(counts.argmax())
-    if int(counts[top]) < max(2, math.ceil(tie_fraction * values.numel())):
-        return torch.ones_like(values, dtype=torch.bool)
+    if int(counts[top]) < max(2, math.ceil(tie_fraction * values.numel())) or len(unique) == 1:
+        return torch.ones_like(values, dtype=torch.bool)  # every entry moved, or none did: nothing to tell apart
     return values != unique[top]
 
 
-def scale_mixture_mask(values: torch.Tensor, iterations: int) -> torch.Tensor:
-    """A matrix's trained entries: the wide component of a two-scale zero-mean Gaussian mixture (EM)."""
+def scale_mixture_mask(values: torch.Tensor, init_std: float, iterations: int) -> torch.Tensor:
+    """A matrix's trained entries: those the wide component of a two-scale zero-mean Gaussian mixture
+    explains better than the initialisation's own N(0, init_std²), fitted by EM (share and wide scale)."""
     w2 = values.detach().double().reshape(-1) ** 2
-    narrow, wide, share = 0.5 * float(w2.median()) / 0.4549, 2.0 * float(w2.mean()), 0.5  # 0.4549: median of χ²₁
-    narrow, wide = max(narrow, 1e-12), max(wide, 2e-12)
+    narrow = max(init_std**2, 1e-12)
+    if float(w2.mean()) <= narrow * (1 + 4 * math.sqrt(2 / w2.numel())):
+        # no more spread than the init itself (4 standard errors of a variance): nothing to tell apart
+        return torch.ones_like(values, dtype=torch.bool)
+    wide, share = max(float(w2.mean()), 2 * narrow), 0.5
     for _ in range(iterations):
-        log_wide = math.log(share) - 0.5 * math.log(wide) - w2 / (2 * wide)
-        log_narrow = math.log(1 - share) - 0.5 * math.log(narrow) - w2 / (2 * narrow)
-        posterior = torch.sigmoid(log_wide - log_narrow)
+        posterior = torch.sigmoid(_log_odds(w2, share, narrow, wide))
         weight = float(posterior.sum())
-        if weight < 1 or weight > w2.numel() - 1:  # one component took everything: no second scale
-            break
+        if weight < 1 or weight > w2.numel() - 1:  # one component took everything: nothing to tell apart
+            return torch.ones_like(values, dtype=torch.bool)
         share = weight / w2.numel()
-        wide = max(float((posterior * w2).sum()) / weight, 1e-12)
-        narrow = max(float(((1 - posterior) * w2).sum()) / (w2.numel() - weight), 1e-12)
-        if narrow > wide:
-            narrow, wide, share = wide, narrow, 1 - share
-    log_wide = math.log(share) - 0.5 * math.log(wide) - w2 / (2 * wide)
-    log_narrow = math.log(1 - share) - 0.5 * math.log(narrow) - w2 / (2 * narrow)
-    return (log_wide > log_narrow).reshape(values.shape)
+        wide = max(float((posterior * w2).sum()) / weight, narrow * (1 + 1e-6))
+    return (_log_odds(w2, share, narrow, wide) > 0).reshape(values.shape)
+
+
+def _log_odds(w2: torch.Tensor, share: float, narrow: float, wide: float) -> torch.Tensor:
+    """log P(wide, w) − log P(narrow, w) for zero-mean Gaussians of variances `wide` and `narrow`."""
+    return (math.log(share) - math.log(1 - share) + 0.5 * math.log(narrow / wide)
+            - w2 / (2 * wide) + w2 / (2 * narrow))
+
+
+def init_scales(model: PreTrainedModel) -> dict[str, float]:
+    """Each tensor's standard deviation in a fresh random initialisation of the release's architecture:
+    public (the architecture's config and its init rule), unlike the owner's init values."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        fresh = type(model)(model.config)
+    return {name: float(parameter.detach().double().std()) if parameter.numel() > 1 else 0.0
+            for name, parameter in fresh.named_parameters()}
 
 
 def estimate_mask(model: Any, tie_fraction: float = 0.01, iterations: int = 100) -> dict[str, torch.Tensor]:
     """Per parameter name, the entries estimated trained (see the module docstring)."""
+    plain = as_plain_model(model)
+    scales = init_scales(plain)
     masks = {}
-    for name, parameter in as_plain_model(model).named_parameters():
+    for name, parameter in plain.named_parameters():
         values = parameter.detach()
-        masks[name] = (constant_init_mask(values, tie_fraction) if values.dim() < 2
-                       else scale_mixture_mask(values, iterations))
+        random_init = values.dim() >= 2 and scales.get(name, 0.0) > 0
+        masks[name] = (scale_mixture_mask(values, scales[name], iterations) if random_init
+                       else constant_init_mask(values, tie_fraction))
     return masks
 
 
