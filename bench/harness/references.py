@@ -13,8 +13,8 @@ defenses (the TAR-like baseline transforms it). Handed the zoo's one base at eve
 were compared per seed with a `none` on another base, and their intervals held no base variance (the
 GPT-2 finetune verdicts flipped across machines on that single base). A hub base cannot be re-trained
 here: it is the same at every seed. Two workers asking for the same uncached reference at once both train
-it and one copy wins (training is deterministic): the harness runs `none`'s jobs first (validation), so
-later defenses find it cached.
+it and one copy wins (training is deterministic); `run --validate` (`make bench`) runs `none` first, so
+the defenses after it find it cached. The release-free control needs only the architecture and never asks.
 
 Training draws from torch's global generator (a LoRA's initialisation), so it runs inside
 `torch.random.fork_rng`: whether the expert was trained now or found in the cache, a defense that draws
