@@ -23,7 +23,9 @@ random numbers after its owner view sees the same generator state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel
@@ -54,14 +56,9 @@ def reference_expert(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel | 
     recipe = ctx.preset.zoo.recipe(job.model)
     seed = expert_seed(recipe, job.task, adapter, job.seed)
 
-    def build(scratch: Path) -> None:
-        train = train_lora_expert if adapter else train_full_expert
-        with torch.random.fork_rng(devices=[]):
-            model, losses = train(recipe, job.model, zoo.load_base(job.model), zoo.tokenizer(job.model), job.task, seed)
-        model.save_pretrained(str(scratch), safe_serialization=True)
-        write_json_atomic(scratch / "training.json", {"seed": seed, "final_loss": losses[-1]})
-
-    path = cached_directory(reference_dir(ctx, job), build)
+    train = train_lora_expert if adapter else train_full_expert
+    path = _trained_once(reference_dir(ctx, job), seed, lambda: train(
+        recipe, job.model, zoo.load_base(job.model), zoo.tokenizer(job.model), job.task, seed))
     if adapter:
         return PeftModel.from_pretrained(zoo.load_base(job.model), str(path))
     return load_model(path)
@@ -76,11 +73,21 @@ def reference_base(ctx: HarnessContext, job: DefenseJob) -> PreTrainedModel:
         return zoo.load_base(job.model)
     seed = base_seed(recipe, job.seed)
 
+    def train() -> tuple[PreTrainedModel, list[float]]:
+        model, _, losses = train_base(recipe, job.model, architecture, seed)
+        return model, losses
+
+    key = content_hash("reference-base", job.model, seed, zoo.hash, BASE_VERSION)
+    return load_model(_trained_once(ctx.root / "references" / key, seed, train))
+
+
+def _trained_once(target: Path, seed: int, train: Callable[[], tuple[Any, list[float]]]) -> Path:
+    """`target`, trained by `train()` unless a complete copy exists (with its seed and final loss beside the
+    weights); training runs inside `fork_rng`, so the caller's generator state is the same either way."""
     def build(scratch: Path) -> None:
         with torch.random.fork_rng(devices=[]):
-            model, _, losses = train_base(recipe, job.model, architecture, seed)
+            model, losses = train()
         model.save_pretrained(str(scratch), safe_serialization=True)
         write_json_atomic(scratch / "training.json", {"seed": seed, "final_loss": losses[-1]})
 
-    key = content_hash("reference-base", job.model, seed, zoo.hash, BASE_VERSION)
-    return load_model(cached_directory(ctx.root / "references" / key, build))
+    return cached_directory(target, build)
