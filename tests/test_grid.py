@@ -29,3 +29,20 @@ def test_merge_models_limit_the_merge_track_and_keep_the_finetune_track() -> Non
 def test_merge_models_outside_the_grids_models_is_one_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"merge_models names \['gpt2'\].*grid's models"):
         expand(_grid(models=["llama"], merge_models=["gpt2"]), EXPERTS, ["successor"])
+
+
+def test_a_merge_attack_limited_to_some_merge_sizes_runs_only_there() -> None:
+    experts = {"llama": ["sort", "max", "count"]}
+    grid = _grid(models=["llama"], n_members=[2, 3],
+                 merge_attacks=[{"name": "per_member"}, {"name": "merge_heal", "n_members": [2]}])
+    merged = [cell for cell in expand(grid, experts, ["successor"]) if cell.defense.track == "merge"
+              and cell.defense.defense != "control"]
+    sizes = {(cell.attack, len(cell.members) + 1) for cell in merged}
+    assert sizes == {("per_member", 2), ("per_member", 3), ("merge_heal", 2)}
+
+
+def test_an_attack_size_the_grid_does_not_run_is_one_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"merge attack 'merge_heal' names n_members \[8\]"):
+        _grid(n_members=[2], merge_attacks=[{"name": "merge_heal", "n_members": [8]}])
+    with pytest.raises(ValueError, match=r"finetune attack 'lora_finetune' sets n_members"):
+        _grid(finetune_attacks=[{"name": "lora_finetune", "n_members": [2]}])

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bench.config import StrictModel
 from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track
@@ -24,6 +24,9 @@ class PluginSpec(StrictModel):
     name: str
     config: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    n_members: list[int] | None = Field(None, description=(
+        "merge attacks: run only on merges of these sizes (default every size of the grid's n_members), e.g. "
+        "the papers' 8-way protocol beside adaptive attacks that run on pairs"))
 
     @property
     def display(self) -> str:
@@ -52,6 +55,18 @@ class GridConfig(StrictModel):
         if not fractions or any(not 0 < fraction <= 1 for fraction in fractions) or 1.0 not in fractions:
             raise ValueError(f"budget_fractions must lie in (0, 1] and include 1.0, got {fractions}")
         return fractions
+
+    @model_validator(mode="after")
+    def _attack_sizes_in_the_grid(self) -> GridConfig:
+        for spec in self.finetune_attacks:
+            if spec.n_members is not None:
+                raise ValueError(f"finetune attack '{spec.display}' sets n_members, which only merge attacks have")
+        for spec in self.merge_attacks:
+            stray = sorted(set(spec.n_members or []) - set(self.n_members))
+            if stray:
+                raise ValueError(f"merge attack '{spec.display}' names n_members {stray}, which the grid's "
+                                 f"n_members {self.n_members} does not run")
+        return self
 
     @field_validator("n_members")
     @classmethod
@@ -193,6 +208,8 @@ def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_task
                                 others = [model_tasks[(model_tasks.index(task) + k) % len(model_tasks)]
                                           for k in range(1, n_members)]
                                 for attack_spec in grid.merge_attacks:
+                                    if attack_spec.n_members is not None and n_members not in attack_spec.n_members:
+                                        continue
                                     cells.append(Cell(job, attack_spec.name, attack_spec.display,
                                                       _canonical_config(ATTACKS, attack_spec), task,
                                                       tuple(others)))
