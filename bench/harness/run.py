@@ -292,6 +292,8 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
     row: dict[str, Any] = {column: None for column in RAW_COLUMNS}
     row.update({key: value for key, value in record.items() if key in row})
     track = record.get("track", cell.defense.track)
+    knobs = {key.removeprefix("knob_"): value for key, value in record.items() if key.startswith("knob_")}
+    row["attack_knobs"] = json.dumps(knobs, sort_keys=True) if knobs else None
     if track == "merge":
         # sorted keys: a fresh record and its cached JSON (written sorted) give the same text
         weights = json.dumps(record.get("knob_weights"), sort_keys=True)

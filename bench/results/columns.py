@@ -87,6 +87,7 @@ RAW_SCHEMA: tuple[Column, ...] = (
     Column("ft_method", "str", choices=("lora", "full", "")),
     Column("ft_lr", "float", lo=0.0),
     Column("ft_steps", "Int", lo=0),
+    Column("attack_knobs", "str"),  # JSON: every knob the attack reported, its search trace included
     accuracy("utility"),
     accuracy("base_acc"),
     accuracy("merged_acc"),
@@ -114,6 +115,9 @@ RAW_SCHEMA: tuple[Column, ...] = (
     *(Column(name, "str") for name in PROVENANCE_COLUMNS),
 )
 RAW_COLUMNS: tuple[str, ...] = tuple(column.name for column in RAW_SCHEMA)
+#: Columns added after CSVs were published without them: such a file reads them as empty, so a committed
+#: baseline or an older leaderboard stays readable.
+LATE_COLUMNS: tuple[str, ...] = ("attack_knobs",)
 
 
 def json_cell(text: object) -> dict:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.results.columns import ColumnKind
+from bench.results.columns import LATE_COLUMNS, ColumnKind
 from bench.results.schema import SCHEMAS, FrameKind, SchemaError, conform_frame, is_missing, sort_frame
 from bench.storage import replace_atomically
 
@@ -67,6 +67,9 @@ def read_csv(path: Path, kind: FrameKind) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise SchemaError(f"{path}: not a readable CSV ({str(error).splitlines()[0]})") from error
     kinds = {column.name: column.kind for column in SCHEMAS[kind]}
+    for name in LATE_COLUMNS:
+        if name in kinds and name not in texts.columns:
+            texts[name] = ""
     parsed = pd.DataFrame({name: _from_text(texts[name], kinds[name], str(path)) if name in kinds
                            else texts[name] for name in texts.columns}, index=texts.index)
     try:
