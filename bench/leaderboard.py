@@ -45,9 +45,12 @@ from bench.results import (
 )
 from bench.storage import write_text_atomic
 from bench.tradeoff import TRADEOFF_PATTERN, plot_tradeoffs
+from bench.trials_plot import TRIALS_PATTERN, plot_trials_to_break
 from bench.utility_report import with_board_columns
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Plots drawn only where a run has what they show: strength sweeps, searched attackers.
+OPTIONAL_PLOTS = (TRADEOFF_PATTERN, TRIALS_PATTERN)
 
 
 class PublishError(RuntimeError):
@@ -74,11 +77,16 @@ def write_run_outputs(run_dir: Path, cells: pd.DataFrame, title: str, validity: 
     write_text_atomic(run_dir / RULE_FILE, validity.model_dump_json(indent=2) + "\n")
     plot_utility_vs_attack(board, run_dir / PLOT_FILE)
     plots = plot_tradeoffs(cells, board, run_dir)
+    trials = plot_trials_to_break(cells, run_dir)
     readme = render_readme(cells, board, title, validity, sensitivity)
     papers = claims_section(cells, board) + [""] + trap2_sweep_section(cells, board)
     if plots:
         papers += ["", "Trade-off plots (utility retention against protection per setting): "
                    + ", ".join(f"`{path.name}`" for path in plots) + "."]
+    if trials:
+        papers += ["", "## Trials to break", "", "Each searched attacker's best `attacker_val` objective after each "
+                   "trial, per defense, `none` dashed (bench.trials_plot): "
+                   + ", ".join(f"`{path.name}`" for path in trials) + "."]
     write_text_atomic(run_dir / README_FILE, with_section(readme, "\n".join(papers)) if any(papers) else readme)
 
 
@@ -93,14 +101,15 @@ def read_rule(run_dir: Path) -> ValidityRule:
 
 
 def run_files(run_dir: Path) -> list[str]:
-    """The files of a run directory to publish: RUN_FILES and the trade-off plots it holds."""
-    return [*RUN_FILES, *sorted(path.name for path in Path(run_dir).glob(TRADEOFF_PATTERN))]
+    """The files of a run directory to publish: RUN_FILES and the optional plots it holds."""
+    return [*RUN_FILES, *sorted(path.name for pattern in OPTIONAL_PLOTS for path in Path(run_dir).glob(pattern))]
 
 
 def remove_optional_files(run_dir: Path) -> None:
-    """Remove a run directory's trade-off plots, so a re-render that draws none leaves none behind."""
-    for path in Path(run_dir).glob(TRADEOFF_PATTERN):
-        path.unlink(missing_ok=True)
+    """Remove a run directory's optional plots, so a re-render that draws none leaves none behind."""
+    for pattern in OPTIONAL_PLOTS:
+        for path in Path(run_dir).glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- publishing
