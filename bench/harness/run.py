@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -294,6 +295,9 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
     track = record.get("track", cell.defense.track)
     knobs = {key.removeprefix("knob_"): value for key, value in record.items() if key.startswith("knob_")}
     row["attack_knobs"] = json.dumps(knobs, sort_keys=True) if knobs else None
+    stage_acc = record.get("stage_acc") or ({"pre_heal": record["pre_heal_acc"]} if "pre_heal_acc" in record else {})
+    row["stage_acc"] = json.dumps(stage_acc, sort_keys=True) if stage_acc else None
+    row["pre_heal_acc"] = stage_acc.get("pre_heal")
     if track == "merge":
         # sorted keys: a fresh record and its cached JSON (written sorted) give the same text
         weights = json.dumps(record.get("knob_weights"), sort_keys=True)
@@ -306,6 +310,11 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
             row[f"gain_{tag}"] = record.get(f"gain_at_{fraction:g}")
             if tag != "b1":
                 row[f"acc_{tag}"] = record.get(f"acc_at_{fraction:g}")
+    budget_keys = {f"{kind}_at_{fraction:g}" for kind in ("gain", "acc") for fraction in BUDGETS.values()}
+    dropped = sorted(key for key in record if key not in row and key not in budget_keys
+                     and not key.startswith("knob_") and key != "traceback")
+    if dropped:  # nothing a stage records is lost without a word (a new metric belongs in bench.results)
+        warnings.warn(f"cell record keys with no cells.csv column, not published: {dropped}", stacklevel=2)
     row.update(versions())
     row["zoo_hash"] = zoo_hash
     row["cpu_capability"] = numerics_stamp()  # the workers' too: they inherit the pin (tests/test_worker_env.py)

@@ -278,10 +278,11 @@ def _attack_and_score(ctx: HarnessContext, cell: Cell, fractions: list[float]) -
     if job.track == "merge":
         result.update(merge_scores(ctx, cell, output.models[1.0], metrics))
         result.update(release_metrics_of(metrics))
-        for stage, model in output.stages.items():
-            result[f"{stage}_acc"] = ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
     else:
         result.update(finetune_scores(ctx, cell, output.models, metrics, BUDGET_TAGS))
+    # every intermediate model the attack reports, scored on the cell's task (merge-then-heal's `pre_heal`)
+    result["stage_acc"] = {stage: ctx.scorer.score(model, tokenizer, [cell.task])[cell.task]
+                           for stage, model in sorted(output.stages.items())}
     return result
 
 

@@ -88,6 +88,7 @@ RAW_SCHEMA: tuple[Column, ...] = (
     Column("ft_lr", "float", lo=0.0),
     Column("ft_steps", "Int", lo=0),
     Column("attack_knobs", "str"),  # JSON: every knob the attack reported, its search trace included
+    Column("stage_acc", "str"),     # JSON {stage: accuracy on the cell's task} of the attack's intermediate models
     accuracy("utility"),
     accuracy("base_acc"),
     accuracy("merged_acc"),
@@ -117,7 +118,7 @@ RAW_SCHEMA: tuple[Column, ...] = (
 RAW_COLUMNS: tuple[str, ...] = tuple(column.name for column in RAW_SCHEMA)
 #: Columns added after CSVs were published without them: such a file reads them as empty, so a committed
 #: baseline or an older leaderboard stays readable.
-LATE_COLUMNS: tuple[str, ...] = ("attack_knobs",)
+LATE_COLUMNS: tuple[str, ...] = ("attack_knobs", "stage_acc")
 
 
 def json_cell(text: object) -> dict:
