@@ -7,7 +7,9 @@ Verdicts, stated once so a reader can check them by hand:
 - **reproduced**: the claim holds under the paper's protocol *and* survives the strongest valid adaptive
   attack (the adaptive attacker's success ≤ ½);
 - **partly**: it holds under the paper's protocol only, or only half-way;
-- **not**: it does not hold under the paper's protocol at our scale.
+- **not**: it does not hold under the paper's protocol at our scale;
+- **inconclusive**: the claim's number has a 95 % interval (bench.claim_intervals) that straddles the line
+  deciding between two of the above, so the run cannot tell them apart.
 
 A merge claim "holds" when the release removes at least half of what the unprotected merge keeps above
 the base on T_p (`cut ≥ ½`), half-way from a fifth. Beside it stands `none`'s kept fraction of the
@@ -25,6 +27,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.claim_intervals import (
+    interval_text,
+    largest_points_interval,
+    level_interval,
+    lowest_retention_interval,
+    worst_cut_interval,
+)
 from bench.readme import markdown_table
 from bench.results import CONTROL_DEFENSE, REFERENCE_DEFENSE
 from bench.sweeps import paper_protocol_mask, pmp_settings, protocol_method, trap2_reference, trap2_settings
@@ -47,7 +56,7 @@ class Claim:
     reason: str
 
 
-def _mean(frame: pd.DataFrame, column: str) -> float:
+def column_mean(frame: pd.DataFrame, column: str) -> float:
     values = pd.to_numeric(frame[column], errors="coerce").dropna()
     return float(values.mean()) if len(values) else math.nan
 
@@ -57,7 +66,7 @@ def _cell_mean(cells: pd.DataFrame, defense: str, model: str, track: str, releas
     not any attack on it is valid (the leaderboard leaves an invalid row's numbers empty)."""
     rows = cells[(cells["defense"] == defense) & (cells["model"] == model) & (cells["track"] == track)
                  & (cells["release_format"] == release_format) & (cells["status"] == "ok")]
-    return _mean(rows, column)
+    return column_mean(rows, column)
 
 
 def _lowest(values) -> float:
@@ -70,7 +79,7 @@ def _board_row(board: pd.DataFrame, defense: str, model: str, track: str, releas
     return rows.iloc[0] if len(rows) else None
 
 
-def _adaptive(board: pd.DataFrame, defense: str, model: str, track: str, release_format: str) -> tuple[float, str]:
+def adaptive_success(board: pd.DataFrame, defense: str, model: str, track: str, release_format: str) -> tuple[float, str]:
     """(the adaptive attacker's success: its pick on `attacker_val` over `none`'s, mean over inputs; its text)."""
     row = _board_row(board, defense, model, track, release_format)
     if row is None or row["status"] != "ok" or pd.isna(row["attack_success"]):
@@ -119,9 +128,9 @@ def protocol_merges(cells: pd.DataFrame, defense: str, model: str) -> list[Proto
         none, trap = rows[rows["defense"] == REFERENCE_DEFENSE], rows[rows["defense"] == defense]
         if none.empty or trap.empty:
             continue
-        out.append(ProtocolMerge(release_format, method, _mean(none, "base_acc"), _mean(none, "utility"),
-                                 _mean(none, "merged_acc"), _mean(trap, "merged_acc"),
-                                 _mean(none, "paper_normalised_acc"), _mean(trap, "paper_normalised_acc")))
+        out.append(ProtocolMerge(release_format, method, column_mean(none, "base_acc"), column_mean(none, "utility"),
+                                 column_mean(none, "merged_acc"), column_mean(trap, "merged_acc"),
+                                 column_mean(none, "paper_normalised_acc"), column_mean(trap, "paper_normalised_acc")))
     return out
 
 
@@ -145,6 +154,54 @@ def merge_verdict(merges: list[ProtocolMerge], adaptive: list[float]) -> tuple[s
     return "reproduced", f"cut by ≥ {worst.cut:.0%} ({kept}) and every adaptive attack stays ≤ {strongest:.2f}"
 
 
+def _protocol_pairs(cells: pd.DataFrame, defense: str, model: str,
+                    merges: list[ProtocolMerge]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(none's cells, the defense's cells) of Trap²'s protocol for each (format, method) of `merges`."""
+    ok = cells[(cells["status"] == "ok") & (cells["model"] == model) & (cells["track"] == "merge")]
+    ok = ok[paper_protocol_mask(ok)]
+    methods = protocol_method(ok)
+    pairs = []
+    for merge in merges:
+        rows = ok[(ok["release_format"] == merge.release_format) & (methods == merge.method)]
+        pairs.append((rows[rows["defense"] == REFERENCE_DEFENSE], rows[rows["defense"] == defense]))
+    return pairs
+
+
+def _cut_level(cut: float) -> str:
+    return "not" if math.isnan(cut) or cut < HALF_WAY else ("partly" if cut < HOLDS else "holds")
+
+
+def merge_interval_verdict(verdict: str, cut: tuple[float, float], success: tuple[float, float]) -> str:
+    """`inconclusive` where the worst cut's interval straddles ⅕ or ½, or, for a cut that holds, the adaptive
+    attacker's success interval straddles ½; else the point verdict."""
+    if verdict == "not run" or level_interval(_cut_level, *cut, verdict) == "inconclusive":
+        return "inconclusive" if verdict != "not run" else verdict
+    low, high = success
+    if _cut_level(cut[0]) == "holds" and not math.isnan(low) and low <= SURVIVES < high:
+        return "inconclusive"
+    return verdict
+
+
+def _success_interval(board: pd.DataFrame, defense: str, model: str, track: str,
+                      formats: list[str]) -> tuple[float, float]:
+    """The strongest adaptive success over `formats`, as the leaderboard's interval ends (max of each end)."""
+    rows = [_board_row(board, defense, model, track, fmt) for fmt in formats]
+    rows = [row for row in rows if row is not None and row["status"] == "ok" and not pd.isna(row["attack_success"])]
+    if not rows:
+        return math.nan, math.nan
+    return max(float(row["attack_success_lo"]) for row in rows), max(float(row["attack_success_hi"]) for row in rows)
+
+
+def _retention_claim(cells: pd.DataFrame, labels: list[tuple[str, str]], model: str, track: str) -> tuple[str, str]:
+    """(verdict, reason) of a "utility preserved" claim over (defense, format) settings, with its interval."""
+    frames = [cells[(cells["defense"] == label) & (cells["model"] == model) & (cells["track"] == track)
+                    & (cells["release_format"] == fmt) & (cells["status"] == "ok")] for label, fmt in labels]
+    low = _lowest(_cell_mean(cells, label, model, track, fmt, "utility_retention") for label, fmt in labels)
+    lo, hi = lowest_retention_interval(frames)
+    verdict = level_interval(lambda v: _level(v, RETAINED, RETAINED_HALF), lo, hi, _level(low, RETAINED, RETAINED_HALF))
+    return verdict, f"lowest utility retention {low:.3f}{interval_text(lo, hi, 3)}"
+
+
 def _level(value: float, full: float, half: float) -> str:
     return "not" if math.isnan(value) or value < half else ("partly" if value < full else "reproduced")
 
@@ -157,12 +214,11 @@ def trap2_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
     for model in sorted(cells.loc[cells["defense"] == defense, "model"].unique()):
         formats = sorted(cells.loc[(cells["defense"] == defense) & (cells["model"] == model), "release_format"].unique())
         merges = protocol_merges(cells, defense, model)
-        adaptive = {fmt: _adaptive(board, defense, model, "merge", fmt) for fmt in formats}
+        adaptive = {fmt: adaptive_success(board, defense, model, "merge", fmt) for fmt in formats}
         retention = {fmt: _cell_mean(cells, defense, model, "merge", fmt, "utility_retention") for fmt in formats}
-        low = _lowest(retention.values())
         claims.append(Claim("Trap²", model, f"standalone accuracy unchanged ({defense})", "88.1 → 88.1 (ViT-B/32)",
                             ", ".join(f"{fmt}: retention {value:.3f}" for fmt, value in retention.items()) or "–", "–",
-                            _level(low, RETAINED, RETAINED_HALF), f"lowest utility retention {low:.3f}"))
+                            *_retention_claim(cells, [(defense, fmt) for fmt in formats], model, "merge")))
         for claim, number, chosen in (
                 ("8-way LoRA task-arithmetic merge cut", "48.3 → 23.1 (none keeps ≈ 13 %)",
                  [m for m in merges if m.release_format == "adapter" and m.method == "task_arithmetic"]),
@@ -172,6 +228,10 @@ def trap2_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
                  [m for m in merges if m.release_format == "full"])):
             used = sorted({m.release_format for m in chosen})
             verdict, reason = merge_verdict(chosen, [adaptive[fmt][0] for fmt in used if fmt in adaptive])
+            cut = worst_cut_interval(_protocol_pairs(cells, defense, model, chosen))
+            verdict = merge_interval_verdict(verdict, cut, _success_interval(board, defense, model, "merge", used))
+            if chosen:
+                reason += f"; worst cut{interval_text(*cut)}"
             claims.append(Claim("Trap²", model, f"{claim} ({defense})", number,
                                 "; ".join(m.text() for m in chosen) or "–",
                                 "; ".join(adaptive[fmt][1] for fmt in used if fmt in adaptive) or "–", verdict, reason))
@@ -205,14 +265,14 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
         ok = {label: row for label, row in rows.items() if row is not None and row["status"] == "ok"}
         retention = {label: _cell_mean(cells, label, model, "finetune", "full", "utility_retention")
                      for label in settings["defense"]}
-        low = _lowest(retention.values())
         claims.append(Claim("PMP", model, "base performance preserved", "preserved",
                             ", ".join(f"{label} {value:.3f}" for label, value in retention.items()) or "–", "–",
-                            _level(low, RETAINED, RETAINED_HALF), f"lowest utility retention {low:.3f}"))
+                            *_retention_claim(cells, [(label, "full") for label in settings["defense"]], model,
+                                              "finetune")))
         cuts = {}
         for label in settings["defense"]:
             mine = finetune[(finetune["model"] == model) & (finetune["defense"] == label)]
-            by_task = mine.groupby("task").apply(lambda t: 100 * (_mean(t, "gain_none") - _mean(t, "gain_b1")),
+            by_task = mine.groupby("task").apply(lambda t: 100 * (column_mean(t, "gain_none") - column_mean(t, "gain_b1")),
                                                  include_groups=False).dropna()
             if len(by_task):
                 cuts[label] = (float(by_task.max()), str(by_task.idxmax()))
@@ -226,8 +286,16 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
         verdict = _level(points, POINTS, POINTS_HALF)
         if verdict == "reproduced" and not strongest <= SURVIVES:
             verdict = "partly"
+        lo, hi = largest_points_interval([finetune[(finetune["model"] == model) & (finetune["defense"] == label)]
+                                          for label in kept])
+        verdict = level_interval(lambda v: _level(v, POINTS, POINTS_HALF), lo, hi, verdict)
+        success = [(float(ok[label]["attack_success_lo"]), float(ok[label]["attack_success_hi"]))
+                   for label in kept if label in ok]
+        if verdict == "reproduced" and any(low <= SURVIVES < high for low, high in success):
+            verdict = "inconclusive"
         overall = max(cuts.items(), key=lambda item: item[1][0], default=None)
-        reason = (f"largest cut at utility retention ≥ {RETAINED_HALF}: {points:.1f} points ({best[0]} on {best[1][1]}), "
+        reason = (f"largest cut at utility retention ≥ {RETAINED_HALF}: {points:.1f}{interval_text(lo, hi, 1)} points "
+                  f"({best[0]} on {best[1][1]}), "
                   f"attack success over scratch of those settings ≥ {strongest:.2f}" if best
                   else f"no setting keeps utility retention ≥ {RETAINED_HALF}")
         if overall and (best is None or overall[0] != best[0]):
@@ -237,22 +305,33 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
                             ", ".join(f"{label} {value[0]:.1f} pts" for label, value in cuts.items()) or "–",
                             ", ".join(f"{label} {value:.2f}" for label, value in worst_success.items()) or "–",
                             verdict, reason))
-        claims.append(rho_claim(settings, worst_success, model))
+        intervals = {label: (float(row["attack_success_lo"]), float(row["attack_success_hi"]))
+                     for label, row in ok.items()}
+        claims.append(rho_claim(settings, worst_success, model, intervals))
     return claims
 
 
-def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: str) -> Claim:
-    spans, monotone, texts = [], [], []
+def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: str,
+              intervals: dict[str, tuple[float, float]] | None = None) -> Claim:
+    """Monotone in ρ within each complement mode and spanning ≥ SPAN; with `intervals` (each setting's success
+    interval), a span whose extreme settings' intervals overlap is `inconclusive`."""
+    intervals = intervals or {}
+    spans, monotone, texts, separated = [], [], [], []
     for mode, group in settings.groupby("complement", sort=True):
-        series = [(rho, worst_success[label]) for rho, label in sorted(zip(group["rho"], group["defense"], strict=True))
-                  if label in worst_success]
+        series = [(rho, label, worst_success[label])
+                  for rho, label in sorted(zip(group["rho"], group["defense"], strict=True)) if label in worst_success]
         if len(series) < 2:
             continue
-        values = [value for _, value in series]
+        values = [value for _, _, value in series]
         steps = [b - a for a, b in zip(values, values[1:], strict=False)]
         spans.append(max(values) - min(values))
         monotone.append(all(s >= 0 for s in steps) or all(s <= 0 for s in steps))
-        texts.append(f"{mode}: " + ", ".join(f"ρ {rho:g} → {value:.2f}" for rho, value in series))
+        lowest, highest = (min(series, key=lambda item: item[2])[1], max(series, key=lambda item: item[2])[1])
+        if lowest in intervals and highest in intervals:
+            separated.append(intervals[lowest][1] < intervals[highest][0])
+        texts.append(f"{mode}: " + ", ".join(
+            f"ρ {rho:g} → {value:.2f}{interval_text(*intervals.get(label, (math.nan, math.nan)))}"
+            for rho, label, value in series))
     if not spans:
         verdict, reason = "not run", "fewer than two mask ratios in one complement mode"
     elif max(spans) < SPAN:
@@ -261,6 +340,8 @@ def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: st
         verdict, reason = "reproduced", f"monotone in ρ, spanning up to {max(spans):.2f}"
     else:
         verdict, reason = "partly", f"spans up to {max(spans):.2f} but is not monotone in ρ"
+    if verdict in ("reproduced", "partly") and separated and not any(separated):
+        verdict, reason = "inconclusive", reason + "; the extreme settings' intervals overlap in every mode"
     return Claim("PMP", model, "strength set by ρ", "ρ sets the strength", "; ".join(texts) or "–",
                  "(attack success per ρ, left)", verdict, reason)
 
@@ -283,58 +364,8 @@ def claims_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
             "partly: holds under the protocol only, or half-way; not: fails under the paper's own protocol. A merge",
             "claim holds when the release removes ≥ ½ of what none's merge keeps above the base on T_p (half-way",
             "≥ ⅕); none's own kept fraction stands beside it. The paper's protocol is reported even where DESIGN",
-            "§6 marks it weak (see the weak table): that is the paper's setting, not an attack we count.", "",
+            "§6 marks it weak (see the weak table): that is the paper's setting, not an attack we count.",
+            "Inconclusive: the number's 95 % interval straddles its line (bench.claim_intervals: inputs — seed,",
+            "task, partners — resampled with replacement, none and the defense on the same inputs; a release's",
+            f"utility over seeds only). Seeds in this run: {cells['seed'].nunique()}.", "",
             *markdown_table(header, rows)]
-
-
-def trap2_sweep_rows(cells: pd.DataFrame, board: pd.DataFrame) -> pd.DataFrame:
-    """Trap²'s λ × budget sweep, one row per model × format × setting: whether the trap formed, the release's
-    half-scale loss against none's and against λ = 0 at the same budget (the control for everything but the
-    trap term), utility retention, attack success and the paper protocol's merged accuracy."""
-    settings = trap2_settings(cells)
-    merge = cells[(cells["track"] == "merge") & (cells["status"] == "ok")]
-    protocol = merge[paper_protocol_mask(merge) & (protocol_method(merge) == "task_arithmetic")]
-    rows = []
-    for setting in settings.itertuples(index=False):
-        same_budget = settings[(settings["lambda_"] == 0) & (settings["steps"].fillna(-1) ==
-                                                            (-1 if pd.isna(setting.steps) else setting.steps))]
-        for (model, release_format), mine in merge[merge["defense"] == setting.defense].groupby(
-                ["model", "release_format"], sort=True):
-            control = merge[merge["defense"].isin(same_budget["defense"]) & (merge["model"] == model)
-                            & (merge["release_format"] == release_format)]
-            rows.append({
-                "model": model, "format": release_format, "lambda_": setting.lambda_,
-                "steps": "zoo" if pd.isna(setting.steps) else int(setting.steps),
-                "defense": setting.defense,
-                "trap_formed": _mean(mine, "trap_formed"),
-                "gap_vs_none": _mean(mine, "trap_loss_gap"),
-                "gap_vs_lambda0": _mean(mine, "release_loss_s05") - _mean(control, "release_loss_s05")
-                if len(control) else math.nan,
-                "utility_retention": _mean(mine, "utility_retention"),
-                "attack_success": _adaptive(board, setting.defense, model, "merge", release_format)[0],
-                "protocol_merged_acc": _mean(protocol[(protocol["defense"] == setting.defense) & (protocol["model"] == model)
-                                                      & (protocol["release_format"] == release_format)], "merged_acc"),
-            })
-    return pd.DataFrame(rows)
-
-
-def trap2_sweep_section(cells: pd.DataFrame, board: pd.DataFrame) -> list[str]:
-    table = trap2_sweep_rows(cells, board)
-    if len(trap2_settings(cells)) < 2 or table.empty:
-        return []
-    table = table.assign(budget=table["steps"].map(lambda s: -1 if s == "zoo" else s)).sort_values(
-        ["model", "format", "budget", "lambda_"], kind="mergesort")
-
-    def number(value: float) -> str:
-        return "–" if pd.isna(value) else f"{value:.3f}"
-
-    rows = [[r.model, r.format, str(r.steps), f"{r.lambda_:g}", r.defense, number(r.trap_formed), number(r.gap_vs_none),
-             number(r.gap_vs_lambda0), number(r.utility_retention), number(r.attack_success),
-             number(r.protocol_merged_acc)] for r in table.itertuples(index=False)]
-    return ["## Trap²: λ × training budget", "",
-            "`trap formed`: share of releases whose answer loss at half scale exceeds none's by the margin; the",
-            "gaps are that loss minus none's and minus λ = 0's at the same budget (nats per answer token; λ = 0",
-            "runs Trap²'s code without the trap term); the last column is the paper protocol's 8-way task-",
-            "arithmetic merged accuracy on T_p.", "",
-            *markdown_table(["model", "format", "steps", "λ", "label", "trap formed", "gap vs none", "gap vs λ = 0",
-                             "utility retention", "attack success", "protocol merged acc"], rows)]

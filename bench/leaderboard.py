@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.claims import claims_section, trap2_sweep_section
+from bench.claims import claims_section
 from bench.html_report import write_html_index
 from bench.plots import plot_utility_vs_attack
 from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
@@ -45,6 +45,7 @@ from bench.results import (
 )
 from bench.storage import write_text_atomic
 from bench.tradeoff import TRADEOFF_PATTERN, plot_tradeoffs
+from bench.trap2_sweep import trap2_sweep_section
 from bench.trials_plot import TRIALS_PATTERN, plot_trials_to_break
 from bench.utility_report import with_board_columns
 
