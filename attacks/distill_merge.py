@@ -35,6 +35,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from attacks.adaptive_coefficient import AdaptiveCoefficient, AdaptiveCoefficientConfig
 from attacks.common import Objective, objective_examples
+from bench.config import StrictModel
 from bench.device import device_of
 from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
@@ -43,16 +44,13 @@ from bench.zoo.training import ANSWER_END
 Positions = Literal["answer", "all"]
 
 
-class DistillMergeConfig(AdaptiveCoefficientConfig):
-    """The distillation's knobs; the merge's (method, coefficients, patience, densities, normalize,
-    objective) are adaptive_coefficient's own fields, validated by its validators."""
+class DistillSettings(StrictModel):
+    """How a student re-learns its teachers (shared by `distill_merge` and `multi_distill`)."""
 
-    objective: Objective = Field("all", description="the merge search maximises the protected task together "
-                                 "with the members' (the merge track's goal)")
     steps: int = Field(150, ge=1, description="distillation steps: small beside the zoo experts' 200–400")
     lr: float = Field(1e-3, gt=0, description="learning rate of a full student (full release)")
     lora_lr: float = Field(5e-3, gt=0, description="learning rate of a LoRA student (adapter release)")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="rows per step, shared evenly among the teachers")
     temperature: float = Field(1.0, gt=0, description="softens both distributions; the loss is scaled by T²")
     max_answer_tokens: int = Field(16, ge=1, description="cap of the teacher's greedy answer (procedural "
                                    "answers are 1–12 characters and a newline)")
@@ -60,6 +58,14 @@ class DistillMergeConfig(AdaptiveCoefficientConfig):
                                  "or at every position of prompt + answer")
     r: int = Field(8, ge=1, description="LoRA rank of an adapter student")
     alpha: int = Field(16, ge=1, description="LoRA alpha of an adapter student")
+
+
+class DistillMergeConfig(DistillSettings, AdaptiveCoefficientConfig):
+    """The distillation's knobs; the merge's (method, coefficients, patience, densities, normalize,
+    objective) are adaptive_coefficient's own fields, validated by its validators."""
+
+    objective: Objective = Field("all", description="the merge search maximises the protected task together "
+                                 "with the members' (the merge track's goal)")
 
     def merge_config(self) -> AdaptiveCoefficientConfig:
         """The adaptive_coefficient configuration that merges the student."""
@@ -228,31 +234,46 @@ def cosine_factor(step: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, steps))))
 
 
-def distill(student: torch.nn.Module, teacher: torch.nn.Module, data: DistillData, steps: int, lr: float,
+def distill(student: torch.nn.Module, teachers: Sequence[tuple[torch.nn.Module, DistillData]], steps: int, lr: float,
             batch_size: int, temperature: float, seed: int) -> list[float]:
     """AdamW (no weight decay, which would move a student whose teacher is the base) on T²·KL per scored
-    position, rows drawn with a seeded generator; the student stays in eval mode (no dropout) so that it
-    is compared with the teacher's deterministic function. Returns the loss of every step."""
+    position, summed over the teachers, each on its own rows (`batch_size` shared evenly) drawn with one
+    seeded generator; the student stays in eval mode (no dropout) so that it is compared with each teacher's
+    deterministic function. Returns the loss of every step."""
     parameters = [p for p in student.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: cosine_factor(step, steps))
     generator = torch.Generator().manual_seed(seed)
-    count, device, losses = data.input_ids.shape[0], device_of(student), []
+    device, losses = device_of(student), []
+    share = max(1, batch_size // len(teachers))
     student.eval()
     for _ in range(steps):
-        rows = torch.randint(0, count, (min(batch_size, count),), generator=generator)
-        ids, mask, scored = data.rows(rows, device)
-        with torch.no_grad():
-            target = scored_logits(teacher, ids, mask, scored)
-        loss = kl_sum(target, scored_logits(student, ids, mask, scored), temperature) * temperature ** 2
-        loss = loss / max(1, int(scored.sum()))
+        total: torch.Tensor | None = None
+        for teacher, data in teachers:
+            count = data.input_ids.shape[0]
+            rows = torch.randint(0, count, (min(share, count),), generator=generator)
+            ids, mask, scored = data.rows(rows, device)
+            with torch.no_grad():
+                target = scored_logits(teacher, ids, mask, scored)
+            loss = kl_sum(target, scored_logits(student, ids, mask, scored), temperature) * temperature ** 2
+            loss = loss / max(1, int(scored.sum()))
+            total = loss if total is None else total + loss
+        assert total is not None, "distillation needs a teacher"
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimiser.step()
         schedule.step()
-        losses.append(loss.item())
+        losses.append(total.item())
     return losses
+
+
+def teacher_data(teacher: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 settings: DistillSettings) -> DistillData:
+    """The teacher's greedy answers to `prompts`, packed with them for distillation (no labels used)."""
+    prompt_rows, answers = greedy_answers(teacher, tokenizer, prompts, settings.max_answer_tokens)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return distill_data(prompt_rows, answers, settings.positions, pad)
 
 
 def same_weights(teacher: torch.nn.Module, base: torch.nn.Module) -> bool:
@@ -281,10 +302,7 @@ class DistillMerge(Attack[DistillMergeConfig]):
         was_training = teacher.training
         teacher.eval()
         try:
-            prompt_rows, answers = greedy_answers(teacher, view.tokenizer, view.attacker_train.prompts,
-                                                  config.max_answer_tokens)
-            pad = view.tokenizer.pad_token_id if view.tokenizer.pad_token_id is not None else 0
-            data = distill_data(prompt_rows, answers, config.positions, pad)
+            data = teacher_data(teacher, view.tokenizer, view.attacker_train.prompts, config)
             adapter = view.release_format == "adapter"
             lr = config.lora_lr if adapter else config.lr
             student = fresh_student(view.base, adapter, config.r, config.alpha, view.seed)
@@ -292,7 +310,7 @@ class DistillMerge(Attack[DistillMergeConfig]):
             if same_weights(teacher, view.base):  # the release-free control: KL 0, no gradient, nothing to learn
                 losses = [0.0] * config.steps
             else:
-                losses = distill(student, teacher, data, config.steps, lr, config.batch_size, config.temperature,
+                losses = distill(student, [(teacher, data)], config.steps, lr, config.batch_size, config.temperature,
                                  view.seed)
             final_kl = mean_kl(teacher, student, data)
         finally:
@@ -301,10 +319,10 @@ class DistillMerge(Attack[DistillMergeConfig]):
         merged = AdaptiveCoefficient(config.merge_config()).run(
             dataclasses.replace(view, release=plain, release_format="full"))
         knobs = {**merged.knobs, "student": "lora" if adapter else "full", "distill_steps": config.steps,
-                 "distill_lr": lr, "distill_examples": len(prompt_rows), "distill_batch_size": config.batch_size,
+                 "distill_lr": lr, "distill_examples": data.input_ids.shape[0], "distill_batch_size": config.batch_size,
                  "distill_temperature": config.temperature, "distill_positions": config.positions,
                  "distill_answer_tokens": data.answer_tokens, "initial_kl": initial_kl, "final_kl": final_kl,
                  "final_loss": losses[-1], "val_examples": objective_examples(view, config.objective)}
         if adapter:
             knobs.update(distill_r=config.r, distill_alpha=config.alpha)
-        return AttackOutput(models=merged.models, knobs=knobs, steps=config.steps, examples=len(prompt_rows))
+        return AttackOutput(models=merged.models, knobs=knobs, steps=config.steps, examples=data.input_ids.shape[0])

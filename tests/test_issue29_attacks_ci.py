@@ -1,0 +1,28 @@
+"""DESIGN §6 for the attacks of issue 29 that are not in `default` (so tests/test_attacks_ci.py does not run
+them): on the ci zoo (Llama-style, seed 0, default's inputs), against `none`, each is valid on at least one
+input form — the merge keeps half of both experts' gains jointly and beats its release-free control by 0.3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.harness.grid import PluginSpec
+from bench.presets import load_preset
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [PluginSpec(name="layerwise_merge"),
+                                  PluginSpec(name="multi_distill", config={"steps": 300})], ids=lambda s: s.name)
+def test_the_attack_beats_its_release_free_control_on_none(spec: PluginSpec, tmp_path: Path, ci_root: Path) -> None:
+    from bench.validate import check_attacks
+
+    ci, default = load_preset("ci"), load_preset("default")
+    assert default.grid is not None
+    zoo = ci.zoo.model_copy(update={"models": {"llama": ci.zoo.models["llama"]}})
+    grid = default.grid.model_copy(update={"defenses": [PluginSpec(name="none")], "seeds": [0], "models": None,
+                                           "merge_attacks": [spec], "finetune_attacks": []})
+    checks, _, _ = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), ci_root, tmp_path / "run")
+    assert checks and any(check.status == "pass" for check in checks), [
+        (c.release_format, c.status, round(c.score, 2), c.reasons) for c in checks]
