@@ -1,5 +1,6 @@
-"""An attack that reports something new is one file: a stage accuracy and a knob the harness has never heard
-of reach cells.csv (`stage_acc`, `attack_knobs`) without a change to the harness."""
+"""Nothing an attack reports is lost: a stage accuracy and a knob the harness has never heard of reach
+cells.csv (`stage_acc`, `attack_knobs`) from an attack added as one file, a coefficient search's trace
+publishes with it, and a cells.csv written before those columns existed still reads. One micro run."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import textwrap
 from pathlib import Path
 
+import pandas as pd
+import pytest
 from rich.console import Console
 
 from bench.harness.grid import PluginSpec
@@ -37,19 +40,56 @@ ATTACK = textwrap.dedent('''
 ''')
 
 
-def test_a_new_stage_and_knob_reach_cells_csv(micro_zoo, micro_preset, fake_scoring, tmp_path: Path) -> None:
+REPO = Path(__file__).resolve().parent.parent
+
+
+_RUN: dict[str, pd.DataFrame] = {}
+
+
+@pytest.fixture
+def cells(micro_zoo, micro_preset, fake_scoring, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """A micro run of the file's attack beside `per_member` (a coefficient search that reports its trace), made
+    once for the module under the first test's scorer double."""
+    if "cells" in _RUN:
+        return _RUN["cells"]
+    tmp_path = tmp_path_factory.mktemp("open-record")
     path = tmp_path / "staged_merge.py"
     path.write_text(ATTACK)
     with ATTACKS.scoped():
         load_file(path)
         grid = micro_preset.grid.model_copy(update={
-            "merge_attacks": [PluginSpec(name="staged_merge_from_a_file")], "finetune_attacks": [], "seeds": [0]})
+            "merge_attacks": [PluginSpec(name="staged_merge_from_a_file"), PluginSpec(name="per_member")],
+            "finetune_attacks": [], "seeds": [0]})
         preset = micro_preset.model_copy(update={"grid": grid})
         run_benchmark(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
-    cells = read_csv(tmp_path / "run" / "cells.csv", "cells")
+    _RUN["cells"] = read_csv(tmp_path / "run" / "cells.csv", "cells")
+    return _RUN["cells"]
+
+
+def test_a_new_stage_and_knob_reach_cells_csv(cells: pd.DataFrame) -> None:
     staged = cells[(cells["attack"] == "staged_merge_from_a_file") & (cells["status"] == "ok")]
     assert len(staged)
     for _, row in staged.iterrows():
         assert json.loads(row["attack_knobs"])["novelty_knob"] == 7
         stages = json.loads(row["stage_acc"])
         assert set(stages) == {"release_alone"} and 0.0 <= stages["release_alone"] <= 1.0
+
+
+def test_a_coefficient_search_publishes_its_trace(cells: pd.DataFrame) -> None:
+    searched = cells[(cells["attack"] == "per_member") & (cells["status"] == "ok")]
+    assert len(searched)
+    for text, method in zip(searched["attack_knobs"], searched["merge_method"], strict=True):
+        knobs = json.loads(text)
+        assert knobs["method"] == method
+        trace = knobs["trace"]
+        assert len(trace) == knobs["evaluations"] >= 2
+        assert all(isinstance(trial["val"], float) for trial in trace)
+        assert knobs["val_score"] == max(trial["val"] for trial in trace)
+
+
+def test_a_cells_csv_without_the_new_columns_still_reads() -> None:
+    published = REPO / "leaderboard" / "ci-baseline.csv"
+    header = published.read_text().splitlines()[0].split(",")
+    assert "attack_knobs" not in header and "stage_acc" not in header
+    old = read_csv(published, "cells")
+    assert (old["attack_knobs"].fillna("") == "").all() and (old["stage_acc"].fillna("") == "").all() and len(old) > 10
