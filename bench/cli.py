@@ -165,7 +165,7 @@ def run(
         except ValueError:
             _fail(f"--seeds takes comma-separated integers, got '{seeds}'")
         loaded = loaded.model_copy(update={"grid": loaded.grid.model_copy(update={"seeds": seed_list})})
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
     from bench.runlog import library_output
     from bench.storage import storage_root
 
@@ -187,7 +187,7 @@ def run(
             if code:
                 typer.secho("error: validation failed (above); nothing was run", fg=typer.colors.RED, err=True)
                 raise typer.Exit(code)
-        summary = run_benchmark(loaded, storage_root(root), out_dir, executor, **kwargs)
+        summary = run_and_write(loaded, storage_root(root), out_dir, executor, **kwargs)
     typer.echo(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                f"{summary.seconds:.1f}s -> {summary.out_dir}")
     label = "VALIDITY" if strict else "VALIDITY (not enforced: --no-strict)"

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from bench.claims import claims_section
+from bench.harness.executors import ExecutorName
+from bench.harness.run import RunSummary, run_benchmark
 from bench.html_report import write_html_index
 from bench.plots import plot_utility_vs_attack
+from bench.presets import Preset
 from bench.readme import (  # noqa: F401 - the run-file names are re-exported for their importers
     CELLS_FILE,
     LEADERBOARD_FILE,
@@ -43,7 +48,7 @@ from bench.results import (
     read_csv,
     write_csv,
 )
-from bench.storage import write_text_atomic
+from bench.storage import fault_point, write_text_atomic
 from bench.tradeoff import TRADEOFF_PATTERN, plot_tradeoffs
 from bench.trap2_sweep import trap2_sweep_section
 from bench.trials_plot import TRIALS_PATTERN, plot_trials_to_break
@@ -89,6 +94,35 @@ def write_run_outputs(run_dir: Path, cells: pd.DataFrame, title: str, validity: 
                    "trial, per defense, `none` dashed (bench.trials_plot): "
                    + ", ".join(f"`{path.name}`" for path in trials) + "."]
     write_text_atomic(run_dir / README_FILE, with_section(readme, "\n".join(papers)) if any(papers) else readme)
+
+
+def write_run(summary: RunSummary) -> RunSummary:
+    """Write what `run_benchmark` returned into its run directory: the files of RUN_FILES, staged in a hidden
+    folder and moved in with README.md last, so a kill in between leaves no README (the mark of a complete
+    run), never one over a mix of this run's and an older run's files."""
+    if summary.frame is None:
+        raise ValueError("this summary holds no cells to write")
+    out_dir = Path(summary.out_dir)
+    staging = out_dir / f".staging.{socket.gethostname()}-{os.getpid()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        write_run_outputs(staging, summary.frame, title=summary.title, validity=summary.rule)
+        (out_dir / README_FILE).unlink(missing_ok=True)
+        remove_optional_files(out_dir)
+        names = sorted((p.name for p in staging.iterdir() if not p.name.startswith(".")),
+                       key=lambda name: (name == README_FILE, name))
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+            fault_point(f"outputs:{name}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def run_and_write(preset: Preset, root: Path, out_dir: Path, executor_name: ExecutorName = "serial",
+                  console: Any = None, **executor_kwargs: Any) -> RunSummary:
+    """`run_benchmark`, then `write_run`: what `lockbench run` and the commands that leave a run directory do."""
+    return write_run(run_benchmark(preset, root, out_dir, executor_name, console=console, **executor_kwargs))
 
 
 def read_rule(run_dir: Path) -> ValidityRule:
@@ -281,5 +315,6 @@ def write_index(leaderboard_dir: Path) -> None:
 
 __all__ = [
     "PublishError", "RUN_FILES", "check_run", "plot_utility_vs_attack", "publish", "read_rule",
-    "remove_optional_files", "render_readme", "run_files", "write_index", "write_run_outputs",
+    "remove_optional_files", "render_readme", "run_and_write", "run_files", "write_index", "write_run",
+    "write_run_outputs",
 ]

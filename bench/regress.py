@@ -238,8 +238,9 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         base = read_baseline(baseline) if baseline is not None else None
     except (FileNotFoundError, SchemaError) as error:
         return fail(str(error))
+    summary = None
     if run_dir is None:
-        from bench.harness.run import run_benchmark
+        from bench.leaderboard import run_and_write
         from bench.runlog import library_output
 
         try:
@@ -250,12 +251,15 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
             return fail(f"preset '{preset.name}' has no grid section")
         run_dir = (out or Path("runs") / f"regress-{preset.name}").resolve()
         with library_output(run_dir):  # library chatter (Ray's start-up notes too) -> the run's lockbench.log
-            summary = run_benchmark(preset, storage_root(root), run_dir, executor)  # type: ignore[arg-type]
+            summary = run_and_write(preset, storage_root(root), run_dir, executor)  # type: ignore[arg-type]
         console.print(f"{summary.cells} cells ({summary.cached} cached, {summary.failed} failed) in "
                       f"{summary.seconds:.1f}s -> {run_dir}")
-    try:
-        current = read_csv(Path(run_dir) / CELLS_FILE, "cells")
-        rule = read_rule(Path(run_dir)) if (Path(run_dir) / RULE_FILE).is_file() else ValidityRule()
+    try:  # the run just computed is used as returned; a given run directory is read
+        if summary is not None and summary.frame is not None:
+            current, rule = summary.frame, summary.rule or ValidityRule()
+        else:
+            current = read_csv(Path(run_dir) / CELLS_FILE, "cells")
+            rule = read_rule(Path(run_dir)) if (Path(run_dir) / RULE_FILE).is_file() else ValidityRule()
     except (SchemaError, PublishError) as error:
         return fail(str(error))
     if write_to is not None:

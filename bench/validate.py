@@ -351,12 +351,12 @@ def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None
     families of the grid without a valid attack per track × architecture × format (DESIGN §6: said loudly).
     The cells are the benchmark's own (same storage root, same keys), so `lockbench run` reuses them.
     """
-    from bench.harness.run import run_benchmark
-    from bench.leaderboard import CELLS_FILE
-    from bench.results import family_gaps, read_csv
+    from bench.leaderboard import run_and_write
+    from bench.results import family_gaps
 
-    summary = run_benchmark(none_only(preset), root, out_dir, executor, console=console, **executor_kwargs)
-    cells = read_csv(out_dir / CELLS_FILE, "cells")
+    summary = run_and_write(none_only(preset), root, out_dir, executor, console=console, **executor_kwargs)
+    cells = summary.frame
+    assert cells is not None
     return summarise_attack_cells(cells, preset), list(summary.problems), family_gaps(cells)
 
 

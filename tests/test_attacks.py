@@ -469,14 +469,14 @@ def test_attacks_see_only_the_public_view_and_never_score_test(micro_run_root: P
                                                                micro_ctx, spy: Spy, tmp_path: Path) -> None:
     """Through the harness: each searching attack gets a PublicView (no private or test field, attacker
     splits disjoint from test) and every lm-eval call inside `run` scores attacker_val, never test."""
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
 
     grid = GridConfig(
         defenses=[PluginSpec(name="none")], models=["llama"], protected_tasks=["sort"], seeds=[0],
         merge_attacks=[PluginSpec(name=name, config=SMALL[name]) for name in
                        ("adaptive_coefficient", "per_member", "merge_heal")],
         finetune_attacks=[PluginSpec(name="lora_finetune", config=SMALL["lora_finetune"])])
-    summary = run_benchmark(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
+    summary = run_and_write(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
     assert summary.failed == 0
 
     public_fields = {field.name for field in dataclasses.fields(PublicView)}

@@ -105,8 +105,7 @@ def test_pmp_claims_skip_tasks_without_a_gain_over_scratch_and_count_the_rest() 
 @pytest.mark.slow
 def test_a_sweep_run_renders_and_publishes_claims_and_tradeoff_plots(micro_preset, micro_zoo, tmp_path: Path,
                                                                      fake_scoring) -> None:
-    from bench.harness.run import run_benchmark
-    from bench.leaderboard import publish
+    from bench.leaderboard import publish, run_and_write
 
     grid = micro_preset.grid.model_copy(update={
         "models": ["llama"], "protected_tasks": ["sort"], "release_formats": ["full"],
@@ -118,7 +117,7 @@ def test_a_sweep_run_renders_and_publishes_claims_and_tradeoff_plots(micro_prese
         "merge_attacks": [PluginSpec(name="adaptive_coefficient", config={
             "method": "task_arithmetic", "objective": "normalised", "patience": 10, "coefficients": [0.5, 1.0]})]})
     preset = micro_preset.model_copy(update={"grid": grid})
-    summary = run_benchmark(preset, micro_zoo.root, tmp_path / "run")
+    summary = run_and_write(preset, micro_zoo.root, tmp_path / "run")
     assert summary.failed == 0
     readme = (tmp_path / "run" / "README.md").read_text()
     assert "## Claims against the papers" in readme and "## Trap²: λ × training budget" in readme
@@ -133,7 +132,7 @@ def test_a_sweep_run_renders_and_publishes_claims_and_tradeoff_plots(micro_prese
     stale.write_bytes(b"\x89PNG\r\n\x1a\n")
     published = publish(tmp_path / "run", tmp_path / "leaderboard", name="paper")
     assert (published / stale.name).is_file()
-    assert run_benchmark(preset, micro_zoo.root, tmp_path / "run").cached == summary.cells
+    assert run_and_write(preset, micro_zoo.root, tmp_path / "run").cached == summary.cells
     assert not stale.exists()
 
 

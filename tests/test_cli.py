@@ -149,10 +149,10 @@ def test_run_exit_codes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failed:
                         flags: list[str], code: int):
     """0 success; 1 a finished run broke a declared rule (the validity rule, unless --no-strict) or lost
     cells (always); the mapping from the run's summary to the code, without computing the run."""
-    import bench.harness.run
+    import bench.leaderboard
     from bench.harness.run import RunSummary
 
-    monkeypatch.setattr(bench.harness.run, "run_benchmark", lambda preset, root, out, executor, **kw: RunSummary(
+    monkeypatch.setattr(bench.leaderboard, "run_and_write", lambda preset, root, out, executor, **kw: RunSummary(
         out, 20, failed, 0, 1.0, list(problems), "RuntimeError: boom" if failed else ""))
     result = _cli(["run", "--preset", "micro", "--out", str(tmp_path / "run"), *flags])
     assert result.exit_code == code, result.output

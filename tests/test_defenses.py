@@ -387,13 +387,13 @@ def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
 def test_pmp_mask_is_not_reachable_from_any_attack(micro_run_root: Path, micro_preset: Preset, tmp_path: Path) -> None:
     """DESIGN §2 through the harness: the mask is stored privately; no tensor, string or file an attack
     is handed holds it (as a tensor, or as its bytes in a file)."""
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
 
     REACHED.clear()
     grid = GridConfig(defenses=[PluginSpec(name="pmp", config={"rho": 0.5, "mask_max_steps": 5})],
                       merge_attacks=[], finetune_attacks=[PluginSpec(name="snoop_finetune")], models=["llama"],
                       seeds=[0])
-    summary = run_benchmark(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
+    summary = run_and_write(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
     assert summary.failed == 0
     private = sorted((micro_run_root / "private").glob("pmp-*/private.safetensors"))
     assert len(private) == 1

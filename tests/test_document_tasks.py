@@ -15,7 +15,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from bench.harness.run import run_benchmark
+from bench.leaderboard import run_and_write
 from bench.presets import Preset, load_preset
 from bench.results import read_csv
 from tasks import SPLITS, SplitSizes, build_splits, get_task
@@ -88,7 +88,7 @@ def test_a_document_task_is_a_downstream_task_of_the_finetune_track(micro_zoo, a
     data["zoo"]["downstream_tasks"] = ["arc_docs"]
     data["grid"].update(models=["llama"], release_formats=["full"], merge_attacks=[])
     preset = Preset.model_validate(data)
-    summary = run_benchmark(preset, Path(micro_zoo.root), tmp_path / "run", console=Console(quiet=True))
+    summary = run_and_write(preset, Path(micro_zoo.root), tmp_path / "run", console=Console(quiet=True))
     cells = read_csv(summary.out_dir / "cells.csv", "cells")
     finetune = cells[cells["track"] == "finetune"]
     assert set(finetune["task"]) == {"arc_docs"} and (finetune["status"] == "ok").all(), finetune["error"].tolist()

@@ -443,7 +443,7 @@ def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: P
     import json
 
     import bench.harness.context as context
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
 
     canaries = {"test split": CANARY_TEST, "private key name": CANARY_PRIVATE_KEY,
                 "private key value": CANARY_PRIVATE_VALUE}
@@ -473,7 +473,7 @@ def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: P
                               defenses=[PluginSpec(name="none"), PluginSpec(name="canary_keeper")],
                               merge_attacks=[PluginSpec(name="snoop"), PluginSpec(name="task_arithmetic")])
     try:
-        summary = run_benchmark(preset, micro_root, tmp_path / "run")
+        summary = run_and_write(preset, micro_root, tmp_path / "run")
         assert summary.failed == 0
         assert planted, "no split file was planted"
         for path in planted:  # still planted after the run, so while every attack ran

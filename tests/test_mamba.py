@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bench.harness.run import run_benchmark
+from bench.leaderboard import run_and_write
 from bench.plugins import ATTACKS, DEFENSES
 from bench.presets import Preset, load_preset
 from bench.results import read_csv
@@ -67,7 +67,7 @@ def test_mamba_is_not_a_transformer_family() -> None:
 
 @pytest.mark.slow
 def test_every_defense_and_attack_runs_on_a_micro_mamba(tmp_path: Path) -> None:
-    summary = run_benchmark(micro_mamba(), tmp_path / "root", tmp_path / "run", console=Console(quiet=True))
+    summary = run_and_write(micro_mamba(), tmp_path / "root", tmp_path / "run", console=Console(quiet=True))
     cells = read_csv(summary.out_dir / "cells.csv", "cells")  # the schema's reader: "n/a" stays a status
     failed = cells[cells["status"] == "failed"]
     assert failed.empty, failed[["defense", "attack", "release_format", "error"]].to_string()

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 from bench.harness.grid import PluginSpec
-from bench.harness.run import run_benchmark
+from bench.leaderboard import run_and_write
 from bench.plugins import ATTACKS
 from bench.results import read_csv
 from bench.submit.loading import load_file
@@ -61,7 +61,7 @@ def cells(micro_zoo, micro_preset, fake_scoring, tmp_path_factory: pytest.TempPa
             "merge_attacks": [PluginSpec(name="staged_merge_from_a_file"), PluginSpec(name="per_member")],
             "finetune_attacks": [], "seeds": [0]})
         preset = micro_preset.model_copy(update={"grid": grid})
-        run_benchmark(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
+        run_and_write(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
     _RUN["cells"] = read_csv(tmp_path / "run" / "cells.csv", "cells")
     return _RUN["cells"]
 

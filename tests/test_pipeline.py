@@ -15,13 +15,13 @@ from bench.results import read_csv
 def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_preset, micro_zoo, tmp_path: Path,
                                                                         fake_scoring) -> None:
     from bench.harness.context import clear_contexts, get_context
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
 
     root = micro_zoo.root
     grid = micro_preset.grid.model_copy(update={"defenses": [PluginSpec(name="none"), PluginSpec(name="params")],
                                                 "models": ["llama"], "protected_tasks": ["sort"]})
     preset = micro_preset.model_copy(update={"grid": grid})
-    first = run_benchmark(preset, root, tmp_path / "first")
+    first = run_and_write(preset, root, tmp_path / "first")
     assert first.failed == 0 and first.cells > 0
     cells = read_csv(tmp_path / "first" / "cells.csv", "cells")
     ok = cells[cells.status == "ok"]
@@ -33,7 +33,7 @@ def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_pr
     none_row = ok[(ok.track == "merge") & (ok.defense == "none") & (ok.release_format == "full")].iloc[0]
     assert none_row.utility == pytest.approx(FakeScorer.accuracy(ctx.zoo.load_expert("llama", none_row.task),
                                                                  none_row.task))
-    second = run_benchmark(preset, root, tmp_path / "second")
+    second = run_and_write(preset, root, tmp_path / "second")
     assert second.cached == second.cells  # resumed from the double's own cache entries
     from bench.harness.grid import expand
     from bench.harness.stages import cell_path
@@ -47,6 +47,27 @@ def test_a_micro_run_scores_through_the_context_scorer_and_caches_apart(micro_pr
         assert cell_path(get_context(preset, root), cell) != fake_path  # lm-eval's cells are keyed apart
     finally:
         monkeypatch_env.undo()
+
+
+def test_a_run_returns_its_data_and_writing_is_a_step_of_its_own(micro_preset, micro_zoo, tmp_path: Path,
+                                                                 fake_scoring) -> None:
+    """`run_benchmark` returns the scored cells and the board and writes no result file; `write_run` writes
+    exactly those rows, so no command needs to read back a CSV it just wrote."""
+    from bench.harness.run import run_benchmark
+    from bench.leaderboard import write_run
+
+    grid = micro_preset.grid.model_copy(update={"models": ["llama"], "protected_tasks": ["sort"], "seeds": [0]})
+    summary = run_benchmark(micro_preset.model_copy(update={"grid": grid}), micro_zoo.root, tmp_path / "run")
+    assert summary.frame is not None and len(summary.frame) == summary.cells
+    assert not (tmp_path / "run" / "cells.csv").exists() and not (tmp_path / "run" / "README.md").exists()
+    board = summary.board
+    assert set(board["defense"]) == set(summary.frame["defense"]) - {"control"}
+    write_run(summary)
+    written = read_csv(tmp_path / "run" / "cells.csv", "cells")
+    key = ["defense", "track", "release_format", "task", "members", "attack_key", "seed"]
+    ordered = summary.frame.sort_values(key).reset_index(drop=True)
+    assert written.sort_values(key).reset_index(drop=True).equals(ordered)
+    assert read_csv(tmp_path / "run" / "leaderboard.csv", "leaderboard")["defense"].tolist() == board["defense"].tolist()
 
 
 def test_a_cell_waits_on_its_release_not_on_a_cell_of_the_same_index(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -89,7 +89,7 @@ def test_the_registry_finds_it_typed_by_its_config(plugin_path: Path) -> None:
 def test_a_defense_in_a_temporary_file_runs_in_the_harness(plugin_path: Path, micro_preset, tmp_path: Path) -> None:
     """The whole pipeline on the micro zoo: a release scaled to half its update is benchmarked like any other."""
     from bench.harness.grid import PluginSpec
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
     from bench.results import read_csv
 
     with DEFENSES.scoped():
@@ -97,7 +97,7 @@ def test_a_defense_in_a_temporary_file_runs_in_the_harness(plugin_path: Path, mi
         grid = micro_preset.grid.model_copy(update={
             "defenses": [PluginSpec(name="none"), PluginSpec(name="shrink", config={"factor": 0.5})],
             "merge_attacks": [PluginSpec(name="task_arithmetic")], "finetune_attacks": []})
-        summary = run_benchmark(micro_preset.model_copy(update={"grid": grid}), tmp_path / "root", tmp_path / "run")
+        summary = run_and_write(micro_preset.model_copy(update={"grid": grid}), tmp_path / "root", tmp_path / "run")
     assert summary.failed == 0
     cells = read_csv(tmp_path / "run" / "cells.csv", "cells")
     shrunk = cells[cells.defense == "shrink"]

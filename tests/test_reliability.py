@@ -725,7 +725,7 @@ def test_a_run_loads_models_only_with_safe_options(micro_preset: Any, reference:
     import peft
     import transformers
 
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
     from bench.presets import Preset
 
     seen: list[tuple[str, dict[str, Any]]] = []
@@ -750,7 +750,7 @@ def test_a_run_loads_models_only_with_safe_options(micro_preset: Any, reference:
     monkeypatch.setattr(torch, "load", guarded_load)
 
     preset = Preset.model_validate(_rel_data(micro_preset))
-    summary = run_benchmark(preset, _zoo_copy(reference[0], tmp_path / "root"), tmp_path / "out")
+    summary = run_and_write(preset, _zoo_copy(reference[0], tmp_path / "root"), tmp_path / "out")
     assert summary.failed == 0
     models = [kwargs for name, kwargs in seen if name.startswith("AutoModelForCausalLM")]
     assert models and all(kwargs.get("use_safetensors") is True for kwargs in models), models

@@ -12,8 +12,8 @@ from rich.console import Console
 from bench.harness.context import get_context
 from bench.harness.controls import CONTROL_DEFENSE
 from bench.harness.grid import GridConfig, expand, shared_controls
-from bench.harness.run import run_benchmark
 from bench.harness.stages import run_cell
+from bench.leaderboard import run_and_write
 from bench.results import read_csv
 from bench.results.columns import RAW_COLUMNS
 
@@ -55,8 +55,8 @@ def test_a_shared_control_is_what_its_own_seed_computes(micro_zoo, micro_preset,
     grid = micro_preset.grid.model_copy(update={"merge_attacks": _grid().merge_attacks, "finetune_attacks": [],
                                                 "seeds": [0, 1], "release_formats": ["full", "adapter"]})
     preset = micro_preset.model_copy(update={"grid": grid})
-    first = run_benchmark(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
-    again = run_benchmark(preset, micro_zoo.root, tmp_path / "again", console=Console(quiet=True))
+    first = run_and_write(preset, micro_zoo.root, tmp_path / "run", console=Console(quiet=True))
+    again = run_and_write(preset, micro_zoo.root, tmp_path / "again", console=Console(quiet=True))
     assert again.cached == again.cells == first.cells, "a fully cached re-run counts the shared copies as cached"
     cells = read_csv(tmp_path / "run" / "cells.csv", "cells")
     controls = cells[(cells["defense"] == CONTROL_DEFENSE) & (cells["attack"] == "per_member")]

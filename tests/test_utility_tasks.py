@@ -16,8 +16,8 @@ import yaml
 from rich.console import Console
 
 from bench.harness.grid import ConfigError
-from bench.harness.run import run_benchmark
 from bench.harness.utility_tasks import check_utility_tasks
+from bench.leaderboard import run_and_write
 from bench.presets import Preset, load_preset
 from bench.results import read_csv
 
@@ -55,7 +55,7 @@ def micro_with(utility_tasks: list, tmp_path: Path) -> Preset:
 def test_utility_task_yaml_is_scored_by_lm_eval_into_cells_csv(micro_zoo, arc_yaml: Path, tmp_path: Path) -> None:
     preset = micro_with([{"name": "arc_local", "lm_eval_yaml": str(arc_yaml)}], tmp_path)
     root = Path(micro_zoo.root)
-    summary = run_benchmark(preset, root, tmp_path / "run", console=Console(quiet=True))
+    summary = run_and_write(preset, root, tmp_path / "run", console=Console(quiet=True))
     cells = read_csv(summary.out_dir / "cells.csv", "cells")  # the schema's reader: "n/a" stays a status
     ok = cells[cells["status"] == "ok"]
     assert len(ok) > 0
@@ -115,7 +115,7 @@ def test_a_bad_utility_task_is_one_error_line_before_any_training(entry, message
     preset = micro_with([entry], tmp_path)
     root = tmp_path / "root"
     with pytest.raises(ConfigError) as raised:
-        run_benchmark(preset, root, tmp_path / "run", console=Console(quiet=True))
+        run_and_write(preset, root, tmp_path / "run", console=Console(quiet=True))
     text = str(raised.value)
     assert message in text and "\n" not in text, text
     assert not (root / "zoo").exists(), "nothing may be trained before the tasks are checked"

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bench.harness.grid import GridConfig, PluginSpec
-from bench.harness.run import run_benchmark
+from bench.leaderboard import run_and_write
 from bench.plugins import DEFENSES, Defense, OwnerView, Release, register_defense
 from bench.presets import Preset, load_preset
 from bench.results import read_csv
@@ -49,7 +49,7 @@ def verdict_cells(ci_root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd
                       models=["llama"], release_formats=["full"], protected_tasks=["length"], seeds=[0])
     preset = Preset.model_validate({**ci.model_dump(), "name": "verdicts", "grid": grid.model_dump()})
     out = tmp_path_factory.mktemp("verdicts")
-    run_benchmark(preset, ci_root, out)
+    run_and_write(preset, ci_root, out)
     return read_csv(out / "cells.csv", "cells")
 
 

@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,10 +44,10 @@ from bench.harness.stages import cached_cell, cell_identity, private_dir, releas
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
 from bench.progress_log import PlainProgress
+from bench.results import ValidityRule, aggregate_all
 from bench.storage import (
     deep_verification,
     entry_state,
-    fault_point,
     invalidate,
     remove_stale_temp_files,
     safetensors_problem,
@@ -59,6 +56,10 @@ from bench.storage import (
 
 @dataclass
 class RunSummary:
+    """What a run computed: the counts, and the scored cells themselves (`frame`, cells.csv's rows) with the
+    rule they were scored under, so that a command uses the run's data without reading back a file.
+    Writing the run directory is a separate step (`bench.leaderboard.write_run`)."""
+
     out_dir: Path
     cells: int
     failed: int
@@ -66,10 +67,20 @@ class RunSummary:
     seconds: float
     problems: list[str] = field(default_factory=list)
     first_error: str = ""
+    frame: pd.DataFrame | None = None
+    rule: ValidityRule | None = None
+    title: str = ""
 
     @property
     def ok(self) -> bool:
         return self.failed == 0 and not self.problems
+
+    @property
+    def board(self) -> pd.DataFrame:
+        """The leaderboard rows of the run (one per defense × track × model × format), aggregated under `rule`."""
+        if self.frame is None:
+            raise ValueError("this summary holds no cells")
+        return aggregate_all(self.frame, self.rule or ValidityRule())[0]
 
 
 def _progress(console: Console) -> Progress:
@@ -99,8 +110,8 @@ def _run_items(executor: Any, preset: Preset, root: Path, items: list[WorkItem],
 def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: ExecutorName = "serial",
                   console: Console | None = None, **executor_kwargs: Any) -> RunSummary:
     """The pipeline: check the inputs, expand the grid, build the zoo, run what the cache lacks (each
-    release, then its cells as soon as it exists), score the records, write the run directory."""
-    from bench.leaderboard import write_run_outputs
+    release, then its cells as soon as it exists), score the records and return them. `out_dir` receives the
+    run's log as it goes; its result files are `bench.leaderboard.write_run`'s to write."""
     from bench.results import score_cells, validity_failures
 
     console = console or Console(stderr=True)
@@ -144,13 +155,12 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     raw = _checked_frame(ctx, records, cells)
     rule = preset.validity.rule()
     scored = score_cells(raw, rule)
-    _write_outputs(out_dir, lambda staging: write_run_outputs(staging, scored, title=f"lockbench — preset "
-                                                             f"{preset.name}", validity=rule))
     failed_rows = raw[raw["status"] == "failed"]
     first_error = str(failed_rows["error"].iloc[0]) if len(failed_rows) else ""
     cached = len(cached_records) + sum(source in cached_records for source in stand_in.values())  # copies of cached
     return RunSummary(out_dir, len(cells), len(failed_rows), cached, time.perf_counter() - started,
-                      validity_failures(scored, rule), first_error)
+                      validity_failures(scored, rule), first_error, frame=scored, rule=rule,
+                      title=f"lockbench — preset {preset.name}")
 
 
 def _checked_grid(preset: Preset, root: Path) -> tuple[list[Cell], Any]:
@@ -191,29 +201,6 @@ def _release_ready(ctx: Any, job: DefenseJob) -> bool:
         invalidate(release_dir(ctx, job))
         invalidate(private_dir(ctx, job))
     return state == "complete"
-
-
-def _write_outputs(out_dir: Path, write: Callable[[Path], None]) -> None:
-    """Write the run files into a hidden staging folder, then move them into `out_dir`.
-
-    README.md marks a complete run (bench.leaderboard), so it goes first and comes back last: a kill in
-    between leaves no README, never one over a mix of this run's and an older run's files.
-    """
-    from bench.leaderboard import README_FILE, remove_optional_files
-
-    staging = out_dir / f".staging.{socket.gethostname()}-{os.getpid()}"
-    staging.mkdir(parents=True, exist_ok=True)
-    try:
-        write(staging)
-        (out_dir / README_FILE).unlink(missing_ok=True)
-        remove_optional_files(out_dir)
-        names = sorted((p.name for p in staging.iterdir() if not p.name.startswith(".")),
-                       key=lambda name: (name == README_FILE, name))
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-            fault_point(f"outputs:{name}")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 #: "owner/name": a Hugging Face hub id rather than a local folder.

@@ -61,7 +61,7 @@ def run_once_main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     from rich.console import Console
 
-    from bench.harness.run import run_benchmark
+    from bench.leaderboard import run_and_write
     from bench.presets import load_preset
 
     imported = time.perf_counter()
@@ -71,7 +71,7 @@ def run_once_main(args: argparse.Namespace) -> None:
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
-    summary = run_benchmark(preset, Path(args.root), Path(args.out), args.executor, console=console, **kwargs)
+    summary = run_and_write(preset, Path(args.root), Path(args.out), args.executor, console=console, **kwargs)
     if profiler:
         profiler.disable()
     finished = time.perf_counter()

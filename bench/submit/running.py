@@ -252,18 +252,15 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
     A run that breaks the validity rule is filed only with `allow_invalid` (its README then says so
     loudly and ranks nothing): an invalid zoo's numbers are noise (DESIGN §6).
     """
-    from bench.harness.run import run_benchmark
-    from bench.leaderboard import CELLS_FILE, LEADERBOARD_FILE, README_FILE
-    from bench.results import read_csv
+    from bench.leaderboard import README_FILE, run_and_write
     from bench.versions import versions
 
     full = with_submission(preset, submission)
     register(submission)
     if executor == "ray":
         init_ray_for(submission, salt)
-    summary = run_benchmark(full, root, run_dir, executor)  # type: ignore[arg-type]
-    cells = read_csv(run_dir / CELLS_FILE, "cells")
-    board = read_csv(run_dir / LEADERBOARD_FILE, "leaderboard")
+    summary = run_and_write(full, root, run_dir, executor)  # type: ignore[arg-type]
+    cells, board = summary.frame, summary.board
     mine = cells[cells["defense"] == submission.name]
     if mine.empty:
         raise SubmissionError(f"preset '{preset.name}' has no cell for {submission.name}: it declares tracks "

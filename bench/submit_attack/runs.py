@@ -79,20 +79,19 @@ def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir
                salt: str = "") -> pd.DataFrame:
     """Run `preset` with the submission registered here (and in Ray workers); returns the scored cells."""
     from bench.harness.grid import ConfigError
-    from bench.harness.run import run_benchmark
-    from bench.leaderboard import CELLS_FILE
-    from bench.results import read_csv
+    from bench.leaderboard import run_and_write
 
     register_attack_submission(submission)
     if executor == "ray":
         init_ray_for(submission, salt, WORKER_ENV, "bench.submit_attack.worker_setup")
     try:
-        run_benchmark(preset, root, run_dir, executor)  # type: ignore[arg-type]
+        summary = run_and_write(preset, root, run_dir, executor)  # type: ignore[arg-type]
     except ConfigError as error:
         raise SubmissionError(str(error)) from error
     finally:
         _stop_local_ray(executor)
-    return read_csv(run_dir / CELLS_FILE, "cells")
+    assert summary.frame is not None
+    return summary.frame
 
 
 def _stop_local_ray(executor: str) -> None:
