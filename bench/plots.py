@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.readme import TRACKS
+from bench.plugins import TRACKS
 from bench.storage import replace_atomically
 
 

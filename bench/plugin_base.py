@@ -7,9 +7,16 @@ import abc
 from typing import Any, ClassVar, Generic, TypeVar, cast, get_args, get_origin
 
 from bench.config import StrictModel
-from bench.threat_model import AttackFamily, AttackOutput, OwnerView, PublicView, Release, ReleaseFormat, Track
-
-FORMATS: tuple[ReleaseFormat, ...] = ("adapter", "full")
+from bench.threat_model import (
+    FORMATS,
+    AttackFamily,
+    AttackOutput,
+    OwnerView,
+    PublicView,
+    Release,
+    ReleaseFormat,
+    Track,
+)
 
 
 class EmptyConfig(StrictModel):

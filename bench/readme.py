@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from bench.plugins import ATTACK_FAMILIES
+from bench.plugins import ATTACK_FAMILIES, TRACKS
 from bench.results import (
     MATCH_KEY,
     PROVENANCE_COLUMNS,
@@ -30,7 +30,6 @@ RULE_FILE = "validity.json"
 PLOT_FILE = "utility_vs_attack.png"
 RUN_FILES: tuple[str, ...] = (CELLS_FILE, LEADERBOARD_FILE, PICKS_FILE, SENSITIVITY_FILE, RULE_FILE, README_FILE,
                               PLOT_FILE)
-TRACKS: tuple[str, ...] = ("merge", "finetune")
 
 
 def cell_text(text: object) -> str:

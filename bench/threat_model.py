@@ -16,6 +16,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 Track = Literal["merge", "finetune"]
 ReleaseFormat = Literal["adapter", "full"]
 TRACKS: tuple[Track, ...] = ("merge", "finetune")
+FORMATS: tuple[ReleaseFormat, ...] = ("adapter", "full")
+#: The reference every defense is judged against (the unprotected release), and the label of the harness's
+#: release-free / from-scratch control cells: the vocabulary of cells.csv's `defense` column beside the
+#: defenses' own names.
+REFERENCE_DEFENSE = "none"
+CONTROL_DEFENSE = "control"
 #: DESIGN §4's attack families: `pinned` keeps the release at scale 1; `rescaling` re-scales it (shared
 #: coefficients, normalised or sparsifying merges: what Trap² claims to stop); `aligning` undoes a
 #: re-parameterisation against the public base; `data` spends attacker data on the protected task (heal,

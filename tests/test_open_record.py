@@ -93,3 +93,19 @@ def test_a_cells_csv_without_the_new_columns_still_reads() -> None:
     assert "attack_knobs" not in header and "stage_acc" not in header
     old = read_csv(published, "cells")
     assert (old["attack_knobs"].fillna("") == "").all() and (old["stage_acc"].fillna("") == "").all() and len(old) > 10
+
+
+def test_a_record_cached_before_the_csv_names_still_maps_and_an_unknown_key_is_named() -> None:
+    """Records cached by an earlier version say `gain_at_0.125`; they publish into the same columns. A key that
+    no column takes (a budget fraction the CSV has no column for) is a warning naming it, never silent."""
+    from bench.harness.grid import GridConfig, expand
+    from bench.harness.run import to_raw_row
+
+    grid = GridConfig.model_validate({"defenses": [{"name": "none"}], "finetune_attacks": [{"name": "lora_finetune"}],
+                                      "seeds": [0]})
+    cell = next(c for c in expand(grid, {"llama": ["sort", "max"]}, ["successor"]) if c.defense.track == "finetune")
+    legacy = {"track": "finetune", "status": "ok", "gain_at_0.125": 0.1, "acc_at_0.125": 0.2, "gain_at_1": 0.5}
+    row = to_raw_row(legacy, cell, "zoo")
+    assert (row["gain_b0125"], row["acc_b0125"], row["gain_b1"]) == (0.1, 0.2, 0.5)
+    with pytest.warns(UserWarning, match=r"gain_at_0\.3"):
+        to_raw_row({**legacy, "gain_at_0.3": 0.4}, cell, "zoo")

@@ -68,6 +68,10 @@ def test_a_run_returns_its_data_and_writing_is_a_step_of_its_own(micro_preset, m
     ordered = summary.frame.sort_values(key).reset_index(drop=True)
     assert written.sort_values(key).reset_index(drop=True).equals(ordered)
     assert read_csv(tmp_path / "run" / "leaderboard.csv", "leaderboard")["defense"].tolist() == board["defense"].tolist()
+    # the stages write the CSV's own names (gain_b0125 …), and each budget's column is filled
+    tuned = written[(written["track"] == "finetune") & (written["status"] == "ok")]
+    budgets = ["gain_b0125", "gain_b025", "gain_b05", "gain_b1", "acc_b0125", "acc_b05"]
+    assert len(tuned) and tuned[budgets].notna().all().all()
 
 
 def test_a_cell_waits_on_its_release_not_on_a_cell_of_the_same_index(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -95,10 +95,14 @@ def finetune_scores(ctx: HarnessContext, cell: Cell, models: dict[float, Any], r
     last = max(models)
     for fraction, model in sorted(models.items()):
         after = ctx.scorer.score_examples(model, tokenizer, [cell.task])[cell.task]
-        record[f"gain_at_{fraction:g}"] = after.accuracy - before
-        record[f"acc_at_{fraction:g}"] = after.accuracy
-        if fraction in budget_tag:
-            examples[budget_tag[fraction]] = {cell.task: encode(after.examples)}
+        tag = budget_tag.get(fraction)
+        if tag is None:  # a fraction cells.csv has no column for: kept in the record, and warned about when published
+            record[f"gain_at_{fraction:g}"], record[f"acc_at_{fraction:g}"] = after.accuracy - before, after.accuracy
+        else:  # the CSV's own column names (bench.results.columns)
+            record[f"gain_{tag}"] = after.accuracy - before
+            if tag != "b1":  # the full budget's accuracy is `acc_after`
+                record[f"acc_{tag}"] = after.accuracy
+            examples[tag] = {cell.task: encode(after.examples)}
         if fraction == last:
             record["acc_after"] = after.accuracy
             record["val_acc_by_task"] = json.dumps(val_scores(ctx, job.model, model, [cell.task]))

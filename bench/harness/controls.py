@@ -21,8 +21,8 @@ from peft import get_peft_model
 
 from bench.device import device_of
 from bench.plugins import Defense, OwnerView, Release
+from bench.threat_model import CONTROL_DEFENSE  # noqa: F401 - re-exported for the harness
 
-CONTROL_DEFENSE = "control"
 CONTROL_KIND = {"merge": "release-free", "finetune": "from-scratch"}
 
 

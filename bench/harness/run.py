@@ -293,9 +293,10 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
                    merge_density=record.get("knob_density"), merge_rescale=record.get("knob_rescale"))
     else:
         row.update(ft_method=record.get("knob_method"), ft_lr=record.get("knob_lr"), ft_steps=record.get("knob_steps"))
-        for tag, fraction in BUDGETS.items():
-            row[f"gain_{tag}"] = record.get(f"gain_at_{fraction:g}")
-            if tag != "b1":
+        for tag, fraction in BUDGETS.items():  # records cached before the stages wrote the CSV's names
+            if row.get(f"gain_{tag}") is None:
+                row[f"gain_{tag}"] = record.get(f"gain_at_{fraction:g}")
+            if tag != "b1" and row.get(f"acc_{tag}") is None:
                 row[f"acc_{tag}"] = record.get(f"acc_at_{fraction:g}")
     budget_keys = {f"{kind}_at_{fraction:g}" for kind in ("gain", "acc") for fraction in BUDGETS.values()}
     dropped = sorted(key for key in record if key not in row and key not in budget_keys

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.perf import REPO, Figure
+from bench.threat_model import REFERENCE_DEFENSE
 
 DEFAULT_RUN = REPO / "runs" / "default"
 #: Columns that name one release (a merge release protects one task; a finetune release none).
 RELEASE_KEY = ("defense", "defense_config", "track", "release_format", "model", "seed", "release_task")
-REFERENCE = "none"
 
 
 def cost_table(cells: Any) -> Any:
@@ -37,7 +37,7 @@ def cost_table(cells: Any) -> Any:
                                "seconds": attacked["attack_seconds"]})
     releases = (frame[frame["defense_seconds"].notna()]
                 .groupby(list(RELEASE_KEY), as_index=False)["defense_seconds"].max())
-    retrained = (releases["defense"] == REFERENCE) & (releases["seed"] != 0)
+    retrained = (releases["defense"] == REFERENCE_DEFENSE) & (releases["seed"] != 0)
     release_kind = retrained.map({True: "none re-trained releases (seed ≠ 0)", False: "releases"})
     releases_part = pd.DataFrame({"kind": release_kind, "name": releases["defense"],
                                   "seconds": releases["defense_seconds"]})

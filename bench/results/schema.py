@@ -25,6 +25,7 @@ import pandas as pd
 from bench.plugins import ATTACK_FAMILIES
 from bench.results.columns import CANONICAL_DTYPES, PROVENANCE_COLUMNS, RAW_SCHEMA, Column, ColumnKind
 from bench.results.metrics import AGGREGATE_METRICS, CELL_METRICS
+from bench.threat_model import CONTROL_DEFENSE, REFERENCE_DEFENSE  # noqa: F401 - re-exported
 
 FrameKind = Literal["raw", "cells", "leaderboard", "picks", "sensitivity"]
 
@@ -159,8 +160,6 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
     "picks": ("track", "model", "release_format", "defense", "task", "members", "seed", "pick_family"),
     "sensitivity": ("track", "model", "release_format", "defense", "bar"),
 }
-REFERENCE_DEFENSE = "none"
-CONTROL_DEFENSE = "control"  # bench.harness.controls.CONTROL_DEFENSE: the harness's own control cells
 
 
 

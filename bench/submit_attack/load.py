@@ -19,6 +19,7 @@ from bench.submit import (
     renamed,
     resolve_plugin,
 )
+from bench.threat_model import REFERENCE_DEFENSE
 
 ATTACK_GROUP = "lockbench.attacks"
 #: Comma-separated attack specs (file[:Class], module[:Class]) to register under their own names in every
@@ -30,7 +31,7 @@ WORKER_ENV = "LOCKBENCH_ATTACK_SUBMISSION"
 BREAK_MARGIN = 0.05
 #: One input of an attack: what its `none` verdict is decided on (bench.results VALIDITY_KEY less the attack).
 INPUT_KEY = ["track", "model", "release_format", "task", "members"]
-REFERENCE = "none"
+REFERENCE = REFERENCE_DEFENSE  # the defense a submitted attack must be valid against
 
 
 
