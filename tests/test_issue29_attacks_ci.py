@@ -1,6 +1,7 @@
 """DESIGN §6 for the attacks of issue 29 that are not in `default` (so tests/test_attacks_ci.py does not run
 them): on the ci zoo (Llama-style, seed 0, default's inputs), against `none`, each is valid on the full
-release format — the merge keeps half of both experts' gains jointly and beats its release-free control by 0.3."""
+release format — the merge keeps half of both experts' gains jointly and beats its release-free control by 0.3,
+or the fine-tuning gains 0.3 and beats its from-scratch control by 0.3."""
 
 from __future__ import annotations
 
