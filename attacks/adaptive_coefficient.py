@@ -21,6 +21,7 @@ from attacks.common import (
     merge_knobs,
     objective_examples,
     validation_scorer,
+    weighted_method,
 )
 from bench.config import StrictModel
 from bench.merging import method_spec, sparsifies
@@ -46,10 +47,7 @@ class AdaptiveCoefficientConfig(StrictModel):
     @field_validator("method")
     @classmethod
     def _weighted_method(cls, method: str) -> str:
-        names = {parameter.name for parameter in method_spec(method).parameters}
-        if "weight" not in names:
-            raise ValueError(f"mergekit method '{method}' has no per-member 'weight' to search")
-        return method
+        return weighted_method(method)
 
     @field_validator("coefficients", "densities")
     @classmethod

@@ -46,6 +46,7 @@ from attacks.common import (
     merge_knobs,
     objective_examples,
     validation_scorer,
+    weighted_method,
 )
 from bench.config import StrictModel
 from bench.merging import method_spec, sparsifies
@@ -77,9 +78,7 @@ class AlignToBaseConfig(AlignConfig):
     @field_validator("method")
     @classmethod
     def _weighted_method(cls, method: str) -> str:
-        if "weight" not in {parameter.name for parameter in method_spec(method).parameters}:
-            raise ValueError(f"mergekit method '{method}' has no per-member 'weight' to search")
-        return method
+        return weighted_method(method)
 
 
 # ----------------------------------------------------------------------------- small linear algebra

@@ -15,7 +15,7 @@ from bench.config import StrictModel
 from bench.device import device_of
 from bench.evaluate import as_plain_model
 from bench.finetuning import FinetuneSettings, sweep
-from bench.merging import Layout, draws_random, layout_for, merge_state_dicts, sparsifies
+from bench.merging import Layout, draws_random, layout_for, merge_state_dicts, method_spec, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
 from bench.zoo.training import TrainSettings
 
@@ -32,6 +32,13 @@ RELEASE = "release"
 Objective = Literal["all", "protected", "normalised"]
 
 
+
+
+def weighted_method(method: str) -> str:
+    """A config validator's check: the mergekit method has a per-member `weight` for a search to set."""
+    if "weight" not in {parameter.name for parameter in method_spec(method).parameters}:
+        raise ValueError(f"mergekit method '{method}' has no per-member 'weight' to search")
+    return method
 
 
 def full_weights(model: PreTrainedModel | PeftModel) -> dict:

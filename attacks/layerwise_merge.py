@@ -29,6 +29,7 @@ from attacks.common import (
     model_from_state,
     objective_examples,
     validation_scorer,
+    weighted_method,
 )
 from bench.config import StrictModel
 from bench.merging import draws_random, merge_state_dicts, method_spec, sparsifies
@@ -51,8 +52,7 @@ class LayerwiseMergeConfig(StrictModel):
     @field_validator("method")
     @classmethod
     def _per_tensor_method(cls, method: str) -> str:
-        if "weight" not in {parameter.name for parameter in method_spec(method).parameters}:
-            raise ValueError(f"mergekit method '{method}' has no per-member 'weight' to fit")
+        weighted_method(method)
         if draws_random(method):
             raise ValueError(f"mergekit method '{method}' draws random numbers: merging it layer by layer would "
                              "not be the same merge")
