@@ -119,3 +119,24 @@ def test_no_module_over_the_line_limit(package: str) -> None:
     long = {str(path.relative_to(ROOT)): count for name, path in project_modules().items()
             if name.split(".")[0] == package and (count := len(path.read_text().splitlines())) > LINE_LIMIT}
     assert long == {}
+
+
+def test_the_public_surface_is_curated_and_light() -> None:
+    """`from bench import …` gives the plugin author's and the script's names, the very objects of their
+    modules; `import bench` alone loads no torch (the CLI's --help and result tools stay fast)."""
+    import subprocess
+    import sys
+
+    import bench
+    from bench.plugins import Attack, Defense, register_attack
+
+    assert (bench.Attack, bench.Defense, bench.register_attack) == (Attack, Defense, register_attack)
+    assert set(bench.__all__) >= {"Attack", "Defense", "PublicView", "OwnerView", "Release", "register_attack",
+                                  "register_defense", "StrictModel", "load_preset", "run_benchmark"}
+    for name in bench.__all__:
+        assert getattr(bench, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = bench.nothing_here
+    probe = "import sys, bench; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
