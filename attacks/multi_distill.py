@@ -48,7 +48,9 @@ class MultiDistill(Attack[DistillSettings]):
             for teacher, mode in zip(plain, modes, strict=True):
                 teacher.train(mode)
         examples = sum(data.input_ids.shape[0] for _, data in teachers)
-        knobs = {"method": "multi_distill", "student": "lora" if adapter else "full", "teachers": list(sources),
+        # the merge knobs every merge row records (DESIGN §4): none applies, as nothing is merged by weights
+        knobs = {"method": "multi_distill", "weights": None, "normalize": None, "lambda": None, "density": None,
+                 "rescale": None, "student": "lora" if adapter else "full", "teachers": list(sources),
                  "distill_steps": config.steps, "distill_lr": lr, "distill_batch_size": config.batch_size,
                  "distill_temperature": config.temperature, "distill_positions": config.positions,
                  "final_kl": final_kl, "final_loss": losses[-1], "seed": view.seed}

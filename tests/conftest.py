@@ -78,6 +78,14 @@ def _test_plugins_stay_in_their_module(request):
         yield
 
 
+@pytest.fixture(scope="module")
+def micro_ctx(micro_zoo, micro_preset):
+    """The harness context of the micro zoo (one per test module)."""
+    from bench.harness.context import get_context
+
+    return get_context(micro_preset, Path(micro_zoo.root))
+
+
 @pytest.fixture(scope="session")
 def micro_preset():
     from bench.presets import load_preset

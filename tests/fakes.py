@@ -216,3 +216,20 @@ def protect_with(name: str, owner, **config):
     cls = DEFENSES.get(name)
     return cls(cls.Config.model_validate(config)).protect(owner)
 
+
+#: Small configurations of the searching attacks, so that every registered attack runs in seconds.
+SMALL_ATTACK_CONFIGS = {
+    "adaptive_coefficient": {"coefficients": [0.5, 1.0], "densities": [0.5]},
+    "per_member": {"weights": [0.5, 1.0]},
+    "merge_heal": {"steps": 3},
+    "multitask_heal": {"steps": 3},
+    "untrap_merge": {"steps": 3, "methods": ["task_arithmetic"], "coefficients": [1.0]},
+    "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
+    "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
+    "distill_merge": {"steps": 3, "coefficients": [0.5, 1.0], "densities": [0.5]},
+    "align_to_base": {"weights": [1.0]},
+    "regmean": {"max_examples": 16},
+    "layerwise_merge": {"weights": [0.5, 1.0]},
+    "multi_distill": {"steps": 3},
+    "mask_finetune": {"lr": [1e-4], "steps": [2, 3]},
+}

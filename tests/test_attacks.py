@@ -1,37 +1,32 @@
 """The attack suite (issue 5): merge attacks generated from mergekit's registry, adapter-space merging,
-adaptive merging that searches on the attacker's own split only, fine-tuning sweeps, and the validity
-check of a preset's attacks against `none`.
+adaptive merging that searches on the attacker's own split only, and fine-tuning sweeps.
 
-The micro zoo's models score ≈ 0, so tests on it check plumbing and selection logic with scripted
-validation scores; in-memory merges are checked bit for bit against `mergekit-yaml` on tiny models.
-The `default` suite's validity on the ci zoo (minutes of real training) is tests/test_attacks_ci.py.
+The micro zoo's models score ≈ 0, so tests here check plumbing and selection logic with scripted validation
+scores. Bit-for-bit equality with `mergekit-yaml`: tests/test_merge_equivalence.py; through the harness:
+tests/test_attacks_harness.py; the `default` suite's validity on the ci zoo: tests/test_attacks_ci.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import yaml
+from fakes import SMALL_ATTACK_CONFIGS
 from peft import PeftModel
 from pydantic import ValidationError
-from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from attacks.common import AttackNotApplicable, MergeInputs
 from attacks.mergekit_methods import MERGE_ATTACKS, SKIPPED_METHODS
 from bench.harness.grid import GridConfig, PluginSpec, expand
-from bench.merging import layout_for, merge_state_dicts, method_spec
+from bench.merging import layout_for, method_spec
 from bench.plugins import ATTACKS, Attack, PublicView
 from bench.presets import Preset, load_preset
-from bench.zoo.build import load_model
 
 BIN = Path(sys.executable).parent
 #: What DESIGN §4 names; each must exist as a registry-generated attack.
@@ -131,94 +126,7 @@ def test_sweep_configs_take_a_single_value_as_a_sweep_of_one() -> None:
         ATTACKS.get("adaptive_coefficient").Config.model_validate({"method": "slerp"})  # no weight to search
 
 
-# ----------------------------------------------------------------------------- in memory == mergekit-yaml
-
-
-def _tiny_models(directory: Path, family: str) -> dict[str, Path]:
-    """A base and two experts (base + seeded updates of different sizes), saved as safetensors."""
-    from bench.zoo.architectures import ArchitectureConfig, build_model
-
-    arch = ArchitectureConfig(family=family, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
-    base = build_model(arch, 40, seed=0, special_ids={"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2})
-    paths = {}
-    for index, name in enumerate(["base", "first", "second"]):
-        model = base
-        if index:
-            generator = torch.Generator().manual_seed(index)
-            model = type(base)(base.config)
-            model.load_state_dict({key: value + (0.02 * index) * torch.randn(value.shape, generator=generator)
-                                   for key, value in base.state_dict().items()})
-        paths[name] = directory / f"{family}-{name}"
-        model.save_pretrained(paths[name], safe_serialization=True)
-    return paths
-
-
-WEIGHTS = {"first": 1.0, "second": 0.6}
-DENSITIES = {"first": 0.5, "second": 0.7}
-CASES = [  # (family, method, shared parameters, per-member parameters)
-    ("llama", "task_arithmetic", {"normalize": False, "lambda": 1.3}, {"weight": WEIGHTS}),
-    ("llama", "ties", {"normalize": True}, {"weight": WEIGHTS, "density": DENSITIES}),
-    ("llama", "dare_ties", {}, {"weight": WEIGHTS, "density": DENSITIES}),
-    ("gpt2", "dare_ties", {}, {"weight": WEIGHTS, "density": DENSITIES}),
-]
-SEED = 7
-
-
-def test_multitask_heal_trains_on_every_members_attacker_rows_and_nothing_else(micro_ctx) -> None:
-    """The heal's data is T_p's attacker_train and each member's attacker_train (never val or test rows)."""
-    from attacks.multitask_heal import heal_data
-
-    view = _view(micro_ctx)
-    prompts, answers = heal_data(view)
-    expected = [*view.attacker_train.prompts, *view.public_experts_train["max"].prompts]
-    assert prompts == expected and len(answers) == len(prompts)
-    held_out = {*view.attacker_val.prompts, *micro_ctx.split("sort", "test").prompts,
-                *micro_ctx.split("max", "test").prompts, *view.public_experts_val["max"].prompts}
-    assert not held_out & set(prompts)
-
-
-@pytest.mark.slow
-def test_in_memory_merge_equals_mergekit_yaml_on_disk(tmp_path: Path) -> None:
-    """bench.merging gives the very tensors `mergekit-yaml --random-seed` writes, DARE's random drops included."""
-    paths = {family: _tiny_models(tmp_path, family) for family in ("llama", "gpt2")}
-    runs = []
-    for index, (family, method, shared, per_member) in enumerate(CASES):
-        members = [{"model": str(paths[family][name]),
-                    "parameters": {key: values[name] for key, values in per_member.items()}}
-                   for name in ("first", "second")]
-        config = {"merge_method": method, "base_model": str(paths[family]["base"]), "models": members,
-                  "parameters": shared, "dtype": "float32"}
-        (tmp_path / f"{index}.yaml").write_text(yaml.safe_dump(config))
-        out = tmp_path / f"out-{index}"
-        command = [str(BIN / "mergekit-yaml"), str(tmp_path / f"{index}.yaml"), str(out), "--random-seed",
-                   str(SEED), "--quiet", "--no-copy-tokenizer", "--no-write-model-card"]
-        runs.append((out, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    for (family, method, shared, per_member), (out, process) in zip(CASES, runs, strict=True):
-        output, _ = process.communicate(timeout=600)
-        assert process.returncode == 0, output[-3000:]
-        on_disk = load_file(str(out / "model.safetensors"))
-        states = {name: load_model(paths[family][name]).state_dict() for name in ("base", "first", "second")}
-        parameters = {**shared, **per_member}
-        in_memory = merge_state_dicts(states["base"], {"first": states["first"], "second": states["second"]},
-                                      method, parameters, seed=SEED)
-        assert set(in_memory) == set(on_disk), (family, method)
-        different = [name for name in on_disk if not torch.equal(in_memory[name], on_disk[name])]
-        assert not different, f"{family}/{method}: in memory differs from mergekit-yaml in {different[:4]}"
-        assert any(not torch.equal(in_memory[name], states["base"][name]) for name in in_memory), "merge did nothing"
-        if method.startswith("dare"):  # the seed matters, so equality above is not luck
-            reseeded = merge_state_dicts(states["base"], {"first": states["first"], "second": states["second"]},
-                                         method, parameters, seed=SEED + 1)
-            assert any(not torch.equal(reseeded[name], on_disk[name]) for name in on_disk)
-
-
 # ----------------------------------------------------------------------------- micro zoo
-
-
-@pytest.fixture(scope="module")
-def micro_ctx(micro_zoo, micro_preset):
-    from bench.harness.context import get_context
-
-    return get_context(micro_preset, Path(micro_zoo.root))
 
 
 class ScriptedScores:
@@ -253,25 +161,12 @@ def _view(ctx, release_format: str = "full", track: str = "merge", experts: dict
         budget_fractions=fractions or [0.5, 1.0], score_val=score_val or ctx.scorer.attacker_val(tokenizer))
 
 
-#: Small configurations of the searching attacks, so that every registered attack runs in seconds.
-SMALL = {
-    "adaptive_coefficient": {"coefficients": [0.5, 1.0], "densities": [0.5]},
-    "per_member": {"weights": [0.5, 1.0]},
-    "merge_heal": {"steps": 3},
-    "multitask_heal": {"steps": 3},
-    "untrap_merge": {"steps": 3, "methods": ["task_arithmetic"], "coefficients": [1.0]},
-    "lora_finetune": {"lr": [1e-3], "steps": [2, 3]},
-    "full_finetune": {"lr": [1e-4], "steps": [2, 3]},
-    "distill_merge": {"steps": 3, "coefficients": [0.5, 1.0], "densities": [0.5]},
-    "align_to_base": {"weights": [1.0]},
-    "regmean": {"max_examples": 16},
-}
 #: Attacks that declare a release format they do not apply to (AttackNotApplicable there, recorded n/a).
 NOT_APPLICABLE = {("adapter_weighted", "full"), ("align_to_base", "adapter")}
 
 
 def _config(cls: type[Attack]):
-    entry = SMALL.get(cls.name, (getattr(cls, "default_grid", None) or [{}])[0])
+    entry = SMALL_ATTACK_CONFIGS.get(cls.name, (getattr(cls, "default_grid", None) or [{}])[0])
     return cls.Config.model_validate(entry)
 
 
@@ -414,116 +309,6 @@ def test_merge_heal_trains_the_merge_within_its_budget(micro_ctx) -> None:
     assert any(not torch.allclose(healed[k], merged[k]) for k in merged), "healing changed nothing"
 
 
-# ----------------------------------------------------------------------------- through the harness
-
-
-@pytest.fixture
-def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
-    """A fresh storage root sharing the micro zoo (read-only), so harness runs here leave other tests alone."""
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "zoo").symlink_to(Path(micro_zoo.root) / "zoo", target_is_directory=True)
-    return root
-
-
-@dataclasses.dataclass
-class Spy:
-    """Records every lm-eval evaluation and whether it happened inside an attack's `run`."""
-
-    calls: list[tuple[str, str, list[str]]] = dataclasses.field(default_factory=list)
-    views: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
-    inside: str = ""
-
-
-@pytest.fixture
-def spy(monkeypatch) -> Iterator[Spy]:
-    import lm_eval
-
-    record = Spy()
-    original = lm_eval.simple_evaluate
-
-    def evaluate(*args: Any, **kwargs: Any) -> Any:
-        record.calls.append((record.inside or "harness", "", list(kwargs.get("tasks") or [])))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(lm_eval, "simple_evaluate", evaluate)
-    for name in ATTACKS.names():
-        cls = ATTACKS.get(name)
-        if not cls.__module__.startswith("attacks."):
-            continue
-
-        def run(self, view, _original=cls.run, _name=name):
-            record.views.append((_name, view))
-            record.inside = _name
-            try:
-                return _original(self, view)
-            finally:
-                record.inside = ""
-
-        monkeypatch.setattr(cls, "run", run)
-    yield record
-
-
-@pytest.mark.slow
-def test_attacks_see_only_the_public_view_and_never_score_test(micro_run_root: Path, micro_preset: Preset,
-                                                               micro_ctx, spy: Spy, tmp_path: Path) -> None:
-    """Through the harness: each searching attack gets a PublicView (no private or test field, attacker
-    splits disjoint from test) and every lm-eval call inside `run` scores attacker_val, never test."""
-    from bench.leaderboard import run_and_write
-
-    grid = GridConfig(
-        defenses=[PluginSpec(name="none")], models=["llama"], protected_tasks=["sort"], seeds=[0],
-        merge_attacks=[PluginSpec(name=name, config=SMALL[name]) for name in
-                       ("adaptive_coefficient", "per_member", "merge_heal")],
-        finetune_attacks=[PluginSpec(name="lora_finetune", config=SMALL["lora_finetune"])])
-    summary = run_and_write(micro_preset.model_copy(update={"grid": grid}), micro_run_root, tmp_path / "run")
-    assert summary.failed == 0
-
-    public_fields = {field.name for field in dataclasses.fields(PublicView)}
-    assert not {name for name in public_fields if "private" in name or "test" in name}
-    assert {name for name, _ in spy.views} == {"adaptive_coefficient", "per_member", "merge_heal", "lora_finetune"}
-    tasks = micro_ctx.tasks
-    for name, view in spy.views:
-        assert type(view) is PublicView, name
-        assert {field.name for field in dataclasses.fields(view)} == public_fields
-        test_prompts = set(micro_ctx.split(view.task, "test").prompts)
-        assert not test_prompts & (set(view.attacker_train.prompts) | set(view.attacker_val.prompts)), name
-
-    test_names = {tasks.lm_eval_name(task, "test") for task in tasks.tasks}
-    val_names = {tasks.lm_eval_name(task, "attacker_val") for task in tasks.tasks}
-    inside = [call for call in spy.calls if call[0] != "harness"]
-    assert {call[0] for call in inside} == {"adaptive_coefficient", "per_member", "lora_finetune"}
-    for attack, _, names in inside:
-        assert names and set(names) <= val_names, (attack, names)
-        assert not set(names) & test_names, (attack, names)
-    # The spy sees test scoring when it happens: the harness scores every attacked model on test.
-    assert any(set(names) & test_names for phase, _, names in spy.calls if phase == "harness")
-
-
-@pytest.mark.slow
-def test_check_attacks_reports_each_attack_against_none(micro_run_root: Path, micro_preset: Preset,
-                                                        tmp_path: Path) -> None:
-    """`lockbench validate`'s attack stage: n/a cells are n/a, micro's ≈0 scores make attacks weak, and
-    weak attacks fail validation unless the preset only warns about them."""
-    from bench.validate import attack_failures, check_attacks
-
-    grid = GridConfig(defenses=[PluginSpec(name="none")], models=["llama"], protected_tasks=["sort"], seeds=[0],
-                      merge_attacks=[PluginSpec(name="task_arithmetic"), PluginSpec(name="adapter_weighted")],
-                      finetune_attacks=[])
-    checks, problems, gaps = check_attacks(micro_preset.model_copy(update={"grid": grid}), micro_run_root,
-                                           tmp_path / "v")
-    status = {(check.attack, check.release_format): check.status for check in checks}
-    assert status[("adapter_weighted", "full")] == "n/a"
-    assert status[("task_arithmetic", "full")] == "weak" and status[("adapter_weighted", "adapter")] == "weak"
-    assert all(check.cells == 1 and check.seconds_per_cell >= 0 for check in checks if check.status != "n/a")
-    assert all(check.reasons for check in checks if check.status == "weak")  # the measured reason
-    failures = attack_failures(checks, problems)
-    assert len([f for f in failures if "is weak against none" in f]) == 3 and not any("n/a" in f for f in failures)
-    assert problems and all("void on every input" in problem for problem in problems)
-    assert not attack_failures(checks, problems, "warn")  # warn: reported loudly, published as invalid
-    assert gaps and all("void on every input" in gap for gap in gaps)
-
-
 def test_a_model_can_override_the_zoos_expert_tasks() -> None:
     """GPT-2-style ci experts replace `last` by `dup`: its merges pair within its own list, and a protected
     task that one model lacks is an error naming that model."""
@@ -600,3 +385,16 @@ def test_adaptive_coefficient_selects_on_normalised_accuracy(micro_ctx) -> None:
     assert scores.calls[0][0] is view.release and scores.calls[1][0] is view.public_experts["max"]
     # normalised: (0.6/0.8 + 0.1/0.4)/2 = 0.5 at 0.5, (0.2/0.8 + 0.4/0.4)/2 = 0.625 at 1.0 (raw: 0.35 vs 0.30)
     assert output.knobs["weights"] == 1.0 and output.knobs["val_score"] == pytest.approx(0.625)
+
+
+def test_multitask_heal_trains_on_every_members_attacker_rows_and_nothing_else(micro_ctx) -> None:
+    """The heal's data is T_p's attacker_train and each member's attacker_train (never val or test rows)."""
+    from attacks.multitask_heal import heal_data
+
+    view = _view(micro_ctx)
+    prompts, answers = heal_data(view)
+    expected = [*view.attacker_train.prompts, *view.public_experts_train["max"].prompts]
+    assert prompts == expected and len(answers) == len(prompts)
+    held_out = {*view.attacker_val.prompts, *micro_ctx.split("sort", "test").prompts,
+                *micro_ctx.split("max", "test").prompts, *view.public_experts_val["max"].prompts}
+    assert not held_out & set(prompts)

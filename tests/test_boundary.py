@@ -17,13 +17,6 @@ import torch
 from bench.harness.grid import DefenseJob
 
 
-@pytest.fixture(scope="module")
-def micro_ctx(micro_zoo, micro_preset):
-    from bench.harness.context import get_context
-
-    return get_context(micro_preset, Path(micro_zoo.root))
-
-
 def _val_tasks(ctx) -> list[str]:
     from bench.harness.scorer import read_attacker_val
 

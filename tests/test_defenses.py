@@ -199,13 +199,6 @@ def test_proxy_tasks_come_from_owner_data_only() -> None:
 # ----------------------------------------------------------------------------- micro zoo: protect end to end
 
 
-@pytest.fixture(scope="module")
-def micro_ctx(micro_zoo, micro_preset):
-    from bench.harness.context import get_context
-
-    return get_context(micro_preset, Path(micro_zoo.root))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 @pytest.mark.parametrize("name", ["params", "merge_lock"])
