@@ -597,6 +597,10 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
             standalone = json.loads(row["val_standalone_by_task"])
             shares = {t: (val[t] - val_base[t]) / (standalone[t] - val_base[t]) if standalone[t] - val_base[t] > 0
                       else math.nan for t in val}
+            # T_p's share on attacker_val is over the release-free control's, as kept_protected on test
+            task, control_val = row["task"], json.loads(ctl["val_acc_by_task"])
+            gain = standalone[task] - val_base[task]
+            shares[task] = (val[task] - control_val[task]) / gain if gain > 0 else math.nan
             others = [shares[m] for m in merged]
             objective = (shares[row["task"]] if math.isnan(shares[row["task"]]) or any(map(math.isnan, others))
                          else min(shares[row["task"]], sum(others) / len(others)))
@@ -613,7 +617,8 @@ def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> Non
             assert row["advantage"] == pytest.approx(row["acc_after"] - ctl["acc_after"])
             assert row["advantage_auc"] == pytest.approx(area)
             value = area
-            assert row["val_objective"] == pytest.approx(json.loads(row["val_acc_by_task"])[row["task"]])
+            assert row["val_objective"] == pytest.approx(json.loads(row["val_acc_by_task"])[row["task"]]
+                                                         - json.loads(ctl["val_acc_by_task"])[row["task"]])
         if row["defense"] != "control":
             assert row["cell_value"] == pytest.approx(value, nan_ok=True)
         checked += 1

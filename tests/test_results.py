@@ -80,10 +80,12 @@ def test_joint_kept_uses_the_control_the_fixed_expert_and_the_other_member(cells
 
 
 def test_the_attackers_objective_uses_its_own_split_and_references(cells: pd.DataFrame) -> None:
-    # attacker_val: T_p against the *release* it holds (0.76), members against the public expert (0.9)
+    # attacker_val: T_p's gain over the release-free control's (0.25) against the *release* it holds (0.76), the
+    # members against the public expert (0.9): the quantity of the test metric, with references it can compute
     row = cell(cells, "trap2", "ta", 0)
-    assert row["val_objective"] == pytest.approx(min((0.45 - 0.2) / (0.76 - 0.2), (0.6 - 0.1) / (0.9 - 0.1)))
-    assert cell(cells, "pmp", "lora", 0)["val_objective"] == pytest.approx(0.9)  # D's attacker_val accuracy
+    assert row["val_objective"] == pytest.approx(min((0.45 - 0.25) / (0.76 - 0.2), (0.6 - 0.1) / (0.9 - 0.1)))
+    # D's attacker_val accuracy over the from-scratch control's
+    assert cell(cells, "pmp", "lora", 0)["val_objective"] == pytest.approx(0.9 - 0.2)
     assert math.isnan(cell(cells, "trap2", "orphan", 1)["cell_value"])  # no control: nothing to pick
 
 
@@ -339,3 +341,23 @@ def test_the_paper_grid_names_lambda_zero_at_the_same_budget() -> None:
     assert grid is not None
     assert budget_references(grid) == {"trap2_l0_s800": "trap2_l0_s800", "trap2_l0.01_s800": "trap2_l0_s800",
                                        "trap2_l0.1_s800": "trap2_l0_s800"}
+
+
+def test_an_attack_that_needs_no_release_is_not_picked_for_what_the_release_gives() -> None:
+    """A heal that reaches T_p from the attacker's own data (its release-free control scores as high) looks best
+    on raw attacker_val accuracy, but the release adds nothing to it; the pick estimates the metric itself on
+    attacker_val (gain over the control), so it takes the merge that uses the release (measured on `paper`:
+    a 300-step full heal reached 0.995 on T_p with the release and 0.945 without it)."""
+    from fakes import merge_row
+
+    from bench.results import pick_inputs, score_cells
+
+    rows = []
+    for defense, heal, merge in (("control", 0.93, 0.25), ("none", 0.95, 0.7)):
+        config = '{"control": "release-free"}' if defense == "control" else "{}"
+        rows += [merge_row(defense, "heal", 0, 0.8, heal, 0.85, defense_config=config),
+                 merge_row(defense, "ta", 0, 0.8, merge, 0.85, defense_config=config)]
+    picks = pick_inputs(score_cells(pd.DataFrame(rows)))
+    chosen = picks[(picks["defense"] == "none") & (picks["pick_family"] == "all")].iloc[0]
+    assert chosen["pick_attack"] == "ta"
+    assert chosen["pick_value"] == pytest.approx((0.7 - 0.25) / (0.8 - 0.2))

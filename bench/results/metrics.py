@@ -68,17 +68,28 @@ def _kept_share(merged: dict, base: dict, reference: dict) -> float:
     return sum(kept) / len(kept) if kept and len(kept) == len(merged) else math.nan
 
 
+def _controls_val(frame: Frame) -> list[dict]:
+    """Each row's release-free / from-scratch control's attacker_val accuracies ({} where there is none)."""
+    column = "val_acc_by_task_control"
+    return [json_cell(text) for text in frame[column]] if column in frame else [{} for _ in range(len(frame))]
+
+
 def val_joint(frame: Frame) -> pd.Series:
-    """The attacker's merge objective on attacker_val: `joint_share` of T_p's kept share against the release
-    and the members' kept share against their public experts (both over the public base)."""
+    """The attacker's merge objective on attacker_val, the same quantity as `joint_kept` on test: T_p's gain
+    over the release-free control, `(val_merged_p − val_control_p) / (val_standalone_p − val_base_p)`, jointly
+    (`joint_share`) with the members' kept share against their public experts. The control is the same attack
+    without the release, which the attacker can run itself; so the pick estimates what the *release* adds,
+    and an attack that reaches T_p from the attacker's own data alone is not picked for it."""
     values = []
-    for task, merged, base, standalone in zip(frame["task"], frame["val_acc_by_task"], frame["val_base_by_task"],
-                                              frame["val_standalone_by_task"], strict=True):
+    for task, merged, base, standalone, control in zip(frame["task"], frame["val_acc_by_task"],
+                                                       frame["val_base_by_task"], frame["val_standalone_by_task"],
+                                                       _controls_val(frame), strict=True):
         merged, base, standalone = json_cell(merged), json_cell(base), json_cell(standalone)
-        if task not in merged:
+        gain = standalone.get(task, math.nan) - base.get(task, math.nan)
+        if task not in merged or task not in control or not gain > 0:
             values.append(math.nan)
             continue
-        kept_p = _kept_share({task: merged[task]}, base, standalone)
+        kept_p = (merged[task] - control[task]) / gain
         others = {t: v for t, v in merged.items() if t != task}
         kept_m = _kept_share(others, base, standalone) if others else math.nan
         values.append(float(joint_share(kept_p, kept_m)))
@@ -86,9 +97,11 @@ def val_joint(frame: Frame) -> pd.Series:
 
 
 def val_downstream(frame: Frame) -> pd.Series:
-    """The attacker's fine-tuning objective: the fine-tuned model's attacker_val accuracy on its task D."""
-    return pd.Series([json_cell(scores).get(task, math.nan) for task, scores
-                      in zip(frame["task"], frame["val_acc_by_task"], strict=True)], index=frame.index, dtype="float64")
+    """The attacker's fine-tuning objective, the same quantity as `advantage` on test: the fine-tuned model's
+    attacker_val accuracy on D over the from-scratch control's."""
+    return pd.Series([json_cell(scores).get(task, math.nan) - control.get(task, math.nan)
+                      for task, scores, control in zip(frame["task"], frame["val_acc_by_task"], _controls_val(frame),
+                                                       strict=True)], index=frame.index, dtype="float64")
 
 
 def joint_share(kept_p, kept_m):
@@ -224,10 +237,11 @@ CELL_METRICS: tuple[CellMetric, ...] = (
                "the cell's absolute value, which the attacker's pick is judged by: merge `joint_kept`, finetune "
                "`advantage_auc`", lambda frame, rule: _by_track(frame, frame["joint_kept"], frame["advantage_auc"])),
     CellMetric("val_objective", "float", "both", "reference",
-               "what the attacker picks by, on its own `attacker_val` split and with its own references only: merge "
-               "`min` over T_p and the members (as `joint_kept`) of `(val_merged_t − val_base_t) / (val_standalone_t − "
-               "val_base_t)`, the standalone model being the release for T_p and the public expert for a member "
-               "(`val_*_by_task`); finetune the fine-tuned model's `attacker_val` accuracy on D",
+               "what the attacker picks by: the cell's own quantity on its `attacker_val` split, with references it "
+               "can compute itself. Merge: `joint_share` of T_p's `(val_merged_p − val_control_p) / "
+               "(val_release_p − val_base_p)` (the control: the same attack without the release) and the members' "
+               "`(val_merged_m − val_base_m) / (val_expert_m − val_base_m)` (`val_*_by_task`); finetune: the "
+               "fine-tuned model's `attacker_val` accuracy on D minus the from-scratch control's",
                lambda frame, rule: _by_track(frame, val_joint(frame), val_downstream(frame))),
     CellMetric("trap_loss_gap", "float", "merge", "reference",
                "`release_loss_s05` minus the same-budget control's (`budget_reference`) where the row names one, "
@@ -241,7 +255,7 @@ CELL_METRICS: tuple[CellMetric, ...] = (
 )
 
 #: Raw columns the two joins copy from the control row and from `none`'s release (beyond the metrics' own).
-CONTROL_COPIES: tuple[str, ...] = ("merged_acc", "acc_before", *ACC_COLUMNS, "acc_after")
+CONTROL_COPIES: tuple[str, ...] = ("merged_acc", "acc_before", *ACC_COLUMNS, "acc_after", "val_acc_by_task")
 REFERENCE_COPIES: tuple[str, ...] = ("utility", "release_loss_s05")
 
 
