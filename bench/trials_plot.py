@@ -25,7 +25,7 @@ from bench.storage import replace_atomically
 
 TRIALS_PATTERN = "trials_*.png"
 TRACE_KEYS = ("trace", "trials")
-MAX_PANELS = 9
+MAX_PANELS = 12
 
 
 def best_so_far(knobs_text: object) -> list[float] | None:
