@@ -86,6 +86,15 @@ def micro_ctx(micro_zoo, micro_preset):
     return get_context(micro_preset, Path(micro_zoo.root))
 
 
+@pytest.fixture
+def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
+    """A fresh storage root sharing the micro zoo (read-only), so harness runs there leave other tests alone."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "zoo").symlink_to(Path(micro_zoo.root) / "zoo", target_is_directory=True)
+    return root
+
+
 @pytest.fixture(scope="session")
 def micro_preset():
     from bench.presets import load_preset

@@ -16,15 +16,6 @@ from bench.plugins import ATTACKS, PublicView
 from bench.presets import Preset
 
 
-@pytest.fixture
-def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
-    """A fresh storage root sharing the micro zoo (read-only), so harness runs here leave other tests alone."""
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "zoo").symlink_to(Path(micro_zoo.root) / "zoo", target_is_directory=True)
-    return root
-
-
 @dataclasses.dataclass
 class Spy:
     """Records every lm-eval evaluation and whether it happened inside an attack's `run`."""

@@ -367,15 +367,6 @@ class FinetuneSnoop(Attack):
         return AttackOutput(models={f: model for f in view.budget_fractions}, knobs=knobs)
 
 
-@pytest.fixture
-def micro_run_root(micro_zoo, tmp_path: Path) -> Path:
-    """A fresh storage root sharing the micro zoo (read-only)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    (root / "zoo").symlink_to(Path(micro_zoo.root) / "zoo", target_is_directory=True)
-    return root
-
-
 @pytest.mark.slow
 def test_pmp_mask_is_not_reachable_from_any_attack(micro_run_root: Path, micro_preset: Preset, tmp_path: Path) -> None:
     """DESIGN §2 through the harness: the mask is stored privately; no tensor, string or file an attack
