@@ -1,7 +1,7 @@
 """DESIGN §6 for the attacks of issue 29 that are not in `default` (so tests/test_attacks_ci.py does not run
 them): on the ci zoo (Llama-style, seed 0, default's inputs), against `none`, each is valid on the full
 release format — the merge keeps half of both experts' gains jointly and beats its release-free control by 0.3,
-or the fine-tuning gains 0.3 and beats its from-scratch control by 0.3."""
+or the fine-tuning gains 0.3 and beats its from-scratch control by 0.3. One none-only run checks them all."""
 
 from __future__ import annotations
 
@@ -12,25 +12,23 @@ import pytest
 from bench.harness.grid import PluginSpec
 from bench.presets import load_preset
 
+MERGE = [PluginSpec(name="layerwise_merge"), PluginSpec(name="untrap_merge"),
+         PluginSpec(name="multi_distill", config={"steps": 300})]
+FINETUNE = [PluginSpec(name="mask_finetune")]
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [PluginSpec(name="layerwise_merge"), PluginSpec(name="untrap_merge"),
-                                  PluginSpec(name="multi_distill", config={"steps": 300}),
-                                  PluginSpec(name="mask_finetune")], ids=lambda s: s.name)
-def test_the_attack_beats_its_release_free_control_on_none(spec: PluginSpec, tmp_path: Path, ci_root: Path) -> None:
-    from bench.plugins import ATTACKS
+def test_each_new_attack_beats_its_control_on_none(tmp_path: Path, ci_root: Path) -> None:
     from bench.validate import check_attacks
-
-    merge = ATTACKS.get(spec.name).track == "merge"
 
     ci, default = load_preset("ci"), load_preset("default")
     assert default.grid is not None
     zoo = ci.zoo.model_copy(update={"models": {"llama": ci.zoo.models["llama"]}})
     # the full format only: valid on one input form is the rule, and it halves the minutes this test costs
     grid = default.grid.model_copy(update={"defenses": [PluginSpec(name="none")], "seeds": [0], "models": None,
-                                           "merge_attacks": [spec] if merge else [],
-                                           "finetune_attacks": [] if merge else [spec],
+                                           "merge_attacks": MERGE, "finetune_attacks": FINETUNE,
                                            "release_formats": ["full"]})
     checks, _, _ = check_attacks(ci.model_copy(update={"zoo": zoo, "grid": grid}), ci_root, tmp_path / "run")
-    assert checks and any(check.status == "pass" for check in checks), [
-        (c.release_format, c.status, round(c.score, 2), c.reasons) for c in checks]
+    passing = {check.attack for check in checks if check.status == "pass"}
+    assert passing == {spec.name for spec in MERGE + FINETUNE}, [
+        (c.attack, c.release_format, c.status, round(c.score, 2), c.reasons) for c in checks]
