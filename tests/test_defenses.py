@@ -1,11 +1,6 @@
-"""Defenses of DESIGN §3 (issue 6): Trap², PMP and the baselines.
-
-Fast tests check the mechanics on tiny models built here (hidden 32–64): the scaled point Trap² trains
-against, the dropout fork, the PMP mask, and that the re-parameterisation baselines preserve every logit.
-Slow tests run the defenses through their `protect` on the micro zoo (plumbing, PMP's frozen complement,
-the information boundary through the harness); Trap²'s acceptance numbers on the `ci` zoo are in
-tests/test_defenses_ci.py.
-"""
+"""Defenses of DESIGN §3 (issue 6): Trap², PMP and the baselines. Fast tests check the mechanics on tiny
+models (Trap²'s scaled point, the dropout fork, the PMP mask, logit-preserving re-parameterisations); slow ones
+run `protect` on the micro zoo. Trap²'s acceptance numbers on the `ci` zoo: tests/test_defenses_ci.py."""
 
 from __future__ import annotations
 

@@ -140,3 +140,15 @@ def test_the_public_surface_is_curated_and_light() -> None:
     probe = "import sys, bench; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+#: Test modules still over the line limit, with their length when this ratchet was set (issue 30: split them
+#: by concern; their fault plugins must move to one shared module first). A new long module fails here, and
+#: so does a listed one once it is split, until it is taken off this list.
+LONG_TEST_MODULES = {"tests/test_harness.py": 642, "tests/test_reliability.py": 918}
+
+
+def test_test_modules_keep_to_the_line_limit_or_are_listed() -> None:
+    long = {str(path.relative_to(ROOT)): count for path in sorted((ROOT / "tests").glob("*.py"))
+            if (count := len(path.read_text().splitlines())) > LINE_LIMIT}
+    assert set(long) == set(LONG_TEST_MODULES), long
