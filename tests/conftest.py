@@ -153,3 +153,20 @@ def fake_scoring(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
     yield
     clear_contexts()
+
+
+@pytest.fixture(scope="session")
+def micro_root(micro_zoo) -> Path:
+    """The storage root holding the micro zoo, built once per session."""
+    return Path(micro_zoo.root)
+
+
+@pytest.fixture(scope="session")
+def serial_run(micro_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: an uninterrupted serial CLI run with every stage after the zoo computed fresh."""
+    from harness_runs import check_micro_exit, cli_run, reset_stages
+
+    reset_stages(micro_root)
+    out = tmp_path_factory.mktemp("run-serial")
+    check_micro_exit(cli_run(micro_root, out))
+    return out

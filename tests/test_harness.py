@@ -1,28 +1,20 @@
-"""End-to-end harness guarantees (DESIGN §2, §7) on the micro preset.
-
-Micro's models are too small to score above 0, so these tests check plumbing: determinism, resuming
-after SIGKILL, a two-node Ray cluster, the information boundary and failure isolation. CLI runs score
-with the double (tests/fakes.FakeScorer); the in-process boundary and failure tests keep lm-eval. Every test
-shares one micro zoo (conftest's `micro_zoo`); stages after the zoo are content-addressed caches, so
-a test that wants them recomputed deletes their folders (`_reset_stages`).
+"""Harness guarantees (DESIGN §2, §7) on the micro preset: atomic storage, the information boundary, failure
+isolation, the derived numbers recomputed by hand, and the controls (the CLI's end-to-end runs — determinism,
+SIGKILL and resume, Ray — are tests/test_harness_e2e.py). Micro's models score ≈ 0, so these check plumbing;
+the in-process boundary and failure tests keep lm-eval. Every test shares one micro zoo (conftest's
+`micro_zoo`); stages after the zoo are content-addressed caches, and `reset_stages` deletes them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +22,16 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from fakes import FAKE_SCORER
+from harness_runs import (
+    cell_files,
+    hidden_entries,
+    reset_stages,
+)
 from safetensors.torch import load_file
 from snooper import BOUNDARY, SECRET, Snooper
 
 from attacks.common import merge_release
 from bench.harness.grid import GridConfig, PluginSpec
-from bench.harness.scoring import SCORER_ENV
-from bench.offline import OFFLINE_ENV
 from bench.plugins import (
     Attack,
     AttackOutput,
@@ -49,14 +43,8 @@ from bench.plugins import (
     register_defense,
 )
 from bench.presets import Preset
-from bench.results import TIMING_COLUMNS
 from bench.storage import _scratch_prefix, cached_directory, is_complete
-from bench.zoo.build import Zoo
 
-BIN = Path(sys.executable).parent
-TESTS = Path(__file__).resolve().parent
-STAGE_DIRS = ("releases", "cells", "scores", "private")
-CLI_TIMEOUT_S = 900
 #: What the test defense keeps private; its float32 bytes are distinctive in any file.
 
 
@@ -146,82 +134,11 @@ class Snoop(Attack):
         return AttackOutput(models={1.0: merged}, knobs=knobs)
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _env() -> dict[str, str]:
-    """The CLI's environment: offline, no inherited RAY_ADDRESS (the Ray test adds its own), and scored by
-    the double (tests/fakes.FakeScorer): a hash of the weights, so comparing cells compares the models,
-    where lm-eval scores micro's models 0 everywhere."""
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
-    path = os.pathsep.join(p for p in (str(TESTS), env.get("PYTHONPATH", "")) if p)
-    return {**env, **OFFLINE_ENV, SCORER_ENV: FAKE_SCORER, "PYTHONPATH": path}
-
-
-def _reset_stages(root: Path) -> None:
-    """Delete every cached stage after the zoo, so the next run recomputes them."""
-    for name in STAGE_DIRS:
-        shutil.rmtree(root / name, ignore_errors=True)
-
-
-def _cli_command(root: Path, out: Path, *extra: str) -> list[str]:
-    return [str(BIN / "lockbench"), "run", "--preset", "micro", "--root", str(root), "--out", str(out), *extra]
-
-
-def _cli_run(root: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(_cli_command(root, out, *extra), env=env or _env(), capture_output=True, text=True,
-                          timeout=CLI_TIMEOUT_S)
-
-
-def _check_micro_exit(result: subprocess.CompletedProcess) -> None:
-    """Micro exits 1 only for its expected VALIDITY lines, never for failed cells."""
-    detail = f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
-    assert result.returncode in (0, 1), detail
-    assert " 0 failed)" in result.stdout, detail
-    if result.returncode == 1:
-        assert "VALIDITY" in result.stderr, detail
-
-
-def _cells(run_dir: Path) -> pd.DataFrame:
-    """cells.csv as text, without the timing columns (the only ones allowed to differ between runs)."""
-    frame = pd.read_csv(run_dir / "cells.csv", dtype=str, keep_default_na=False)
-    return frame.drop(columns=[c for c in TIMING_COLUMNS if c in frame.columns])
-
-
-def _assert_same_cells(actual: Path, expected: Path) -> None:
-    pd.testing.assert_frame_equal(_cells(actual), _cells(expected), check_exact=True)
-
-
-def _cell_files(root: Path) -> list[Path]:
-    folder = root / "cells"
-    return [p for p in folder.glob("*.json") if not p.name.startswith(".")] if folder.is_dir() else []
-
-
-def _hidden_entries(root: Path, *folders: str) -> list[Path]:
-    return [p for name in folders if (root / name).is_dir() for p in (root / name).iterdir() if p.name.startswith(".")]
-
-
 def _write_preset(preset: Preset, path: Path) -> Path:
     path.write_text(yaml.safe_dump(preset.model_dump(mode="json", by_alias=True), sort_keys=False))
     return path
 
 
-# ----------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="session")
-def micro_root(micro_zoo: Zoo) -> Path:
-    """The storage root holding the micro zoo, built once per session."""
-    return Path(micro_zoo.root)
-
-
-@pytest.fixture(scope="session")
-def serial_run(micro_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The reference: an uninterrupted serial CLI run with every stage after the zoo computed fresh."""
-    _reset_stages(micro_root)
-    out = tmp_path_factory.mktemp("run-serial")
-    _check_micro_exit(_cli_run(micro_root, out))
-    return out
 
 
 # ----------------------------------------------------------------------------- storage (fast)
@@ -241,7 +158,7 @@ def test_killed_atomic_directory_is_cleaned_and_not_mistaken_for_a_result(tmp_pa
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    leftovers = _hidden_entries(tmp_path, "releases")
+    leftovers = hidden_entries(tmp_path, "releases")
     assert len(leftovers) == 1 and (leftovers[0] / "weights").read_text() == "partial"
     assert not target.exists() and not is_complete(target)
 
@@ -249,183 +166,7 @@ def test_killed_atomic_directory_is_cleaned_and_not_mistaken_for_a_result(tmp_pa
     built = cached_directory(target, lambda scratch: (scratch / "weights").write_text("complete"))
     assert built == target and is_complete(target)
     assert (target / "weights").read_text() == "complete"
-    assert _hidden_entries(tmp_path, "releases") == [live]
-
-
-# ----------------------------------------------------------------------------- end to end (slow)
-
-
-@pytest.mark.slow
-def test_rerun_from_scratch_is_deterministic(micro_root: Path, serial_run: Path, tmp_path: Path) -> None:
-    """Same zoo, every later stage recomputed: identical cells apart from wall-clock columns."""
-    _reset_stages(micro_root)
-    _check_micro_exit(_cli_run(micro_root, tmp_path))
-    _assert_same_cells(tmp_path, serial_run)
-
-
-@pytest.mark.slow
-def test_sigkilled_run_resumes_to_the_same_result(micro_root: Path, serial_run: Path, tmp_path: Path) -> None:
-    """Kill the whole process group mid-grid; the re-run reuses finished cells and matches the reference."""
-    total = len(_cells(serial_run))
-    assert total >= 3, "micro needs at least 3 cells for a kill between 2 and all of them"
-    _reset_stages(micro_root)
-    with open(tmp_path / "killed.log", "w") as log:
-        process = subprocess.Popen(_cli_command(micro_root, tmp_path / "killed"), env=_env(), stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline = time.monotonic() + CLI_TIMEOUT_S
-            while process.poll() is None and len(_cell_files(micro_root)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    output = (tmp_path / "killed.log").read_text()[-3000:]
-    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output}"
-    done = len(_cell_files(micro_root))
-    assert 2 <= done < total, f"killed with {done} of {total} cells written"
-    killed_leftovers = _hidden_entries(micro_root, "releases", "private")
-
-    result = _cli_run(micro_root, tmp_path / "resumed")
-    _check_micro_exit(result)
-    assert f"{total} cells ({done} cached, 0 failed)" in result.stdout, result.stdout
-    _assert_same_cells(tmp_path / "resumed", serial_run)
-    remaining = _hidden_entries(micro_root, "releases", "private")
-    assert not remaining, f"scratch left under releases/ or private/ (after the kill: {killed_leftovers})"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _pids_mentioning(marker: str) -> list[int]:
-    """Processes whose command line names `marker` (our Ray temp dir), from /proc."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):
-            if marker.encode() in (entry / "cmdline").read_bytes() and int(entry.name) != os.getpid():
-                pids.append(int(entry.name))
-    return pids
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _stop_ray(pgids: list[int], temp_dir: Path) -> None:
-    """Stop only the Ray daemons this test started (their process groups, then stragglers naming our temp dir).
-
-    Not `ray stop --force`: that kills every Ray process on the machine, whoever started it.
-    """
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pgid in pgids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_group_alive(pgid) for pgid in pgids):
-            time.sleep(0.2)
-    for pid in _pids_mentioning(str(temp_dir)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-@contextlib.contextmanager
-def _two_node_ray(env: dict[str, str], worker_env: dict[str, str] | None = None) -> Iterator[tuple[str, Path]]:
-    """A head and a worker node on loopback, one CPU each (the worker started with `worker_env` when given);
-    yields (address, Ray temp dir)."""
-    temp_dir = Path(tempfile.mkdtemp(prefix="lbray-"))  # short: Ray's socket paths must fit in 107 bytes
-    port, pgids = _free_port(), []
-
-    def start(*args: str, node_env: dict[str, str] = env) -> None:
-        process = subprocess.Popen([str(BIN / "ray"), "start", *args, "--num-cpus=1", "--disable-usage-stats",
-                                    "--object-store-memory=200000000"], cwd=temp_dir, env=node_env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
-        pgids.append(process.pid)  # the daemons it spawns keep this process group
-        output, _ = process.communicate(timeout=180)
-        assert process.returncode == 0, f"`ray start {' '.join(args)}` failed:\n{output[-4000:]}"
-
-    try:
-        start("--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}")
-        start(f"--address=127.0.0.1:{port}", node_env=worker_env or env)
-        yield f"127.0.0.1:{port}", temp_dir
-    finally:
-        _stop_ray(pgids, temp_dir)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _nodes_that_ran_tasks(temp_dir: Path) -> set[str]:
-    """Node ids of the Ray workers leased to a job (not the idle pre-started pool), from the session logs."""
-    logs = temp_dir / "session_latest" / "logs"
-    nodes = set()
-    for err in logs.glob("worker-*-*-*.err"):
-        worker_id, job_id, pid = err.stem.split("-")[1:4]
-        if job_id == "ffffffff":
-            continue
-        core_log = logs / f"python-core-worker-{worker_id}_{pid}.log"
-        match = re.search(r"node_id=([0-9a-f]+)", core_log.read_text(errors="replace")) if core_log.is_file() else None
-        if match:
-            nodes.add(match.group(1))
-    return nodes
-
-
-@pytest.mark.slow
-def test_two_node_ray_cluster_matches_serial(micro_root: Path, serial_run: Path, tmp_path: Path) -> None:
-    """`--executor ray` joining a real (two-raylet) cluster through RAY_ADDRESS gives the serial cells."""
-    _reset_stages(micro_root)
-    # Ray keeps an auth token under ~/.ray that a local `ray.init` elsewhere may have written; a private
-    # HOME keeps this cluster's token state its own, whatever ran on the machine before.
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {key: value for key, value in _env().items() if not key.startswith("RAY_AUTH")}
-    env["HOME"] = str(home)
-    with _two_node_ray(env) as (address, temp_dir):
-        result = _cli_run(micro_root, tmp_path, "--executor", "ray", env={**env, "RAY_ADDRESS": address})
-        nodes = _nodes_that_ran_tasks(temp_dir)
-    _check_micro_exit(result)
-    _assert_same_cells(tmp_path, serial_run)
-    assert len(nodes) == 2, f"work ran on {len(nodes)} node(s), expected both: {nodes}"
-
-
-@pytest.mark.slow
-def test_a_node_that_cannot_see_the_storage_root_fails_the_run_in_one_line(micro_root: Path, tmp_path: Path) -> None:
-    """The root probe (bench.harness.cluster): a worker node started with another LOCKBENCH_HOME is named,
-    with the root, before any release or cell runs."""
-    _reset_stages(micro_root)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {key: value for key, value in _env().items() if not key.startswith("RAY_AUTH") and key != "LOCKBENCH_HOME"}
-    env["HOME"] = str(home)
-    elsewhere = tmp_path / "elsewhere"
-    with _two_node_ray(env, worker_env={**env, "LOCKBENCH_HOME": str(elsewhere)}) as (address, _):
-        result = _cli_run(micro_root, tmp_path, "--executor", "ray", env={**env, "RAY_ADDRESS": address})
-    assert result.returncode == 2, result.stderr[-2000:]
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error_lines) == 1, result.stderr[-2000:]
-    assert "Ray node" in error_lines[0] and str(micro_root.resolve()) in error_lines[0]
-    assert str(elsewhere) in error_lines[0]
-    assert not (micro_root / "releases").exists() or not any((micro_root / "releases").iterdir())
-    assert not list(micro_root.glob(".lockbench-probe-*"))  # the probe file is removed again
-
-
-def test_the_root_probe_reads_the_file_and_compares_the_nodes_lockbench_home(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from bench.harness.cluster import read_probe
-
-    probe = tmp_path / "probe"
-    probe.write_text("token")
-    monkeypatch.delenv("LOCKBENCH_HOME", raising=False)
-    assert read_probe(str(probe), "token", None) == ""
-    assert "another run's token" in read_probe(str(probe), "other", None)
-    assert "cannot read the probe file" in read_probe(str(tmp_path / "missing"), "token", None)
-    monkeypatch.setenv("LOCKBENCH_HOME", "/somewhere/else")
-    assert "/somewhere/else" in read_probe(str(probe), "token", None)
+    assert hidden_entries(tmp_path, "releases") == [live]
 
 
 def _micro_with_grid(micro_preset: Preset, **grid: Any) -> Preset:
@@ -464,7 +205,7 @@ def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: P
                     path.write_bytes(data + row)
         return tasks
 
-    _reset_stages(micro_root)
+    reset_stages(micro_root)
     SNOOP_RUNS.clear()
     monkeypatch.setattr(context, "materialize", materialize_and_plant)
     monkeypatch.setitem(BOUNDARY, "root", micro_root.resolve())
@@ -524,7 +265,7 @@ def test_attacks_cannot_reach_private_material(micro_root: Path, micro_preset: P
         for path, data in planted.items():
             path.write_bytes(data)
         context.clear_contexts()
-        _reset_stages(micro_root)  # its scores saw the canary row: no later test may reuse them
+        reset_stages(micro_root)  # its scores saw the canary row: no later test may reuse them
 
 
 @pytest.mark.slow
@@ -535,7 +276,7 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
 
     from bench.cli import app
 
-    _reset_stages(micro_root)
+    reset_stages(micro_root)
     preset = _micro_with_grid(
         micro_preset, merge_attacks=[PluginSpec(name="task_arithmetic")],
         defenses=[PluginSpec(name="none"), PluginSpec(name="exploder"), PluginSpec(name="nan_maker")])
@@ -557,7 +298,7 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
     poisoned = by_defense["nan_maker"]
     assert (poisoned["status"] == "failed").all()
     assert poisoned["error"].str.contains("non-finite weights").all(), poisoned["error"].tolist()
-    assert len(_cell_files(micro_root)) == 4, "only the ok cells are cached (none's 2 and their 2 controls)"
+    assert len(cell_files(micro_root)) == 4, "only the ok cells are cached (none's 2 and their 2 controls)"
 
 
 def test_derived_numbers_recompute_by_hand_from_the_csv(serial_run: Path) -> None:
