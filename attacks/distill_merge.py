@@ -24,7 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -284,6 +285,19 @@ def same_weights(teacher: torch.nn.Module, base: torch.nn.Module) -> bool:
     return mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
 
 
+@contextmanager
+def in_eval_mode(*models: torch.nn.Module) -> Iterator[None]:
+    """Teachers answer and are compared in eval mode (no dropout), and are handed back in the mode they came in."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, mode in zip(models, modes, strict=True):
+            model.train(mode)
+
+
 def folded(student: PreTrainedModel | PeftModel) -> PreTrainedModel:
     """The student as a plain model of the base's architecture (a LoRA student folded in)."""
     plain = student.merge_and_unload() if isinstance(student, PeftModel) else student
@@ -299,9 +313,7 @@ class DistillMerge(Attack[DistillMergeConfig]):
     def run(self, view: PublicView) -> AttackOutput:
         config = self.config
         teacher = as_plain_model(view.release)
-        was_training = teacher.training
-        teacher.eval()
-        try:
+        with in_eval_mode(teacher):
             data = teacher_data(teacher, view.tokenizer, view.attacker_train.prompts, config)
             adapter = view.release_format == "adapter"
             lr = config.lora_lr if adapter else config.lr
@@ -313,8 +325,6 @@ class DistillMerge(Attack[DistillMergeConfig]):
                 losses = distill(student, [(teacher, data)], config.steps, lr, config.batch_size, config.temperature,
                                  view.seed)
             final_kl = mean_kl(teacher, student, data)
-        finally:
-            teacher.train(was_training)
         plain = folded(student)
         merged = AdaptiveCoefficient(config.merge_config()).run(
             dataclasses.replace(view, release=plain, release_format="full"))

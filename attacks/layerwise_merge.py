@@ -83,10 +83,11 @@ class LayerwiseMerge(SeedFreeMerge, Attack[LayerwiseMergeConfig]):
         members = list(inputs.members)
         merged_groups: dict[tuple[str, tuple[float, ...]], dict[str, torch.Tensor]] = {}
         trace: list[dict[str, Any]] = []
+        names = {parameter.name for parameter in method_spec(config.method).parameters}
 
         def parameters(weights: Mapping[str, float]) -> dict[str, Any]:
             chosen: dict[str, Any] = {"weight": dict(weights)}
-            if "normalize" in {parameter.name for parameter in method_spec(config.method).parameters}:
+            if "normalize" in names:
                 chosen["normalize"] = False  # normalising would undo the fitted scales
             if sparsifies(config.method):
                 chosen["density"] = config.density

@@ -15,7 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from attacks.distill_merge import DistillSettings, distill, folded, fresh_student, mean_kl, teacher_data
+from attacks.distill_merge import (
+    DistillSettings,
+    distill,
+    folded,
+    fresh_student,
+    in_eval_mode,
+    mean_kl,
+    teacher_data,
+)
 from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
@@ -34,19 +42,15 @@ class MultiDistill(Attack[DistillSettings]):
                 raise ValueError(f"the view holds no attacker_train split for member task '{task}'")
             sources[task] = (expert, list(view.public_experts_train[task].prompts))
         plain = [as_plain_model(model) for model, _ in sources.values()]
-        modes = [teacher.training for teacher in plain]
         adapter = view.release_format == "adapter"
         lr = config.lora_lr if adapter else config.lr
         student = fresh_student(view.base, adapter, config.r, config.alpha, view.seed)
-        try:  # teachers answer in eval mode (no dropout), and are handed back as they came
-            teachers = [(teacher.eval(), teacher_data(teacher, view.tokenizer, prompts, config))
+        with in_eval_mode(*plain):
+            teachers = [(teacher, teacher_data(teacher, view.tokenizer, prompts, config))
                         for teacher, (_, prompts) in zip(plain, sources.values(), strict=True)]
             losses = distill(student, teachers, config.steps, lr, config.batch_size, config.temperature, view.seed)
             final_kl = {task: mean_kl(teacher, student, data)
                         for task, (teacher, data) in zip(sources, teachers, strict=True)}
-        finally:
-            for teacher, mode in zip(plain, modes, strict=True):
-                teacher.train(mode)
         examples = sum(data.input_ids.shape[0] for _, data in teachers)
         # the merge knobs every merge row records (DESIGN §4): none applies, as nothing is merged by weights
         knobs = {"method": "multi_distill", "weights": None, "normalize": None, "lambda": None, "density": None,

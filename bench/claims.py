@@ -61,12 +61,16 @@ def column_mean(frame: pd.DataFrame, column: str) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
+def _release_cells(cells: pd.DataFrame, defense: str, model: str, track: str, release_format: str) -> pd.DataFrame:
+    """A release setting's ok cells (every attack on it, valid or not)."""
+    return cells[(cells["defense"] == defense) & (cells["model"] == model) & (cells["track"] == track)
+                 & (cells["release_format"] == release_format) & (cells["status"] == "ok")]
+
+
 def _cell_mean(cells: pd.DataFrame, defense: str, model: str, track: str, release_format: str, column: str) -> float:
     """Mean of `column` over a release's ok cells: utility and trap diagnostics are the release's, whether or
     not any attack on it is valid (the leaderboard leaves an invalid row's numbers empty)."""
-    rows = cells[(cells["defense"] == defense) & (cells["model"] == model) & (cells["track"] == track)
-                 & (cells["release_format"] == release_format) & (cells["status"] == "ok")]
-    return column_mean(rows, column)
+    return column_mean(_release_cells(cells, defense, model, track, release_format), column)
 
 
 def _lowest(values) -> float:
@@ -118,11 +122,16 @@ class ProtocolMerge:
                 f"{self.normalised_none:.2f} → {self.normalised_trap:.2f}")
 
 
-def protocol_merges(cells: pd.DataFrame, defense: str, model: str) -> list[ProtocolMerge]:
-    """Every (format, method) of Trap²'s protocol in the run for `defense` on `model`, means over seeds."""
+def _protocol_cells(cells: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.Series]:
+    """The ok cells of Trap²'s own merge protocol on `model`, and each one's mergekit method."""
     ok = cells[(cells["status"] == "ok") & (cells["model"] == model) & (cells["track"] == "merge")]
     ok = ok[paper_protocol_mask(ok)]
-    methods = protocol_method(ok)
+    return ok, protocol_method(ok)
+
+
+def protocol_merges(cells: pd.DataFrame, defense: str, model: str) -> list[ProtocolMerge]:
+    """Every (format, method) of Trap²'s protocol in the run for `defense` on `model`, means over seeds."""
+    ok, methods = _protocol_cells(cells, model)
     out = []
     for (release_format, method), rows in ok.groupby([ok["release_format"], methods], sort=True):
         none, trap = rows[rows["defense"] == REFERENCE_DEFENSE], rows[rows["defense"] == defense]
@@ -157,9 +166,7 @@ def merge_verdict(merges: list[ProtocolMerge], adaptive: list[float]) -> tuple[s
 def _protocol_pairs(cells: pd.DataFrame, defense: str, model: str,
                     merges: list[ProtocolMerge]) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """(none's cells, the defense's cells) of Trap²'s protocol for each (format, method) of `merges`."""
-    ok = cells[(cells["status"] == "ok") & (cells["model"] == model) & (cells["track"] == "merge")]
-    ok = ok[paper_protocol_mask(ok)]
-    methods = protocol_method(ok)
+    ok, methods = _protocol_cells(cells, model)
     pairs = []
     for merge in merges:
         rows = ok[(ok["release_format"] == merge.release_format) & (methods == merge.method)]
@@ -174,8 +181,10 @@ def _cut_level(cut: float) -> str:
 def merge_interval_verdict(verdict: str, cut: tuple[float, float], success: tuple[float, float]) -> str:
     """`inconclusive` where the worst cut's interval straddles ⅕ or ½, or, for a cut that holds, the adaptive
     attacker's success interval straddles ½; else the point verdict."""
-    if verdict == "not run" or level_interval(_cut_level, *cut, verdict) == "inconclusive":
-        return "inconclusive" if verdict != "not run" else verdict
+    if verdict == "not run":
+        return verdict
+    if level_interval(_cut_level, *cut, verdict) == "inconclusive":
+        return "inconclusive"
     low, high = success
     if _cut_level(cut[0]) == "holds" and not math.isnan(low) and low <= SURVIVES < high:
         return "inconclusive"
@@ -194,8 +203,7 @@ def _success_interval(board: pd.DataFrame, defense: str, model: str, track: str,
 
 def _retention_claim(cells: pd.DataFrame, labels: list[tuple[str, str]], model: str, track: str) -> tuple[str, str]:
     """(verdict, reason) of a "utility preserved" claim over (defense, format) settings, with its interval."""
-    frames = [cells[(cells["defense"] == label) & (cells["model"] == model) & (cells["track"] == track)
-                    & (cells["release_format"] == fmt) & (cells["status"] == "ok")] for label, fmt in labels]
+    frames = [_release_cells(cells, label, model, track, fmt) for label, fmt in labels]
     low = _lowest(_cell_mean(cells, label, model, track, fmt, "utility_retention") for label, fmt in labels)
     lo, hi = lowest_retention_interval(frames)
     verdict = level_interval(lambda v: _level(v, RETAINED, RETAINED_HALF), lo, hi, _level(low, RETAINED, RETAINED_HALF))

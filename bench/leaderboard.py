@@ -66,14 +66,15 @@ class PublishError(RuntimeError):
 # ----------------------------------------------------------------------------- run outputs
 
 
-def write_run_outputs(run_dir: Path, cells: pd.DataFrame, title: str, validity: ValidityRule | None = None) -> None:
-    """Aggregate `cells` and write RUN_FILES into `run_dir` (the rule it was aggregated under included), and
-    for a run that sweeps a paper's strength knob its trade-off plots and claims; README.md last, so its
-    presence marks a complete run."""
+def write_run_outputs(run_dir: Path, cells: pd.DataFrame, title: str, validity: ValidityRule | None = None,
+                      aggregates: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None = None) -> None:
+    """Aggregate `cells` (unless `aggregates`, aggregate_all's result for them, is given) and write RUN_FILES
+    into `run_dir` (the rule it was aggregated under included), and for a run that sweeps a paper's strength
+    knob its trade-off plots and claims; README.md last, so its presence marks a complete run."""
     run_dir = Path(run_dir)
     validity = validity or ValidityRule()
     cells = conform_frame(cells, "cells")
-    board, picks, sensitivity = aggregate_all(cells, validity)
+    board, picks, sensitivity = aggregates or aggregate_all(cells, validity)
     # utility-task columns, where the leaderboard schema declares them (bench.utility_report.BOARD_COLUMNS)
     board = conform_frame(with_board_columns(board, cells, LEADERBOARD_COLUMNS), "leaderboard")
     write_csv(cells, run_dir / CELLS_FILE, "cells")
@@ -106,7 +107,8 @@ def write_run(summary: RunSummary) -> RunSummary:
     staging = out_dir / f".staging.{socket.gethostname()}-{os.getpid()}"
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        write_run_outputs(staging, summary.frame, title=summary.title, validity=summary.rule)
+        write_run_outputs(staging, summary.frame, title=summary.title, validity=summary.rule,
+                          aggregates=summary.aggregates)
         (out_dir / README_FILE).unlink(missing_ok=True)
         remove_optional_files(out_dir)
         names = sorted((p.name for p in staging.iterdir() if not p.name.startswith(".")),

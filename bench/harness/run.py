@@ -15,6 +15,7 @@ import time
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,18 @@ class RunSummary:
     def ok(self) -> bool:
         return self.failed == 0 and not self.problems
 
+    @cached_property
+    def aggregates(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(board, picks, sensitivity) of the cells under `rule`, computed once (the bootstrap is the costly
+        part): the run directory's files and a command's use of the board share them."""
+        if self.frame is None:
+            raise ValueError("this summary holds no cells")
+        return aggregate_all(self.frame, self.rule or ValidityRule())
+
     @property
     def board(self) -> pd.DataFrame:
         """The leaderboard rows of the run (one per defense × track × model × format), aggregated under `rule`."""
-        if self.frame is None:
-            raise ValueError("this summary holds no cells")
-        return aggregate_all(self.frame, self.rule or ValidityRule())[0]
+        return self.aggregates[0]
 
 
 def _progress(console: Console) -> Progress:
