@@ -38,13 +38,28 @@ def ci_ctx(ci_root):
 def test_trap2_keeps_utility_at_the_paper_lambda(ci_ctx, release_format: str) -> None:
     """Issue 6 acceptance at the default λ: standalone utility no more than 0.02 below `none` (lm-eval, test
     split; Trap² picks its checkpoint on the owner's validation tail and may score above `none`, which is
-    no loss of utility)."""
-    _check_trap(ci_ctx, release_format, margin=None)
+    no loss of utility). The release is the regression gate's own `smoke` job, produced through the harness's
+    release cache in the shared ci root, so the gate after pytest reuses it instead of training it again."""
+    from bench.evaluate import score
+    from bench.harness.grid import expand
+    from bench.harness.stages import load_release, run_defense_job
+
+    smoke = load_preset("smoke")
+    assert smoke.grid is not None and smoke.zoo == ci_ctx.preset.zoo, "the gate's zoo must be the ci zoo"
+    cells = expand(smoke.grid, {m: smoke.zoo.expert_tasks_of(m) for m in smoke.zoo.models}, list(smoke.zoo.downstream_tasks))
+    job = next(cell.defense for cell in cells if cell.defense.defense == "trap2"
+               and cell.defense.release_format == release_format and cell.defense.seed == 0)
+    run_defense_job(ci_ctx, job)
+    owner = owner_of(ci_ctx, "trap2", "merge", release_format)
+    assert (owner.task, job.model) == (job.task, "llama")
+    utility = {label: score(model, owner.tokenizer, [owner.task], ci_ctx.tasks)[owner.task]
+               for label, model in (("none", owner.reference_release), ("trap2", load_release(ci_ctx, job)))}
+    assert utility["trap2"] >= utility["none"] - 0.02, utility
 
 
-def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any) -> Any:
-    """A Trap² release on the ci zoo keeps `none`'s utility (within 0.02) and, unless `margin` is None, its
-    test loss at s = 0.5 exceeds `none`'s by more than `margin`. Returns the owner and the release."""
+def _check_trap(ci_ctx, release_format: str, margin: float, **config: Any) -> Any:
+    """A Trap² release on the ci zoo keeps `none`'s utility (within 0.02) and its test loss at s = 0.5
+    exceeds `none`'s by more than `margin`. Returns the owner and the release."""
     from bench.evaluate import score
 
     owner = owner_of(ci_ctx, "trap2", "merge", release_format)
@@ -53,10 +68,9 @@ def _check_trap(ci_ctx, release_format: str, margin: float | None, **config: Any
     utility = {label: score(model, tokenizer, [task], ci_ctx.tasks)[task]
                for label, model in (("none", owner.reference_release), ("trap2", release.model))}
     assert utility["trap2"] >= utility["none"] - 0.02, utility
-    if margin is not None:
-        half = {label: _half_scale_loss(ci_ctx, owner, model)
-                for label, model in (("none", owner.reference_release), ("trap2", release.model))}
-        assert half["trap2"] > half["none"] + margin, half
+    half = {label: _half_scale_loss(ci_ctx, owner, model)
+            for label, model in (("none", owner.reference_release), ("trap2", release.model))}
+    assert half["trap2"] > half["none"] + margin, half
     return owner, release
 
 
