@@ -24,8 +24,8 @@ from attacks.common import (
     weighted_method,
 )
 from bench.config import StrictModel
-from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.merging import method_spec, sparsifies
 
 #: Trap²'s range, 0.1 … 9.9, on a roughly geometric grid (dense where merges usually peak); early
 #: stopping ends the climb a couple of steps after the peak, so the large values cost nothing unless needed.

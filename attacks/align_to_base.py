@@ -49,8 +49,8 @@ from attacks.common import (
     weighted_method,
 )
 from bench.config import StrictModel
-from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackNotApplicable, AttackOutput, PublicView, register_attack
+from bench.toolkit.merging import method_spec, sparsifies
 from bench.zoo.layout import FAMILIES, Block, InMap, OutMap, blocks
 
 Unmix = Literal["auto", "always", "never"]

@@ -12,17 +12,17 @@ from pydantic import Field, SerializerFunctionWrapHandler, field_validator, mode
 from transformers import PreTrainedModel
 
 from bench.config import StrictModel
-from bench.device import device_of
-from bench.evaluate import as_plain_model
-from bench.finetuning import FinetuneSettings, sweep
-from bench.merging import Layout, draws_random, layout_for, merge_state_dicts, method_spec, sparsifies
 from bench.plugins import AttackNotApplicable, AttackOutput, PublicView  # noqa: F401 - re-exported
+from bench.runtime.device import device_of
+from bench.toolkit.evaluate import as_plain_model
+from bench.toolkit.finetuning import FinetuneSettings, sweep
+from bench.toolkit.merging import Layout, draws_random, layout_for, merge_state_dicts, method_spec, sparsifies
 from bench.zoo.training import TrainSettings
 
 if TYPE_CHECKING:
     import torch
 
-    from bench.optuna_search import OptunaSpace
+    from bench.toolkit.search import OptunaSpace
 
 RELEASE = "release"
 #: What an adaptive attacker maximises on its own validation split: the protected task alone, the mean
@@ -185,7 +185,7 @@ class SweepConfig(StrictModel):
     """A sweep; a single number for `lr` or `steps` is a sweep of one.
 
     `search: optuna` replaces the lr × steps grid by a fixed budget of Optuna trials over `lr_range`
-    (log-uniform), `steps_choices` and `warmup_choices` (bench.optuna_search). A setting of the other
+    (log-uniform), `steps_choices` and `warmup_choices` (bench.toolkit.search). A setting of the other
     search is an error naming the key, and is left out of the dump, so a grid config keeps the canonical
     JSON (and the cell key) it had before Optuna existed.
     """
@@ -246,8 +246,8 @@ class SweepConfig(StrictModel):
         return {key: value for key, value in handler(self).items() if key not in unread}
 
     def optuna_space(self) -> OptunaSpace:
-        """The study's search space (bench.optuna_search); the LoRA config adds its ranks."""
-        from bench.optuna_search import OptunaSpace
+        """The study's search space (bench.toolkit.search); the LoRA config adds its ranks."""
+        from bench.toolkit.search import OptunaSpace
 
         return OptunaSpace(self.trials, self.lr_range, tuple(self.steps_choices), tuple(self.warmup_choices))
 
@@ -255,7 +255,7 @@ class SweepConfig(StrictModel):
 def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, alpha: int = 16,
               update_mask: Mapping[str, torch.Tensor] | None = None) -> AttackOutput:
     """Shared by the fine-tuning attacks: sweep (or search), choose on attacker_val, report. `update_mask`
-    (grid search, full fine-tuning) trains only those entries (bench.finetuning.FinetuneSettings)."""
+    (grid search, full fine-tuning) trains only those entries (bench.toolkit.finetuning.FinetuneSettings)."""
     if view.score_val is None:
         raise RuntimeError("fine-tuning sweeps choose on view.score_val (the attacker-val scorer)")
     score_val, task = view.score_val, view.task
@@ -284,7 +284,7 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
 def _run_optuna(view: PublicView, config: SweepConfig, method: str, alpha: int,
                 evaluate: Callable[[PreTrainedModel], float]) -> AttackOutput:
     """`run_sweep` with an Optuna study in place of the grid; optuna is imported only when a cell uses it."""
-    from bench.optuna_search import search
+    from bench.toolkit.search import search
 
     space = config.optuna_space()
     found = search(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,

@@ -37,9 +37,9 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from attacks.adaptive_coefficient import AdaptiveCoefficient, AdaptiveCoefficientConfig
 from attacks.common import Objective, objective_examples
 from bench.config import StrictModel
-from bench.device import device_of
-from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.runtime.device import device_of
+from bench.toolkit.evaluate import as_plain_model
 from bench.zoo.training import ANSWER_END
 
 Positions = Literal["answer", "all"]

@@ -32,8 +32,8 @@ from attacks.common import (
     weighted_method,
 )
 from bench.config import StrictModel
-from bench.merging import draws_random, merge_state_dicts, method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.merging import draws_random, merge_state_dicts, method_spec, sparsifies
 
 #: `model.layers.3.` (Llama, Mamba), `transformer.h.3.` (GPT-2), `blocks.3.`: the block index of a tensor.
 LAYER = re.compile(r"\.(?:layers|h|blocks)\.(\d+)\.")

@@ -13,7 +13,7 @@ from attacks.common import SweepConfig, run_sweep
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 
 if TYPE_CHECKING:
-    from bench.optuna_search import OptunaSpace  # optuna is imported only where a cell searches with it
+    from bench.toolkit.search import OptunaSpace  # optuna is imported only where a cell searches with it
 
 
 class LoraFinetuneConfig(SweepConfig):

@@ -23,7 +23,7 @@ attacker freezes only what it has evidence was left untouched, so its control is
 scratch, not a frozen model. It reads nothing private: not the mask, not the seed of the initialisation
 (`init: zoo` would let an attacker rebuild the init and read the frozen complement exactly; this
 estimator also works under `init: secret`). How well the estimate matches the private mask is measured
-in tests/test_mask_finetune.py with the mask the defense kept. Track: finetune. Formats: full.
+in tests/system/test_mask_finetune.py with the mask the defense kept. Track: finetune. Formats: full.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from pydantic import Field, model_validator
 from transformers import PreTrainedModel
 
 from attacks.common import SweepConfig, run_sweep
-from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.evaluate import as_plain_model
 
 
 class MaskFinetuneConfig(SweepConfig):

@@ -13,9 +13,9 @@ from pydantic import Field, model_validator
 
 from attacks.common import MergeInputs, merge_knobs
 from bench.config import StrictModel
-from bench.finetuning import FinetuneSettings, Method, finetune_checkpoints
-from bench.merging import method_spec
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.finetuning import FinetuneSettings, Method, finetune_checkpoints
+from bench.toolkit.merging import method_spec
 from bench.zoo.training import TrainSettings
 
 

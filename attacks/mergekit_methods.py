@@ -1,7 +1,7 @@
 """One merge attack per method in mergekit's registry, generated from it rather than listed by hand.
 
 For every registered method that can merge two or more models (its input contract says how: on the
-shared base, anchored on the release, or as plain weights — `bench.merging.layout_for`), this module
+shared base, anchored on the release, or as plain weights — `bench.toolkit.merging.layout_for`), this module
 creates an `Attack` subclass named after the method, with a pydantic config built from the method's own
 parameter specs (types, shared or per-member scope, defaults) and a default parameter grid that presets
 expand into one cell per configuration. A method mergekit adds later gets an attack automatically; one
@@ -16,8 +16,8 @@ from pydantic import Field, create_model
 
 from attacks.common import MergeInputs, merge_knobs
 from bench.config import StrictModel
-from bench.merging import Layout, layout_for, method_spec
 from bench.plugins import Attack, AttackFamily, AttackOutput, PublicView, register_attack
+from bench.toolkit.merging import Layout, layout_for, method_spec
 
 #: Values for parameters the registry leaves required (per method, then for any method).
 REQUIRED_DEFAULTS: dict[str | None, dict[str, Any]] = {

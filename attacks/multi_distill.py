@@ -24,8 +24,8 @@ from attacks.distill_merge import (
     mean_kl,
     teacher_data,
 )
-from bench.evaluate import as_plain_model
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.evaluate import as_plain_model
 
 
 @register_attack(track="merge", family="data")

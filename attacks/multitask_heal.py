@@ -13,8 +13,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from attacks.merge_heal import MergeHealConfig, merge_then_heal
-from bench.finetuning import Method
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.finetuning import Method
 
 
 class MultiTaskHealConfig(MergeHealConfig):

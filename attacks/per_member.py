@@ -24,8 +24,8 @@ from attacks.common import (
     weighted_method,
 )
 from bench.config import StrictModel
-from bench.merging import method_spec, sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.merging import method_spec, sparsifies
 
 
 class PerMemberConfig(StrictModel):

@@ -28,8 +28,8 @@ from transformers.pytorch_utils import Conv1D
 
 from attacks.common import RELEASE, MergeInputs, expert_name, model_from_state
 from bench.config import StrictModel
-from bench.device import inputs_on
 from bench.plugins import Attack, AttackOutput, PublicView, TaskData, register_attack
+from bench.runtime.device import inputs_on
 
 
 class RegMeanConfig(StrictModel):

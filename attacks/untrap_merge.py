@@ -27,9 +27,9 @@ from torch import nn
 
 from attacks.common import MergeInputs, Objective, merge_knobs, validation_scorer
 from bench.config import StrictModel
-from bench.evaluate import as_plain_model
-from bench.merging import sparsifies
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
+from bench.toolkit.evaluate import as_plain_model
+from bench.toolkit.merging import sparsifies
 from bench.zoo.training import TrainSettings, tokenise, train
 
 

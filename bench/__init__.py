@@ -1,4 +1,4 @@
-"""lockbench's harness. Importing any of its modules pins the CPU code path first (bench.numerics),
+"""lockbench's harness. Importing any of its modules pins the CPU code path first (bench.runtime.numerics),
 because torch reads it when it first computes, and a recorded number must not depend on the machine.
 
 The public surface is small and curated: what a plugin author writes against (`Defense`, `Attack`, the
@@ -10,7 +10,7 @@ runs (`load_preset`, `run_benchmark`, `write_run`, `run_and_write`). Each is loa
 from importlib import import_module
 from typing import Any
 
-from bench.numerics import pin_numerics
+from bench.runtime.numerics import pin_numerics
 
 pin_numerics()
 
@@ -23,7 +23,7 @@ _PUBLIC = {
     "Release": "bench.plugins", "TaskData": "bench.plugins", "register_attack": "bench.plugins",
     "register_defense": "bench.plugins", "register_task": "tasks.registry", "StrictModel": "bench.config",
     "load_preset": "bench.presets", "run_benchmark": "bench.harness.run", "RunSummary": "bench.harness.run",
-    "write_run": "bench.leaderboard", "run_and_write": "bench.leaderboard",
+    "write_run": "bench.report.leaderboard", "run_and_write": "bench.report.leaderboard",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from bench.measure import evaluate, rows_forward, scaled_update, token_loss  # noqa: F401 - shared with the harness
 from bench.plugins import OwnerView, TaskData
+from bench.toolkit.measure import evaluate, rows_forward, scaled_update, token_loss  # noqa: F401 - shared with the harness
 from bench.zoo.training import TokenisedBatch, TrainSettings, lr_factor, tokenise
 
 

@@ -1,7 +1,7 @@
 """Procedural tasks for lockbench: deterministic generators, disjoint splits, lm-eval exposure.
 
 Built-in tasks (tasks.builtin) and third-party ones are found through the ``lockbench.tasks``
-entry-point group on first lookup (bench.registry).
+entry-point group on first lookup (bench.plugins.registry).
 """
 
 from tasks.base import SPLITS, Example, ProceduralTask, SplitSizes

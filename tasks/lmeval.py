@@ -28,7 +28,7 @@ import datasets
 import pydantic
 import yaml
 
-from bench.storage import replace_atomically, write_text_atomic
+from bench.runtime.storage import replace_atomically, write_text_atomic
 from tasks.base import SPLITS, SplitSizes
 from tasks.registry import list_tasks
 from tasks.rows import read_rows

@@ -1,4 +1,4 @@
-"""Name → task class, in the one plugin registry (bench.registry) under the `lockbench.tasks` entry points.
+"""Name → task class, in the one plugin registry (bench.plugins.registry) under the `lockbench.tasks` entry points.
 
 Configs name tasks by string; keeping the mapping in one place gives a helpful error (with a "did you
 mean") for a typo instead of a late failure inside training or lm-eval. Document tasks (tasks.documents)
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from bench.registry import Registry
+from bench.plugins.registry import Registry
 from tasks.base import ProceduralTask
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")

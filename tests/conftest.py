@@ -9,10 +9,11 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
     os.environ.setdefault(_key, _value)
 
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
-import bench  # noqa: E402,F401  (pins the CPU code path, bench.numerics, before any test module computes)
+import bench  # noqa: E402,F401  (pins the CPU code path, bench.runtime.numerics, before any test module computes)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -23,7 +24,7 @@ def pytest_configure(config: pytest.Config) -> None:
     Each xdist worker computes on its share of the cores (one thread with two workers on two cores): torch
     otherwise starts a thread per core in every worker, and the two workers' threads fight for the cores
     (measured: 300 Trap² steps on the ci zoo took 60 s with two threads beside another busy process, 22 s
-    with one, bitwise the same result). The harness computes with one thread anyway (bench.threads)."""
+    with one, bitwise the same result). The harness computes with one thread anyway (bench.runtime.threads)."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
@@ -61,19 +62,24 @@ def _document_tasks_stay_in_their_test():
 @pytest.fixture(autouse=True, scope="module")
 def _test_plugins_stay_in_their_module(request):
     """Test modules register their plugins when imported, and pytest imports every module before the first
-    test: each module sees the built-ins and its own plugins only, and the registries are as they were after it."""
+    test: each module sees the built-ins, its own plugins and those of the test helper modules it imports
+    (tests/fault_plugins.py), and the registries are as they were after it. Built-in plugins live in
+    packages (`defenses.trap2`); a test's or a helper's in a top-level module (`test_plugins`, `fault_plugins`)."""
     import contextlib
+    import inspect
 
     from bench.plugins import ATTACKS, DEFENSES
     from tasks.registry import TASKS
 
-    own = request.module.__name__
+    visible = {request.module.__name__} | {
+        value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        for value in vars(request.module).values()}
     with contextlib.ExitStack() as stack:
         for registry in (DEFENSES, ATTACKS, TASKS):
             stack.enter_context(registry.scoped())
             for name in registry.names():
                 module = registry.get(name).__module__
-                if module.split(".")[0].startswith("test_") and module != own:
+                if "." not in module and module not in visible:
                     registry.unregister(name)
         yield
 
@@ -142,15 +148,15 @@ def fake_scoring(monkeypatch: pytest.MonkeyPatch):
     """Score with the double (tests/fakes.FakeScorer) and fail if anything still calls lm-eval."""
     from fakes import FAKE_SCORER
 
-    import bench.evaluate
-    import bench.harness.scorer
+    import bench.harness.val_scorer
+    import bench.toolkit.evaluate
     from bench.harness.context import clear_contexts
     from bench.harness.scoring import SCORER_ENV
 
     clear_contexts()  # a context remembers its scorer
     monkeypatch.setenv(SCORER_ENV, FAKE_SCORER)
-    monkeypatch.setattr(bench.evaluate, "score", no_lm_eval)
-    monkeypatch.setattr(bench.harness.scorer.AttackerValScorer, "__call__", no_lm_eval)
+    monkeypatch.setattr(bench.toolkit.evaluate, "score", no_lm_eval)
+    monkeypatch.setattr(bench.harness.val_scorer.AttackerValScorer, "__call__", no_lm_eval)
     yield
     clear_contexts()
 
@@ -170,3 +176,22 @@ def serial_run(micro_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("run-serial")
     check_micro_exit(cli_run(micro_root, out))
     return out
+
+
+@pytest.fixture(scope="session")
+def rel_preset(micro_preset: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from reliability_runs import rel_data, write_yaml
+
+    return write_yaml(rel_data(micro_preset), tmp_path_factory.mktemp("rel") / "rel.yaml")
+
+
+@pytest.fixture(scope="session")
+def reference(rel_preset: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The reliability tests' uninterrupted run (tests/reliability_runs.py) from an empty storage root: (root,
+    run directory)."""
+    from reliability_runs import check_ok, run_args, run_cli
+
+    base = tmp_path_factory.mktemp("reference")
+    root, out = base / "root", base / "run"
+    check_ok(run_cli(run_args(rel_preset, root, out)), 6)
+    return root, out

@@ -161,7 +161,7 @@ class FakeScorer:
     def accuracy(model, task: str) -> float:
         import hashlib
 
-        from bench.evaluate import as_plain_model
+        from bench.toolkit.evaluate import as_plain_model
 
         total = sum(float(parameter.detach().double().sum()) for parameter in as_plain_model(model).parameters())
         digest = hashlib.sha256(f"{total:.9e}:{task}".encode()).digest()
@@ -172,7 +172,7 @@ class FakeScorer:
 
     def score_examples(self, model, tokenizer, task_names):
         """No per-example values: a bootstrap holds the double's accuracies fixed."""
-        from bench.evaluate import TaskScore
+        from bench.toolkit.evaluate import TaskScore
 
         return {task: TaskScore(self.accuracy(model, task)) for task in task_names}
 
@@ -207,6 +207,21 @@ def owner_of(ctx, defense: str, track: str, release_format: str, model: str = "l
 
     task = ctx.preset.zoo.expert_tasks[0] if track == "merge" else None
     return owner_view(ctx, DefenseJob(defense, defense, "{}", track, release_format, model, task, 0))
+
+
+def gate_job(defense: str, release_format: str):
+    """The regression gate's own job (`smoke`, seed 0) for `defense` in `release_format`: a ci-zoo test that
+    produces its release through the harness's release cache (`run_defense_job` in the shared ci root) hands
+    it to the gate that `make test` runs after pytest, instead of both training it."""
+    from bench.harness.grid import expand
+    from bench.presets import load_preset
+
+    smoke = load_preset("smoke")
+    assert smoke.grid is not None and smoke.zoo == load_preset("ci").zoo, "the gate's zoo must be the ci zoo"
+    cells = expand(smoke.grid, {m: smoke.zoo.expert_tasks_of(m) for m in smoke.zoo.models},
+                   list(smoke.zoo.downstream_tasks))
+    return next(cell.defense for cell in cells if cell.defense.defense == defense
+                and cell.defense.release_format == release_format and cell.defense.seed == 0)
 
 
 def protect_with(name: str, owner, **config):

@@ -1,5 +1,6 @@
-"""Running the CLI on the micro preset, for the harness tests (tests/test_harness.py, tests/test_harness_e2e.py):
-its environment (offline, scored by the double), the command, the exit it must give, and comparing runs."""
+"""Running the CLI on the micro preset, for the harness tests (tests/integration/test_harness.py,
+tests/system/test_harness_e2e.py): its environment (offline, scored by the double), the command, the exit it
+must give, and comparing runs."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pandas as pd
 from fakes import FAKE_SCORER
 
 from bench.harness.scoring import SCORER_ENV
-from bench.offline import OFFLINE_ENV
 from bench.results import TIMING_COLUMNS
+from bench.runtime.offline import OFFLINE_ENV
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).resolve().parent

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bench.evaluate import TaskScore
 from bench.harness.context import HarnessContext
 from bench.harness.grid import Cell
 from bench.harness.score_cache import cached_scores
 from bench.results.examples import encode
+from bench.toolkit.evaluate import TaskScore
 
 
 def as_record(scores: dict[str, TaskScore]) -> dict[str, dict[str, Any]]:

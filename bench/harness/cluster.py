@@ -17,12 +17,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.device import DEVICE_ENV
-from bench.harness.grid import ConfigError
-from bench.numerics import numerics_env
-from bench.offline import offline_env
-from bench.runlog import LOG_FORMAT, reclaim
-from bench.storage import DEFAULT_ROOT_ENV
+from bench.config import ConfigError
+from bench.runtime.device import DEVICE_ENV
+from bench.runtime.numerics import numerics_env
+from bench.runtime.offline import offline_env
+from bench.runtime.runlog import LOG_FORMAT, reclaim
+from bench.runtime.storage import DEFAULT_ROOT_ENV
 
 PROBE_PREFIX = ".lockbench-probe-"
 PROBE_TIMEOUT_S = 120.0

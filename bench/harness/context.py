@@ -58,7 +58,7 @@ def trim_lm_eval_overheads() -> None:
     """Remove two per-call costs of lm-eval that profiling the harness found (once per process).
 
     `simple_evaluate` fills an environment block (torch's collect_env: about ten subprocesses such as
-    `pip list`, ~1 s) that `bench.evaluate.score` discards, on every call; and lm-eval compiles each
+    `pip list`, ~1 s) that `bench.toolkit.evaluate.score` discards, on every call; and lm-eval compiles each
     Jinja template anew for every document. With hundreds of small evaluations per run these were
     most of the scoring time (`make perf`, lm-eval figure). Scores are unchanged: the environment block
     is never read, and a compiled template renders exactly as a fresh one.

@@ -19,9 +19,9 @@ import json
 import torch
 from peft import get_peft_model
 
-from bench.device import device_of
 from bench.plugins import Defense, OwnerView, Release
-from bench.threat_model import CONTROL_DEFENSE  # noqa: F401 - re-exported for the harness
+from bench.plugins.threat_model import CONTROL_DEFENSE  # noqa: F401 - re-exported for the harness
+from bench.runtime.device import device_of
 
 CONTROL_KIND = {"merge": "release-free", "finetune": "from-scratch"}
 

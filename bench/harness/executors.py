@@ -7,7 +7,7 @@ workers. A cell whose release failed fails with the release's error without runn
 
 Ray (bench.harness.cluster): a private local cluster without $RAY_ADDRESS, the named cluster with it,
 every node first proving it sees the storage root. Each task asks for explicit CPUs (and GPUs). Every
-item computes with one torch thread (`bench.threads`), whatever the executor, so serial and Ray runs give
+item computes with one torch thread (`bench.runtime.threads`), whatever the executor, so serial and Ray runs give
 the same numbers on any machine.
 """
 
@@ -32,7 +32,7 @@ def import_plugin_modules() -> list[str]:
     """Import the modules named in $LOCKBENCH_PLUGINS (their decorators register the plugins)."""
     import importlib
 
-    from bench.harness.grid import ConfigError
+    from bench.config import ConfigError
 
     names = [name.strip() for name in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if name.strip()]
     for name in names:
@@ -55,7 +55,7 @@ class WorkItem:
 
 def execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], *needed: dict[str, Any]) -> Any:
     """Run one item; `needed` are the results of the items in `item.after` (Ray resolves them first)."""
-    from bench.threads import compute_threads
+    from bench.runtime.threads import compute_threads
 
     with compute_threads():
         return execute_item(preset_json, root, item, fractions, needed)

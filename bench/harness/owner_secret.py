@@ -8,7 +8,7 @@ Merge-Lock-style numbers differ between otherwise bit-identical runs). Each job 
 task, seed) gets its own key, so seeds vary the keys as they vary every other release.
 
 The secret is a stand-in for a real owner's private randomness: the benchmark enforces its information
-boundary through the views (bench.threat_model), not through cryptography.
+boundary through the views (bench.plugins.threat_model), not through cryptography.
 """
 
 from __future__ import annotations

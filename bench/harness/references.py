@@ -33,7 +33,7 @@ from transformers import PreTrainedModel
 
 from bench.harness.context import HarnessContext
 from bench.harness.grid import DefenseJob
-from bench.storage import cached_directory, content_hash, write_json_atomic
+from bench.runtime.storage import cached_directory, content_hash, write_json_atomic
 from bench.zoo.build import base_seed, expert_seed, load_model, train_base, train_full_expert, train_lora_expert
 
 #: Bump when how a reference is trained changes.

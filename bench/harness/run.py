@@ -1,8 +1,8 @@
 """`lockbench run`: expand the grid, produce releases, attack them, score, write the run directory.
 
-Crash safety: every stage result is an atomic, verified cache entry (bench.storage), so a re-run after a
+Crash safety: every stage result is an atomic, verified cache entry (bench.runtime.storage), so a re-run after a
 kill resumes; the run directory's files are first written to a hidden staging folder and then moved in
-one by one with README.md (the "complete run" marker, see bench.leaderboard) removed first and restored
+one by one with README.md (the "complete run" marker, see bench.report.leaderboard) removed first and restored
 last, so a killed run never leaves a half-written CSV or a README over mixed files.
 """
 
@@ -30,23 +30,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from bench.config import ConfigError
 from bench.harness.context import clear_contexts, get_context
 from bench.harness.executors import ExecutorName, WorkItem, import_plugin_modules, make_executor
-from bench.harness.grid import (
-    Cell,
-    ConfigError,
-    DefenseJob,
-    budget_references,
-    copied_control,
-    expand,
-    shared_controls,
-)
+from bench.harness.grid import Cell, DefenseJob, budget_references, copied_control, expand, shared_controls
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
-from bench.progress_log import PlainProgress
 from bench.results import ValidityRule, aggregate_all
-from bench.storage import (
+from bench.runtime.progress_log import PlainProgress
+from bench.runtime.storage import (
     deep_verification,
     entry_state,
     invalidate,
@@ -59,7 +52,7 @@ from bench.storage import (
 class RunSummary:
     """What a run computed: the counts, and the scored cells themselves (`frame`, cells.csv's rows) with the
     rule they were scored under, so that a command uses the run's data without reading back a file.
-    Writing the run directory is a separate step (`bench.leaderboard.write_run`)."""
+    Writing the run directory is a separate step (`bench.report.leaderboard.write_run`)."""
 
     out_dir: Path
     cells: int
@@ -91,7 +84,7 @@ class RunSummary:
 
 
 def _progress(console: Console) -> Progress:
-    """The bars on a terminal; `bench.progress_log` adds plain lines about once a minute when stdout is not one."""
+    """The bars on a terminal; `bench.runtime.progress_log` adds plain lines about once a minute when stdout is not one."""
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("cached {task.fields[cached]} · failed {task.fields[failed]}"),
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
@@ -118,7 +111,7 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
                   console: Console | None = None, **executor_kwargs: Any) -> RunSummary:
     """The pipeline: check the inputs, expand the grid, build the zoo, run what the cache lacks (each
     release, then its cells as soon as it exists), score the records and return them. `out_dir` receives the
-    run's log as it goes; its result files are `bench.leaderboard.write_run`'s to write."""
+    run's log as it goes; its result files are `bench.report.leaderboard.write_run`'s to write."""
     from bench.results import score_cells, validity_failures
 
     console = console or Console(stderr=True)
@@ -280,9 +273,9 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
 
 def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, Any]:
     """Map a stage record onto the raw-cell schema of bench.results (every column present)."""
-    from bench.numerics import numerics_stamp
     from bench.results.columns import BUDGETS, RAW_COLUMNS
-    from bench.versions import versions
+    from bench.runtime.numerics import numerics_stamp
+    from bench.runtime.versions import versions
 
     row: dict[str, Any] = {column: None for column in RAW_COLUMNS}
     row.update({key: value for key, value in record.items() if key in row})
@@ -312,5 +305,5 @@ def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, A
         warnings.warn(f"cell record keys with no cells.csv column, not published: {dropped}", stacklevel=2)
     row.update(versions())
     row["zoo_hash"] = zoo_hash
-    row["cpu_capability"] = numerics_stamp()  # the workers' too: they inherit the pin (tests/test_worker_env.py)
+    row["cpu_capability"] = numerics_stamp()  # the workers' too: they inherit the pin (tests/system/test_worker_env.py)
     return row

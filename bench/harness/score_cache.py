@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness.context import HarnessContext
-from bench.storage import content_hash, report_damaged, write_json_atomic
+from bench.runtime.storage import content_hash, report_damaged, write_json_atomic
 
 CODE_VERSION = 4  # bump when a stage's semantics change, so caches are not reused across it
 

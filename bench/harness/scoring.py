@@ -1,7 +1,7 @@
 """The scorer seam: every accuracy the harness records goes through the run context's `Scorer`.
 
 lm-eval's implementation (`LmEvalScorer`) is the only real one: test-split scores through
-`bench.evaluate.score`, the attackers' validation scores through `bench.harness.scorer.AttackerValScorer`.
+`bench.toolkit.evaluate.score`, the attackers' validation scores through `bench.harness.val_scorer.AttackerValScorer`.
 Tests may substitute a double, as lm-eval's own `DummyLM` stands in for a model: `$LOCKBENCH_SCORER` names
 a factory `module:attribute` called with the materialised tasks (Ray workers inherit the variable), so
 plumbing tests of the harness run without lm-eval. A double's name salts every cache key that holds a
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tasks.lmeval import MaterializedTasks
 
 if TYPE_CHECKING:
-    from bench.evaluate import TaskScore
+    from bench.toolkit.evaluate import TaskScore
 
 SCORER_ENV = "LOCKBENCH_SCORER"
 LM_EVAL = "lm_eval"
@@ -53,17 +53,17 @@ class LmEvalScorer:
         self.tasks = tasks
 
     def score(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, float]:
-        from bench.evaluate import score
+        from bench.toolkit.evaluate import score
 
         return score(model, tokenizer, list(task_names), self.tasks)
 
     def score_examples(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, TaskScore]:
-        from bench.evaluate import score_examples
+        from bench.toolkit.evaluate import score_examples
 
         return score_examples(model, tokenizer, list(task_names), self.tasks)
 
     def attacker_val(self, tokenizer: Any, task_names: Sequence[str] | None = None) -> ValScorer:
-        from bench.harness.scorer import AttackerValScorer, read_attacker_val
+        from bench.harness.val_scorer import AttackerValScorer, read_attacker_val
 
         names = None if task_names is None else list(task_names)
         return AttackerValScorer(tokenizer, *read_attacker_val(self.tasks, names))

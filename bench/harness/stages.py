@@ -28,7 +28,6 @@ from bench.harness.grid import Cell, DefenseJob
 from bench.harness.owner_secret import owner_secret
 from bench.harness.references import reference_base, reference_expert
 from bench.harness.score_cache import CODE_VERSION, read_json_record
-from bench.measure import release_diagnostics
 from bench.plugins import (
     ATTACKS,
     DEFENSES,
@@ -40,13 +39,14 @@ from bench.plugins import (
     TaskData,
 )
 from bench.results.columns import BUDGETS
-from bench.storage import (
+from bench.runtime.storage import (
     cached_directory,
     content_hash,
     fault_point,
     is_complete,
     write_json_atomic,
 )
+from bench.toolkit.measure import release_diagnostics
 from bench.zoo.build import load_model, replay_sample
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 

@@ -17,7 +17,7 @@ Quick figures (the ratio, then the target):
 - cache:  a fully cached re-run over the cold run from an empty storage root, same command (<= 2 %)
 - ray:    serial wall time over Ray with 2 one-CPU workers, same zoo, every stage after it fresh (>= 1.7x)
 - merge:  `mergekit-yaml` on disk over mergekit's in-memory merge (what attacks use), same merge (>= 5x)
-- lmeval: lm-eval scoring (`bench.evaluate.score`) over a raw batched forward pass computing the same
+- lmeval: lm-eval scoring (`bench.toolkit.evaluate.score`) over a raw batched forward pass computing the same
           log-likelihoods and greedy checks (<= 1.5x)
 - trap2:  one Trap² training step over one plain fine-tuning step (<= 2.2x; "not available" without
           `defenses/trap2.py`)

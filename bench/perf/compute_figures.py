@@ -36,7 +36,7 @@ def figure_merge(ctx: Any) -> Figure:
     import yaml
     from safetensors.torch import load_file
 
-    from bench.merging import merge_state_dicts
+    from bench.toolkit.merging import merge_state_dicts
 
     figure = Figure("merge", "mergekit-yaml on disk / in-memory merge", ctx.preset.name)
     zoo = ctx.zoo
@@ -78,7 +78,7 @@ def figure_merge(ctx: Any) -> Figure:
     figure.details = {"in_memory_s": round(memory_s, 5), "mergekit_yaml_s": round(disk_s, 3),
                       "model": model_name, "members": tasks, "method": "task_arithmetic weight 1.0",
                       "tensors_compared": len(shared), "max_abs_difference": difference}
-    figure.notes.append("in memory: bench.merging.merge_state_dicts on loaded state dicts + load_state_dict, best "
+    figure.notes.append("in memory: bench.toolkit.merging.merge_state_dicts on loaded state dicts + load_state_dict, best "
                         "of 5; on disk: `mergekit-yaml` CLI reading the zoo's safetensors and writing the merge, "
                         "faster of 2 (process start-up included, as a user pays it)")
     if difference is not None and difference > 1e-5:
@@ -120,8 +120,8 @@ def _raw_loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]
 def figure_lmeval(ctx: Any) -> Figure:
     from lm_eval import simple_evaluate
 
-    from bench.evaluate import quiet_hflm_class, score
     from bench.harness.context import lm_eval_untrimmed, trim_lm_eval_overheads
+    from bench.toolkit.evaluate import quiet_hflm_class, score
     from tasks.lmeval import task_manager
 
     trim_lm_eval_overheads()  # as every harness worker scores
@@ -168,7 +168,7 @@ def figure_lmeval(ctx: Any) -> Figure:
                       "same_accuracy_untrimmed": untrimmed_scores == lm_scores, "tasks": tasks,
                       "examples": examples, "model": model_name, "same_accuracy": lm_scores == raw_scores,
                       "max_loglikelihood_difference": worst}
-    figure.notes.append("lm-eval: bench.evaluate.score as the harness runs it (simple_evaluate over every scored "
+    figure.notes.append("lm-eval: bench.toolkit.evaluate.score as the harness runs it (simple_evaluate over every scored "
                         "task's test split, batch 64, with bench.harness.context.trim_lm_eval_overheads); raw: one "
                         "tokenise + padded forward + log-softmax gather per batch of 64, same pairs; best of 5 "
                         "interleaved after a warm-up call; untrimmed: lm-eval without the trim, best of 3")
@@ -221,7 +221,7 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
     import torch
 
     from bench.harness.grid import DefenseJob
-    from bench.threads import torch_threads
+    from bench.runtime.threads import torch_threads
     from bench.zoo.build import task_data
     from bench.zoo.training import TrainSettings, train
 

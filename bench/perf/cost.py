@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.perf import REPO, Figure
-from bench.threat_model import REFERENCE_DEFENSE
+from bench.plugins.threat_model import REFERENCE_DEFENSE
 
 DEFAULT_RUN = REPO / "runs" / "default"
 #: Columns that name one release (a merge release protects one task; a finetune release none).

@@ -80,7 +80,7 @@ def ray_figure(preset: str, serial: dict[str, Any], ray: dict[str, Any], serial_
         "same_cells": same_cells(serial_dir, ray_dir), "cpus": os.cpu_count(),
     }
     figure.notes.append("same built zoo, every later stage recomputed in each run; every item computes on one "
-                        f"torch thread (bench.threads), serially or on Ray's {workers} workers; Ray start-up "
+                        f"torch thread (bench.runtime.threads), serially or on Ray's {workers} workers; Ray start-up "
                         "included; releases come before their cells, so an uneven release stage (PMP re-trains "
                         "a base) leaves a worker idle")
     return figure

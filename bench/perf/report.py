@@ -183,7 +183,7 @@ def report(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from bench.offline import enable_offline
+    from bench.runtime.offline import enable_offline
 
     enable_offline()
     work = Path(args.work).resolve()

@@ -22,7 +22,7 @@ from bench.perf import REPO, STAGE_DIRS
 
 
 def child_env(ray_home: Path | None = None) -> dict[str, str]:
-    from bench.offline import OFFLINE_ENV
+    from bench.runtime.offline import OFFLINE_ENV
 
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "LOCKBENCH_FAULT")}
     env.update(OFFLINE_ENV)
@@ -61,8 +61,8 @@ def run_once_main(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     from rich.console import Console
 
-    from bench.leaderboard import run_and_write
     from bench.presets import load_preset
+    from bench.report.leaderboard import run_and_write
 
     imported = time.perf_counter()
     preset = load_preset(args.preset)

@@ -200,7 +200,7 @@ def _row(evidence: Evidence, key: tuple, group: pd.DataFrame, table: pd.DataFram
     row |= {"n_cells_failed": int((group["status"] == "failed").sum()),
             "n_cells_unmatched": int(((group["status"] == "ok") & ~group["reference_found"]).sum())}
     row["flags"] = _flags(evidence, mask, void, row)
-    row |= {"utility_tasks_acc": "", "utility_tasks_retention": ""}  # bench.utility_report fills them
+    row |= {"utility_tasks_acc": "", "utility_tasks_retention": ""}  # bench.report.utility fills them
     row |= {name: _joined(group[name]) for name in PROVENANCE_COLUMNS}
     return row
 

@@ -14,7 +14,7 @@ import pandas as pd
 
 from bench.results.columns import LATE_COLUMNS, ColumnKind
 from bench.results.schema import SCHEMAS, FrameKind, SchemaError, conform_frame, is_missing, sort_frame
-from bench.storage import replace_atomically
+from bench.runtime.storage import replace_atomically
 
 
 def _to_text(series: pd.Series, kind: ColumnKind) -> list[str]:
@@ -50,7 +50,7 @@ def _from_text(texts: pd.Series, kind: ColumnKind, where: str) -> pd.Series:
 
 
 def write_csv(df: pd.DataFrame, path: Path, kind: FrameKind) -> None:
-    """Validate, sort and write `df` atomically (bench.storage.replace_atomically): readers never see half."""
+    """Validate, sort and write `df` atomically (bench.runtime.storage.replace_atomically): readers never see half."""
     frame = sort_frame(conform_frame(df, kind), kind)
     text = pd.DataFrame({column.name: _to_text(frame[column.name], column.kind) for column in SCHEMAS[kind]},
                         dtype=object)

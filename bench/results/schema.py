@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from bench.plugins import ATTACK_FAMILIES
+from bench.plugins.threat_model import CONTROL_DEFENSE, REFERENCE_DEFENSE  # noqa: F401 - re-exported
 from bench.results.columns import CANONICAL_DTYPES, PROVENANCE_COLUMNS, RAW_SCHEMA, Column, ColumnKind
 from bench.results.metrics import AGGREGATE_METRICS, CELL_METRICS
-from bench.threat_model import CONTROL_DEFENSE, REFERENCE_DEFENSE  # noqa: F401 - re-exported
 
 FrameKind = Literal["raw", "cells", "leaderboard", "picks", "sensitivity"]
 
@@ -74,7 +74,7 @@ LEADERBOARD_SCHEMA: tuple[Column, ...] = (
     Column("n_cells_unmatched", "int", required=True, lo=0),
     Column("flags", "str"),
     # JSON {utility task: the release's accuracy} and {task: retention against the public base}, filled by the
-    # report writer (bench.utility_report, which reads cells.csv's utility-task columns); empty without any
+    # report writer (bench.report.utility, which reads cells.csv's utility-task columns); empty without any
     Column("utility_tasks_acc", "str"),
     Column("utility_tasks_retention", "str"),
     *(Column(name, "str") for name in PROVENANCE_COLUMNS),

@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.utils.import_utils import is_mambapy_available
 
-from bench.device import compute_device
+from bench.runtime.device import compute_device
 
 Family = Literal["llama", "gpt2", "mamba"]
 FAMILIES: tuple[str, ...] = ("llama", "gpt2", "mamba")

@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import bench
-from bench.device import compute_device
-from bench.numerics import numerics_stamp
-from bench.storage import FAULT_ENV, cached_directory, content_hash, is_complete, write_json_atomic
-from bench.threads import compute_threads
+from bench.runtime.device import compute_device
+from bench.runtime.numerics import numerics_stamp
+from bench.runtime.storage import FAULT_ENV, cached_directory, content_hash, is_complete, write_json_atomic
+from bench.runtime.threads import compute_threads
 from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
 from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
 from bench.zoo.tokenizer import build_tokenizer
@@ -84,7 +84,7 @@ class Zoo:
 
 
 def library_stamp() -> str:
-    """The versions of the libraries that decide a trained model's weights and the CPU code path (bench.numerics):
+    """The versions of the libraries that decide a trained model's weights and the CPU code path (bench.runtime.numerics):
     in every zoo cache key, so a zoo trained otherwise is never reused (GPT-2-style training differs between
     transformers 5.23.0 and 5.24.0), and the zoo hash in every published row names them."""
     import peft
@@ -335,7 +335,7 @@ def expert_artefacts(config: ZooConfig, name: str) -> list[str]:
 def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int) -> None:
     """Train artefact by artefact in a pool of (spawned) processes, each model's experts as soon as its base
     is saved (a process per model left a core idle while the larger model trained on); each artefact is
-    seeded alike either way. A fault point that fires in one (bench.storage) kills the whole run, as a
+    seeded alike either way. A fault point that fires in one (bench.runtime.storage) kills the whole run, as a
     machine crash would; any other death is an error naming the model."""
     context = multiprocessing.get_context("spawn")
     config_json = config.model_dump_json()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from bench.device import inputs_on
+from bench.runtime.device import inputs_on
 
 ANSWER_END = "\n"
 
