@@ -15,9 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.runtime import offline
 from bench.perf import CLONE_FIGURES, FIGURES, QUICK_FIGURES, REPO, Figure, clone_figures, cost, report, store
 from bench.perf.__main__ import build_parser, main
+from bench.runtime import offline
 
 
 def perf(tmp_path: Path, *args: str) -> int:
