@@ -17,6 +17,7 @@ from bench.runtime.device import device_of
 from bench.toolkit.evaluate import as_plain_model
 from bench.toolkit.finetuning import FinetuneSettings, sweep
 from bench.toolkit.merging import Layout, draws_random, layout_for, merge_state_dicts, method_spec, sparsifies
+from bench.toolkit.search import OptunaSpace, search
 from bench.zoo.training import TrainSettings
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ def merge_knobs(method: str, parameters: dict[str, Any], layout: Layout, seed: i
 
     Density and rescale are recorded only for methods that sparsify (elsewhere they change nothing).
     """
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit import merge_methods
     from mergekit.merge_methods.base import MISSING
 
@@ -247,7 +249,6 @@ class SweepConfig(StrictModel):
 
     def optuna_space(self) -> OptunaSpace:
         """The study's search space (bench.toolkit.search); the LoRA config adds its ranks."""
-        from bench.toolkit.search import OptunaSpace
 
         return OptunaSpace(self.trials, self.lr_range, tuple(self.steps_choices), tuple(self.warmup_choices))
 
@@ -284,7 +285,6 @@ def run_sweep(view: PublicView, config: SweepConfig, method: str, r: int = 8, al
 def _run_optuna(view: PublicView, config: SweepConfig, method: str, alpha: int,
                 evaluate: Callable[[PreTrainedModel], float]) -> AttackOutput:
     """`run_sweep` with an Optuna study in place of the grid; optuna is imported only when a cell uses it."""
-    from bench.toolkit.search import search
 
     space = config.optuna_space()
     found = search(view.release, view.tokenizer, view.attacker_train.prompts, view.attacker_train.answers,

@@ -40,6 +40,7 @@ from bench.config import StrictModel
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 from bench.runtime.device import device_of
 from bench.toolkit.evaluate import as_plain_model
+from bench.zoo.build import lora_config_for
 from bench.zoo.training import ANSWER_END
 
 Positions = Literal["answer", "all"]
@@ -223,7 +224,6 @@ def mean_kl(teacher: torch.nn.Module, student: torch.nn.Module, data: DistillDat
 
 def fresh_student(base: PreTrainedModel, adapter: bool, r: int, alpha: int, seed: int) -> PreTrainedModel | PeftModel:
     """A copy of the base, with a fresh LoRA of the zoo's shape for an adapter release (B = 0: no update yet)."""
-    from bench.zoo.build import lora_config_for
 
     torch.manual_seed(seed)  # peft draws A at random
     student = copy.deepcopy(base)

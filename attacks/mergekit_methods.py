@@ -93,6 +93,7 @@ def _field_name(parameter: str) -> str:
 
 
 def _config_class(method: str) -> type[MergeMethodConfig]:
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit.merge_methods.base import MISSING, ParameterScope
 
     fields: dict[str, Any] = {}
@@ -123,6 +124,7 @@ def _make_attack(method: str, counts: tuple[int, ...]) -> type[MergeMethodAttack
 
 def _generate() -> tuple[dict[str, type[MergeMethodAttack]], dict[str, str]]:
     """Register one attack per applicable registered method; return them and the skipped ones."""
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit.merge_methods import registered_methods
 
     made: dict[str, type[MergeMethodAttack]] = {}

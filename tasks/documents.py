@@ -132,6 +132,7 @@ def _jsonl_pairs(name: str, path: Path) -> list[tuple[str, str]]:
 
 def _lm_eval_pairs(name: str, source: DocumentSource) -> list[tuple[str, str]]:
     """Every document of every split the lm-eval task has, rendered with the task's own templates."""
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval.tasks import TaskManager, get_task_dict
 
     if source.lm_eval_yaml is not None:

@@ -263,6 +263,7 @@ def _write_task_dir(task_dir: Path, configs: dict[str, dict]) -> None:
 
 
 def _check_user_yaml(task: str, path: Path) -> None:
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval.tasks._yaml_loader import load_yaml
 
     try:
@@ -385,6 +386,7 @@ def _yaml_fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 @functools.lru_cache(maxsize=16)
 def _cached_task_manager(path: str, include_defaults: bool, fingerprint: tuple) -> TaskManager:
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval.tasks import TaskManager
 
     del fingerprint  # part of the cache key only

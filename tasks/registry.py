@@ -35,6 +35,7 @@ def register_task(cls: type[ProceduralTask]) -> type[ProceduralTask]:
 
 def list_tasks() -> list[str]:
     """Names of all registered tasks and declared document tasks (tasks.documents), sorted."""
+    # local: tasks.documents imports this registry (a module-level import would be a cycle)
     from tasks.documents import declared_names
 
     return sorted(set(TASKS.names()) | set(declared_names()))
@@ -42,6 +43,7 @@ def list_tasks() -> list[str]:
 
 def get_task(name: str) -> ProceduralTask:
     """A fresh instance of the task registered (or declared as a document task) as `name`."""
+    # local: tasks.documents imports this registry (a module-level import would be a cycle)
     from tasks.documents import document_task
 
     TASKS.load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +78,7 @@ def _fail(message: str) -> None:
 
 
 def _load(preset: str):
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.presets import PresetError, load_preset
 
     try:
@@ -103,6 +105,7 @@ def validate(
             _fail(f"--models names {unknown}; the preset's zoo has {sorted(loaded.zoo.models)}")
         zoo = loaded.zoo.model_copy(update={"models": {name: loaded.zoo.models[name] for name in chosen}})
         loaded = loaded.model_copy(update={"zoo": zoo})
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.commands.validate_cli import run_validate
     from bench.runtime.runlog import library_output
     from bench.runtime.storage import storage_root
@@ -118,6 +121,7 @@ def build_zoo_command(
     root: Annotated[Path | None, typer.Option(help="storage root")] = None,
 ) -> None:
     """Train (or reuse) the preset's zoo and print where it lives."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.presets import PresetError, load_preset
 
     try:
@@ -165,6 +169,7 @@ def run(
         except ValueError:
             _fail(f"--seeds takes comma-separated integers, got '{seeds}'")
         loaded = loaded.model_copy(update={"grid": loaded.grid.model_copy(update={"seeds": seed_list})})
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.report.leaderboard import run_and_write
     from bench.runtime.runlog import library_output
     from bench.runtime.storage import storage_root
@@ -174,7 +179,6 @@ def run(
     if problem:
         _fail(f"cannot write to run directory {out_dir}: {problem}")
     kwargs = {"cpus_per_task": cpus_per_task, "gpus_per_task": gpus_per_task} if executor == "ray" else {}
-    from contextlib import nullcontext
 
     from bench.harness.cluster import ray_session
 
@@ -232,6 +236,7 @@ def submit(
 ) -> None:
     """Validate a defense (or, with --attack, an attack), run a preset for it, file leaderboard/submissions/NAME."""
     if attack:
+        # local: start-up — `lockbench --help` and a bad-input error load no torch
         from bench.commands.submit_attack import AttackRequest, submit_attack_command
 
         code = submit_attack_command(AttackRequest(defense, name, preset, config, executor, root, out, leaderboard_dir,
@@ -263,6 +268,7 @@ def regress(
     allow_invalid: Annotated[bool, typer.Option(help="report validity failures without failing")] = False,
 ) -> None:
     """CI gate: re-run a preset; exit 1 with a table when attacks got stronger or utility fell vs a baseline."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.commands.regress import regress_command
 
     code = regress_command(baseline, preset, tolerance, out, root, executor, run_dir, write_baseline, allow_invalid)
@@ -281,6 +287,7 @@ def publish_command(
     name: Annotated[str | None, typer.Option(help="name of the published entry")] = None,
 ) -> None:
     """Validate a run's CSVs and copy it into the leaderboard."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.report.leaderboard import publish
 
     try:
@@ -297,6 +304,7 @@ app.add_typer(list_app, name="list")
 @list_app.command("tasks")
 def list_tasks_command() -> None:
     """Registered procedural tasks."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from tasks import get_task, list_tasks
 
     for name in list_tasks():
@@ -306,6 +314,7 @@ def list_tasks_command() -> None:
 @list_app.command("defenses")
 def list_defenses_command() -> None:
     """Registered defenses with their tracks and formats."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.plugins import DEFENSES
 
     for name in DEFENSES.names():
@@ -316,6 +325,7 @@ def list_defenses_command() -> None:
 @list_app.command("architectures")
 def list_architectures_command() -> None:
     """Zoo architecture families, their LoRA targets and the defenses that apply to each."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.plugins import DEFENSES
     from bench.zoo.architectures import FAMILIES, LORA_TARGETS, TRANSFORMER_FAMILIES
 
@@ -332,6 +342,7 @@ def list_architectures_command() -> None:
 @list_app.command("attacks")
 def list_attacks_command() -> None:
     """Registered attacks with their track and family (DESIGN §4; a fixed merge may refine it per config)."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.plugins import ATTACKS
 
     for name in ATTACKS.names():
@@ -342,6 +353,7 @@ def list_attacks_command() -> None:
 @list_app.command("presets")
 def list_presets_command() -> None:
     """Packaged presets."""
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from bench.presets import load_preset, preset_names
 
     for name in preset_names():

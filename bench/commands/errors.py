@@ -22,6 +22,7 @@ def describe_error(error: BaseException) -> tuple[int, str]:
     message alone must say what to fix. 1: anything else, i.e. a bug or a failure inside the run,
     named by its type; the traceback is one `--debug` away.
     """
+    # local: start-up — `lockbench --help` and a bad-input error load no torch
     from pydantic import ValidationError
 
     from bench.config import ConfigError

@@ -19,6 +19,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from bench.presets import PresetError, load_preset
+from bench.report.leaderboard import CELLS_FILE, RULE_FILE, PublishError, read_rule
 from bench.results import (
     CELL_KEY,
     GROUP_KEY,
@@ -32,6 +34,7 @@ from bench.results import (
     validity_failures,
     write_csv,
 )
+from bench.runtime.storage import storage_root
 
 DEFAULT_TOLERANCE = 0.05
 REGRESSIONS_FILE = "regressions.csv"
@@ -218,9 +221,6 @@ def wide_console() -> Console:
 def regress_command(baseline: Path | None, preset_name: str, tolerance: float, out: Path | None, root: Path | None,
                     executor: str, run_dir: Path | None, write_to: Path | None, allow_invalid: bool) -> int:
     """`lockbench regress`: 0 no regression (or baseline written), 1 regressions, 2 wrong usage."""
-    from bench.presets import PresetError, load_preset
-    from bench.report.leaderboard import CELLS_FILE, RULE_FILE, PublishError, read_rule
-    from bench.runtime.storage import storage_root
 
     console, errors = wide_console(), Console(stderr=True)
 
@@ -240,6 +240,7 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         return fail(str(error))
     summary = None
     if run_dir is None:
+        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
         from bench.report.leaderboard import run_and_write
         from bench.runtime.runlog import library_output
 

@@ -22,8 +22,14 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from bench.harness.context import trim_lm_eval_overheads
 from bench.presets import Preset
+from bench.presets.grid import PluginSpec
+from bench.report.leaderboard import run_and_write
+from bench.results import REFERENCE_DEFENSE, VALIDITY_KEY, family_gaps
+from bench.results.normalise import joint_kept_vs_experts
 from bench.runtime.device import device_of
+from bench.runtime.threads import compute_threads
 from bench.toolkit.evaluate import as_plain_model, score
 from bench.toolkit.finetuning import finetune
 from bench.toolkit.merging import merge_state_dicts
@@ -224,8 +230,6 @@ def validate_architecture(zoo: Zoo, preset: Preset, name: str, tasks: Materializ
 def validate_zoo(zoo: Zoo, preset: Preset, tasks: MaterializedTasks, names: list[str] | None = None
                  ) -> list[ArchitectureReport]:
     """The zoo check in this process, part after part, scoring as the harness's workers do (trimmed lm-eval)."""
-    from bench.harness.context import trim_lm_eval_overheads
-    from bench.runtime.threads import compute_threads
 
     trim_lm_eval_overheads()  # the harness's scoring path: the same accuracies, a seventh of the time
     with compute_threads():  # the fine-tuning checks train: one thread, so results never depend on cores
@@ -288,7 +292,6 @@ class AttackCheck:
 
 def none_only(preset: Preset) -> Preset:
     """The preset with its grid reduced to the unprotected reference: what `check_attacks` runs."""
-    from bench.presets.grid import PluginSpec
 
     if preset.grid is None:
         raise ValueError(f"preset '{preset.name}' has no grid: no attacks to check")
@@ -308,8 +311,6 @@ def summarise_attack_cells(cells: Any, preset: Preset) -> list[AttackCheck]:
     bench.results.normalise); `score` is the mean joint kept fraction against the experts' own gains
     (merge) or the mean gain on D (finetune), shown for orientation.
     """
-    from bench.results import REFERENCE_DEFENSE, VALIDITY_KEY
-    from bench.results.normalise import joint_kept_vs_experts
 
     rule = preset.validity
     checks = []
@@ -351,8 +352,6 @@ def check_attacks(preset: Preset, root: Path, out_dir: Path, console: Any = None
     families of the grid without a valid attack per track × architecture × format (DESIGN §6: said loudly).
     The cells are the benchmark's own (same storage root, same keys), so `lockbench run` reuses them.
     """
-    from bench.report.leaderboard import run_and_write
-    from bench.results import family_gaps
 
     summary = run_and_write(none_only(preset), root, out_dir, executor, console=console, **executor_kwargs)
     cells = summary.frame

@@ -7,6 +7,7 @@ start, and every accuracy is the one the serial check computes (one torch thread
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -27,10 +28,13 @@ from bench.commands.validate import (
     validate_zoo,
     zoo_parts,
 )
-from bench.harness.context import get_context
+from bench.harness.cluster import check_nodes_see_root, ray_session, start_ray
+from bench.harness.context import get_context, trim_lm_eval_overheads
 from bench.harness.utility_tasks import check_utility_tasks
+from bench.plugins import ATTACKS
 from bench.presets import Preset
-from bench.runtime.storage import storage_root
+from bench.runtime.storage import content_hash, storage_root, write_json_atomic
+from bench.runtime.threads import compute_threads
 
 #: Bump when the zoo-level checks change, so cached reports are not reused across the change.
 REPORT_VERSION = 1
@@ -38,7 +42,6 @@ REPORT_VERSION = 1
 
 def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
     """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
-    from bench.runtime.storage import content_hash
 
     grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
     key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges)
@@ -48,7 +51,6 @@ def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
 def read_reports(path: Path) -> list[ArchitectureReport] | None:
     """The cached reports at `path`, or None when there are none (or they do not parse): the checks are
     deterministic (bench.runtime.threads), so re-scoring an unchanged zoo would only cost minutes."""
-    import json
 
     try:
         rows = json.loads(path.read_text())
@@ -58,20 +60,16 @@ def read_reports(path: Path) -> list[ArchitectureReport] | None:
 
 
 def write_report(reports: list[ArchitectureReport], path: Path) -> None:
-    from bench.runtime.storage import write_json_atomic
 
     write_json_atomic(path, [report.to_json() for report in reports])
 
 def write_attack_report(checks: list[AttackCheck], path: Path) -> None:
-    from bench.runtime.storage import write_json_atomic
 
     write_json_atomic(path, [check.to_json() for check in checks])
 
 
 def run_part(preset_json: str, root: str, part: ZooPart) -> ArchitectureReport | float:
     """One part of the zoo check on a Ray worker: the run's context, one torch thread, trimmed lm-eval."""
-    from bench.harness.context import trim_lm_eval_overheads
-    from bench.runtime.threads import compute_threads
 
     trim_lm_eval_overheads()
     ctx = get_context(Preset.model_validate_json(preset_json), Path(root))
@@ -81,9 +79,8 @@ def run_part(preset_json: str, root: str, part: ZooPart) -> ArchitectureReport |
 
 def submit_zoo_parts(preset: Preset, root: Path, names: list[str]) -> dict[ZooPart, Any]:
     """Queue every part of the zoo check on the Ray cluster (started if need be); Ray object references."""
+    # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
     import ray
-
-    from bench.harness.cluster import check_nodes_see_root, start_ray
 
     start_ray()
     check_nodes_see_root(root)
@@ -93,6 +90,7 @@ def submit_zoo_parts(preset: Preset, root: Path, names: list[str]) -> dict[ZooPa
 
 
 def gather_zoo_parts(preset: Preset, pending: dict[ZooPart, Any]) -> list[ArchitectureReport]:
+    # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
     import ray
 
     return assemble_reports(preset, dict(zip(pending, ray.get(list(pending.values())), strict=True)))
@@ -136,9 +134,6 @@ def _render(console: Console, report: ArchitectureReport) -> None:
 
 def _short_config(attack: str, config: str) -> str:
     """The config's non-default values (`-` for the attack's defaults), so the table fits a terminal."""
-    import json
-
-    from bench.plugins import ATTACKS
 
     values = json.loads(config)
     try:
@@ -171,7 +166,6 @@ def run_validate(preset: Preset, root: Path | None, executor: str = "serial") ->
     """`lockbench validate`: 0 when the validity rule holds, 1 when it fails. On Ray, inside a
     `bench.harness.cluster.ray_session` (as `lockbench run --validate` calls it) the cluster stays up for
     the caller's run; otherwise this call's own session starts and stops it."""
-    from bench.harness.cluster import ray_session
 
     console = Console()
     base_root = storage_root(root)

@@ -47,6 +47,7 @@ def project_pythonpath(*extra: str) -> str:
 def start_ray(num_cpus: int | None = None, env_vars: Mapping[str, str] | None = None,
               pythonpath: Sequence[str] = (), setup_hook: str | None = None) -> None:
     """Start (or join, with $RAY_ADDRESS) the cluster once per process; later calls are no-ops."""
+    # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
     import ray
 
     if ray.is_initialized():
@@ -89,6 +90,7 @@ def ray_session() -> Iterator[None]:
 def stop_local_ray() -> None:
     """Shut down a cluster this process started (unless a `ray_session` holds it); a cluster joined through
     $RAY_ADDRESS stays up."""
+    # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
     import ray
 
     if ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and not _sessions[0]:
@@ -110,6 +112,7 @@ def read_probe(probe: str, token: str, driver_home: str | None) -> str:
 
 def check_nodes_see_root(root: Path) -> None:
     """Raise StorageNotShared naming the first node (id and address) that cannot see `root`."""
+    # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +66,7 @@ def trim_lm_eval_overheads() -> None:
     most of the scoring time (`make perf`, lm-eval figure). Scores are unchanged: the environment block
     is never read, and a compiled template renders exactly as a fresh one.
     """
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     import lm_eval.api.task
     import lm_eval.evaluator
     import lm_eval.utils
@@ -81,9 +85,6 @@ def _cached_download(download: Any) -> Any:
     time a task is built, i.e. on every `score` call. Keep the loaded dataset per process, keyed by the
     dataset arguments and the size and mtime of every local data file, so a rewritten file is re-read.
     Datasets are immutable Arrow tables: sharing one between evaluations changes nothing."""
-    import json
-    import os
-    from collections import OrderedDict
 
     cache: OrderedDict[str, Any] = OrderedDict()
 
@@ -134,6 +135,7 @@ def clear_contexts() -> None:
 def lm_eval_untrimmed() -> Iterator[None]:
     """lm-eval as shipped, without `trim_lm_eval_overheads` (restored on exit): what the trim saves
     (`make perf`), and the reference a test compares the trimmed scores with."""
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     import lm_eval.api.task
     import lm_eval.evaluator
     import lm_eval.utils

@@ -42,6 +42,7 @@ class ControlRelease(Defense):
     def protect(self, owner: OwnerView) -> Release:
         if owner.track == "merge":
             if owner.release_format == "adapter":
+                # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
                 from bench.zoo.build import lora_config_for
 
                 lora = owner.recipe.lora

@@ -13,14 +13,20 @@ the same numbers on any machine.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from bench.config import ConfigError
 from bench.harness.cluster import check_nodes_see_root, start_ray, stop_local_ray
+from bench.harness.context import get_context, trim_lm_eval_overheads
+from bench.harness.stages import cell_identity, run_cell, run_defense_job
 from bench.presets import Preset
+from bench.presets import Preset as PresetModel
+from bench.runtime.threads import compute_threads
 
 ExecutorName = Literal["serial", "ray"]
 #: Comma-separated modules imported by the driver and every worker before a run, so plugins that are
@@ -30,9 +36,6 @@ PLUGIN_MODULES_ENV = "LOCKBENCH_PLUGINS"
 
 def import_plugin_modules() -> list[str]:
     """Import the modules named in $LOCKBENCH_PLUGINS (their decorators register the plugins)."""
-    import importlib
-
-    from bench.config import ConfigError
 
     names = [name.strip() for name in os.environ.get(PLUGIN_MODULES_ENV, "").split(",") if name.strip()]
     for name in names:
@@ -55,7 +58,6 @@ class WorkItem:
 
 def execute(preset_json: str, root: str, item: WorkItem, fractions: list[float], *needed: dict[str, Any]) -> Any:
     """Run one item; `needed` are the results of the items in `item.after` (Ray resolves them first)."""
-    from bench.runtime.threads import compute_threads
 
     with compute_threads():
         return execute_item(preset_json, root, item, fractions, needed)
@@ -64,9 +66,6 @@ def execute(preset_json: str, root: str, item: WorkItem, fractions: list[float],
 def execute_item(preset_json: str, root: str, item: WorkItem, fractions: list[float],
                  needed: Sequence[dict[str, Any]] = ()) -> Any:
     import_plugin_modules()
-    from bench.harness.context import get_context, trim_lm_eval_overheads
-    from bench.harness.stages import cell_identity, run_cell, run_defense_job
-    from bench.presets import Preset as PresetModel
 
     trim_lm_eval_overheads()  # here, not in the driver: a fully cached run never imports lm-eval
     ctx = get_context(PresetModel.model_validate_json(preset_json), Path(root))
@@ -107,6 +106,7 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, cpus_per_task: int = 1, gpus_per_task: float = 0.0, num_cpus: int | None = None):
+        # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
         import ray
 
         self.cpus_per_task, self.gpus_per_task = cpus_per_task, gpus_per_task
@@ -118,6 +118,7 @@ class RayExecutor:
 
     def map(self, preset: Preset, root: Path, items: Sequence[WorkItem], fractions: list[float]
             ) -> Iterator[tuple[WorkItem, Any]]:
+        # local: Ray is loaded only by runs on the Ray executor (serial runs and tests stay light)
         import ray
 
         preset_json = ray.put(preset.model_dump_json())

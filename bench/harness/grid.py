@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.config import ConfigError
+from bench.harness.controls import CONTROL_DEFENSE, control_config
 from bench.plugins import ATTACKS, DEFENSES, ReleaseFormat, Track
 from bench.presets.grid import GridConfig, PluginSpec
 from bench.runtime.storage import content_hash
@@ -85,7 +86,6 @@ def with_controls(cells: list[Cell]) -> list[Cell]:
     """`cells` followed by their controls (DESIGN §5): for every attack configuration on every input, the
     same attack against the control release of its track (bench.harness.controls), once per (model,
     format, task, members, attack, seed) however many defenses share it."""
-    from bench.harness.controls import CONTROL_DEFENSE, control_config
 
     controls: dict[Cell, None] = {}
     for cell in cells:
@@ -99,7 +99,6 @@ def with_controls(cells: list[Cell]) -> list[Cell]:
 def expand(grid: GridConfig, expert_tasks: dict[str, list[str]], downstream_tasks: list[str]) -> list[Cell]:
     """All cells of the grid, their controls last. `expert_tasks` maps each zoo model to its merge-track
     tasks."""
-    from bench.harness.controls import CONTROL_DEFENSE
 
     reserved = [spec.display for spec in grid.defenses if CONTROL_DEFENSE in (spec.name, spec.display)]
     if reserved:
@@ -166,7 +165,6 @@ def shared_controls(cells: list[Cell]) -> dict[int, int]:
     world has no seed, so an attack that declares itself seed-free (`Attack.seed_free`) gives the same
     control at every seed (measured bit for bit: per_member, the TIES coefficient search and align_to_base
     at three seeds); its cell at the grid's first seed stands in for the others."""
-    from bench.harness.controls import CONTROL_DEFENSE
 
     first: dict[tuple, int] = {}
     shared: dict[int, int] = {}

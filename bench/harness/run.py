@@ -37,7 +37,9 @@ from bench.harness.grid import Cell, DefenseJob, budget_references, copied_contr
 from bench.harness.stages import cached_cell, cell_identity, private_dir, release_dir
 from bench.harness.utility_tasks import add_utility_scores, check_utility_tasks
 from bench.presets import Preset
-from bench.results import ValidityRule, aggregate_all
+from bench.results import SchemaError, ValidityRule, aggregate_all, conform_frame, score_cells, validity_failures
+from bench.results.columns import BUDGETS, RAW_COLUMNS
+from bench.runtime.numerics import numerics_stamp
 from bench.runtime.progress_log import PlainProgress
 from bench.runtime.storage import (
     deep_verification,
@@ -46,6 +48,7 @@ from bench.runtime.storage import (
     remove_stale_temp_files,
     safetensors_problem,
 )
+from bench.runtime.versions import versions
 
 
 @dataclass
@@ -112,7 +115,6 @@ def run_benchmark(preset: Preset, root: Path, out_dir: Path, executor_name: Exec
     """The pipeline: check the inputs, expand the grid, build the zoo, run what the cache lacks (each
     release, then its cells as soon as it exists), score the records and return them. `out_dir` receives the
     run's log as it goes; its result files are `bench.report.leaderboard.write_run`'s to write."""
-    from bench.results import score_cells, validity_failures
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
@@ -254,7 +256,6 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
     """The raw frame, with a row turned into a failed cell when what its plugins reported breaks the
     schema (e.g. an unknown fine-tuning method): one bad plugin fails its cells, not the whole run at
     the end. Rows are checked one by one only when the whole frame does not conform (a check costs ~0.1 s)."""
-    from bench.results import SchemaError, conform_frame
 
     frame = pd.DataFrame.from_records(rows)
     try:
@@ -273,9 +274,6 @@ def _checked_frame(ctx: Any, rows: list[dict[str, Any]], cells: list[Cell]) -> p
 
 def to_raw_row(record: dict[str, Any], cell: Cell, zoo_hash: str) -> dict[str, Any]:
     """Map a stage record onto the raw-cell schema of bench.results (every column present)."""
-    from bench.results.columns import BUDGETS, RAW_COLUMNS
-    from bench.runtime.numerics import numerics_stamp
-    from bench.runtime.versions import versions
 
     row: dict[str, Any] = {column: None for column in RAW_COLUMNS}
     row.update({key: value for key, value in record.items() if key in row})

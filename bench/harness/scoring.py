@@ -15,6 +15,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bench.harness.val_scorer import AttackerValScorer, read_attacker_val
+from bench.toolkit.evaluate import score, score_examples
 from tasks.lmeval import MaterializedTasks
 
 if TYPE_CHECKING:
@@ -53,17 +55,14 @@ class LmEvalScorer:
         self.tasks = tasks
 
     def score(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, float]:
-        from bench.toolkit.evaluate import score
 
         return score(model, tokenizer, list(task_names), self.tasks)
 
     def score_examples(self, model: Any, tokenizer: Any, task_names: Sequence[str]) -> dict[str, TaskScore]:
-        from bench.toolkit.evaluate import score_examples
 
         return score_examples(model, tokenizer, list(task_names), self.tasks)
 
     def attacker_val(self, tokenizer: Any, task_names: Sequence[str] | None = None) -> ValScorer:
-        from bench.harness.val_scorer import AttackerValScorer, read_attacker_val
 
         names = None if task_names is None else list(task_names)
         return AttackerValScorer(tokenizer, *read_attacker_val(self.tasks, names))

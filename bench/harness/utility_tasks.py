@@ -22,9 +22,12 @@ from rich.progress import Progress
 from bench.config import ConfigError
 from bench.harness.context import scored_tasks
 from bench.harness.grid import Cell, DefenseJob
+from bench.harness.score_cache import cached_scores
+from bench.harness.stages import load_release
 from bench.presets import yaml_error_in, yaml_error_line
 from bench.runtime.progress_log import PlainProgress
 from bench.runtime.storage import content_hash
+from bench.toolkit.evaluate import score
 from tasks.lmeval import MaterializedTasks, TaskSource, materialize, task_manager
 
 if TYPE_CHECKING:
@@ -79,9 +82,6 @@ def check_utility_tasks(preset: Preset, root: Path) -> MaterializedTasks | None:
 def score_utility(ctx: HarnessContext, tasks: MaterializedTasks, job: DefenseJob | None, model_name: str
                   ) -> dict[str, float]:
     """lm-eval accuracy of the release of `job` (None: the public base of `model_name`) on every utility task."""
-    from bench.harness.score_cache import cached_scores
-    from bench.harness.stages import load_release
-    from bench.toolkit.evaluate import score
 
     sources = utility_sources(ctx.preset)
     subject = job.key if job is not None else f"base-{model_name}"

@@ -71,6 +71,7 @@ class AttackerValScorer:
     def _documents(self, task: str) -> Any:
         """The task's rows as lm-eval's dataset (built once: an in-memory Arrow table, no cache file)."""
         if task not in self._datasets:
+            # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
             import datasets
 
             prompts, answers = self._rows[task]
@@ -79,6 +80,7 @@ class AttackerValScorer:
         return self._datasets[task]
 
     def __call__(self, model: PreTrainedModel | PeftModel, task_names: list[str]) -> dict[str, float]:
+        # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
         from lm_eval import simple_evaluate
 
         configs = {task: self.task_config(task) for task in task_names}
@@ -124,6 +126,7 @@ def _has_attacker_val(tasks: MaterializedTasks, task: str) -> bool:
 def _task_manager(configs: Iterable[dict[str, Any]]) -> Any:
     """An lm-eval TaskManager whose index holds exactly `configs`, inline (nothing on disk is indexed:
     lm-eval's own tasks would take seconds, and there is no YAML to find)."""
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval.tasks import TaskManager
     from lm_eval.tasks._index import TaskIndex
 

@@ -14,8 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness.context import lm_eval_untrimmed, trim_lm_eval_overheads
+from bench.harness.grid import DefenseJob
+from bench.harness.stages import owner_view
 from bench.perf import Figure
 from bench.perf.runs import child_env
+from bench.runtime.threads import torch_threads
+from bench.toolkit.evaluate import quiet_hflm_class, score
+from bench.toolkit.merging import merge_state_dicts
+from bench.zoo.build import task_data
+from bench.zoo.training import TrainSettings, batch_loss, train
+from defenses.trap2 import Trap2, Trap2Config
+from tasks.lmeval import task_manager
 
 
 def _best_times(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[float, Any]]:
@@ -32,11 +42,10 @@ def _best_times(functions: dict[str, Callable[[], Any]], repeats: int) -> dict[s
 
 
 def figure_merge(ctx: Any) -> Figure:
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
     import yaml
     from safetensors.torch import load_file
-
-    from bench.toolkit.merging import merge_state_dicts
 
     figure = Figure("merge", "mergekit-yaml on disk / in-memory merge", ctx.preset.name)
     zoo = ctx.zoo
@@ -89,6 +98,7 @@ def figure_merge(ctx: Any) -> Figure:
 def _raw_loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 64
                         ) -> list[tuple[float, bool]]:
     """(sum log p(continuation | context), greedy match) per pair, as lm-eval's HFLM computes them."""
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
 
     encoded = []
@@ -118,11 +128,8 @@ def _raw_loglikelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]]
 
 
 def figure_lmeval(ctx: Any) -> Figure:
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval import simple_evaluate
-
-    from bench.harness.context import lm_eval_untrimmed, trim_lm_eval_overheads
-    from bench.toolkit.evaluate import quiet_hflm_class, score
-    from tasks.lmeval import task_manager
 
     trim_lm_eval_overheads()  # as every harness worker scores
     figure = Figure("lmeval", "lm-eval scoring / raw batched forward", ctx.preset.name)
@@ -177,8 +184,6 @@ def figure_lmeval(ctx: Any) -> Figure:
 
 def _trap2_protect(ctx: Any, job: Any, steps: int, lambda_: float) -> float:
     """Seconds for `Trap2(lambda, eval at the last step only).protect(owner)` with `steps` training steps."""
-    from bench.harness.stages import owner_view
-    from defenses.trap2 import Trap2, Trap2Config
 
     owner = owner_view(ctx, job)
     recipe = owner.recipe
@@ -212,6 +217,7 @@ def _per_step(measures: dict[str, Callable[[int], float]], short: int, long: int
 def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
     figure = Figure("trap2", "Trap² step / plain fine-tuning step", ctx.preset.name)
     try:
+        # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
         import defenses.trap2  # noqa: F401
     except Exception as error:  # the defense is optional: report, do not fail the report
         figure.status = "not available"
@@ -219,11 +225,6 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
         figure.notes.append(f"defenses.trap2 could not be imported ({type(error).__name__}: {error})")
         return figure
     import torch
-
-    from bench.harness.grid import DefenseJob
-    from bench.runtime.threads import torch_threads
-    from bench.zoo.build import task_data
-    from bench.zoo.training import TrainSettings, train
 
     model_name = ctx.zoo.model_names[0]
     task = ctx.preset.zoo.expert_tasks[0]
@@ -268,11 +269,9 @@ def figure_trap2(ctx: Any, short: int = 5, long: int = 45) -> Figure:
 
 
 def figure_flops(ctx: Any, steps: int = 20) -> Figure:
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-
-    from bench.zoo.build import task_data
-    from bench.zoo.training import TrainSettings, batch_loss, train
 
     figure = Figure("flops", "training FLOP/s / matmul FLOP/s", ctx.preset.name, unit="%")
     model_name = ctx.zoo.model_names[0]

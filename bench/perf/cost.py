@@ -23,6 +23,7 @@ RELEASE_KEY = ("defense", "defense_config", "track", "release_format", "model", 
 
 def cost_table(cells: Any) -> Any:
     """Worker-seconds and share by (kind, name) from a cells.csv frame, largest first."""
+    # local: a heavy library that only this code path uses
     import pandas as pd
 
     frame = cells.copy()
@@ -61,6 +62,7 @@ def table_rows(table: Any) -> list[dict[str, Any]]:
 
 
 def figure_cost(run_dir: Path | None) -> Figure:
+    # local: a heavy library that only this code path uses
     import pandas as pd
 
     run_dir = Path(run_dir) if run_dir is not None else DEFAULT_RUN

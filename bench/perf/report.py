@@ -15,9 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from bench.harness.context import get_context
 from bench.perf import BUDGET_MIN, CLONE_FIGURES, ESTIMATE_MIN, FIGURES, QUICK_FIGURES, REPO, Figure, store
 from bench.perf.clone_figures import figure_bench_cold, figure_cache_default, figure_make_test
 from bench.perf.compute_figures import figure_flops, figure_lmeval, figure_merge, figure_trap2
@@ -25,6 +27,8 @@ from bench.perf.cost import figure_cost
 from bench.perf.harness_figures import figure_cache, figure_ray, figures_cache_and_ray
 from bench.perf.runs import build_zoo
 from bench.perf.store import format_value, verdict
+from bench.presets import load_preset
+from bench.runtime.offline import enable_offline
 
 __all__ = ["format_value", "verdict", "report", "select", "budgets"]
 
@@ -80,7 +84,6 @@ def load_average() -> str:
 
 
 def run_meta() -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
 
     commit, tree = working_tree()
     try:
@@ -97,8 +100,6 @@ def now() -> str:
 
 def in_process_context(preset: str, work: Path) -> Any:
     """The harness context of `preset` (zoo built in a child process first), shared by the in-process figures."""
-    from bench.harness.context import get_context
-    from bench.presets import load_preset
 
     root = work / f"zoo-{preset}"
     build_zoo(preset, root)
@@ -183,7 +184,6 @@ def report(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from bench.runtime.offline import enable_offline
 
     enable_offline()
     work = Path(args.work).resolve()

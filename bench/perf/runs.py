@@ -16,13 +16,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.harness.context import get_context
 from bench.perf import REPO, STAGE_DIRS
+from bench.presets import load_preset
+from bench.report.leaderboard import run_and_write
+from bench.results import TIMING_COLUMNS
+from bench.runtime.offline import OFFLINE_ENV
 
 # ----------------------------------------------------------------------------- subprocess runs
 
 
 def child_env(ray_home: Path | None = None) -> dict[str, str]:
-    from bench.runtime.offline import OFFLINE_ENV
 
     env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "LOCKBENCH_FAULT")}
     env.update(OFFLINE_ENV)
@@ -59,10 +63,8 @@ def run_once(preset: str, root: Path, out: Path, executor: str = "serial", worke
 def run_once_main(args: argparse.Namespace) -> None:
     """Child side of `run_once`: import, run, report what the parent cannot see (import time, profile)."""
     started = time.perf_counter()
+    # local: a heavy library that only this code path uses
     from rich.console import Console
-
-    from bench.presets import load_preset
-    from bench.report.leaderboard import run_and_write
 
     imported = time.perf_counter()
     preset = load_preset(args.preset)
@@ -93,9 +95,8 @@ def reset_stages(root: Path) -> None:
 
 def same_cells(first: Path, second: Path) -> bool:
     """cells.csv of two runs agree on everything but wall-clock columns."""
+    # local: a heavy library that only this code path uses
     import pandas as pd
-
-    from bench.results import TIMING_COLUMNS
 
     frames = []
     for run_dir in (first, second):
@@ -115,8 +116,6 @@ def build_zoo(preset: str, root: Path) -> float:
 
 
 def build_zoo_main(args: argparse.Namespace) -> None:
-    from bench.harness.context import get_context
-    from bench.presets import load_preset
 
     get_context(load_preset(args.preset), Path(args.root))
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from bench.plugins import TRACKS
 from bench.runtime.storage import replace_atomically
@@ -18,7 +19,6 @@ def plot_utility_vs_attack(board: pd.DataFrame, path: Path) -> None:
     track. Colour names the defense, the marker the model, a hollow marker the adapter format; legends say
     which, so labels never overlap where points cluster (they do near success 1). Error bars are the 95%
     bootstrap intervals (`_lo`, `_hi`). Uses the Agg canvas directly: no global backend change."""
-    from matplotlib.lines import Line2D
 
     tracks = [track for track in TRACKS if (board["track"] == track).any()] or ["merge"]
     figure = Figure(figsize=(6.5 * len(tracks) + 2.5, 5.0), layout="constrained")

@@ -36,6 +36,7 @@ def numerics_env() -> dict[str, str]:
 
 def numerics_stamp() -> str:
     """The code path torch computes with here, as torch reports it (e.g. `aten AVX2`)."""
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
 
     return f"aten {torch.backends.cpu.get_cpu_capability()}"

@@ -19,6 +19,7 @@ COMPUTE_THREADS = 1
 @contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Run the block with torch's intra-op threads set to `count`, then restore them."""
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
 
     previous = torch.get_num_threads()

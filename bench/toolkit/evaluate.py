@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import transformers
 from peft import PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -34,12 +35,11 @@ def _quiet_lm_eval() -> None:
     into lm_eval.evaluator): outside a git checkout every evaluation printed `fatal: not a git repository`.
     lockbench discards that field (its cells carry their own versions), so the name lm_eval.evaluator
     calls is replaced by one that runs nothing."""
-    import functools
 
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     import datasets
     import lm_eval.api.task
     import lm_eval.evaluator
-    import transformers
     from tqdm import tqdm
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
@@ -58,6 +58,7 @@ def _no_git_hash() -> None:
 
 @functools.cache
 def quiet_hflm_class():
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval.models.huggingface import HFLM
 
     _quiet_lm_eval()
@@ -128,6 +129,7 @@ def _evaluate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizer
               tasks: MaterializedTasks, split: str, form: Form, limit: int | None, batch_size: int,
               log_samples: bool) -> tuple[dict, dict[str, str]]:
     """One `simple_evaluate` call over the tasks' `split` YAMLs: its output and the lm-eval name of each task."""
+    # local: lm-eval takes seconds to import; only scoring needs it (a fully cached run never loads it)
     from lm_eval import simple_evaluate
 
     plain = as_plain_model(model).eval()

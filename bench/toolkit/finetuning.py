@@ -13,6 +13,8 @@ from pydantic import Field
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bench.config import StrictModel
+from bench.toolkit.evaluate import as_plain_model
+from bench.zoo.build import lora_config_for
 from bench.zoo.config import TrainingConfig
 from bench.zoo.training import TrainSettings, tokenise, train
 
@@ -35,8 +37,6 @@ def _trainable(model: PreTrainedModel | PeftModel, method: Method, r: int, alpha
     The LoRA matrices are initialised from `seed` alone (in a forked stream): a search's run at one
     learning rate then starts from the same adapter whichever rates ran before it, and a grid that drops
     a rate leaves the others unchanged."""
-    from bench.toolkit.evaluate import as_plain_model
-    from bench.zoo.build import lora_config_for
 
     plain = copy.deepcopy(as_plain_model(model))
     if method == "lora":

@@ -23,6 +23,7 @@ LAYOUTS: tuple[Layout, ...] = ("base", "anchor", "members")
 
 def method_spec(method: str):
     """mergekit's spec of a registered method (parameters and input contract); ValueError if unknown."""
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit import merge_methods
 
     known = {registered.spec.name: registered for registered in merge_methods.registered_methods()}
@@ -34,6 +35,7 @@ def method_spec(method: str):
 def sparsification(method: str):
     """mergekit's `SparsificationMethod` of `method` (how it drops entries), or None when it drops none;
     ValueError if the method is unknown."""
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit import merge_methods
 
     method_spec(method)
@@ -48,6 +50,7 @@ def sparsifies(method: str) -> bool:
 def draws_random(method: str) -> bool:
     """Whether `method` draws random numbers (DARE's random drops, DELLA's sampled pruning): only then can
     a merge's result depend on the seed."""
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit.sparsify import SparsificationMethod
 
     return sparsification(method) in (SparsificationMethod.random, SparsificationMethod.della_magprune)
@@ -56,6 +59,7 @@ def draws_random(method: str) -> bool:
 def layout_for(method: str, n_members: int) -> Layout | None:
     """How `n_members` models (the release first) can enter `method`, or None if its contract admits
     none. The shared base is preferred: it makes the merge one of task vectors, as the track intends."""
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit.merge_methods.base import BasePolicy
 
     contract = method_spec(method).contract
@@ -95,6 +99,7 @@ def merge_state_dicts(
     density, …) may be a mapping keyed by member name or a scalar. The torch seed is fixed first
     because DARE-style methods drop entries at random; the result keeps the base's tensor order.
     """
+    # local: mergekit builds its method registry on import; only merging needs it
     from mergekit.merge_methods import merge_state_dicts as mergekit_merge
 
     layout = layout or ("base" if uses_base else "members")

@@ -7,6 +7,8 @@ with the same config loads from disk, and changing the expert recipe never retra
 
 from __future__ import annotations
 
+import copy
+import json
 import multiprocessing
 import os
 import signal
@@ -18,10 +20,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import peft
 import torch
+import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 import bench
 from bench.runtime.device import compute_device
@@ -32,7 +37,7 @@ from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_mode
 from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
 from bench.zoo.tokenizer import build_tokenizer
 from bench.zoo.training import TrainSettings, tokenise, train
-from tasks import build_splits
+from tasks import build_splits, get_task
 
 #: Bump when training code changes in a way that changes weights, so stale caches are not reused.
 ZOO_FORMAT_VERSION = 4
@@ -62,7 +67,6 @@ class Zoo:
 
     def family(self, model: str) -> str:
         """The architecture family (transformers' model_type) of a zoo model, read from its config."""
-        import json
 
         return json.loads((self.paths[model].base / "config.json").read_text())["model_type"]
 
@@ -87,8 +91,6 @@ def library_stamp() -> str:
     """The versions of the libraries that decide a trained model's weights and the CPU code path (bench.runtime.numerics):
     in every zoo cache key, so a zoo trained otherwise is never reused (GPT-2-style training differs between
     transformers 5.23.0 and 5.24.0), and the zoo hash in every published row names them."""
-    import peft
-    import transformers
 
     return (f"torch {torch.__version__}; transformers {transformers.__version__}; peft {peft.__version__}; "
             f"{numerics_stamp()}")
@@ -101,7 +103,6 @@ def zoo_hash(config: ZooConfig) -> str:
 def document_digests(config: ZooConfig) -> list[list[list[str]]]:
     """[[(name, digest of its documents), …]] for a zoo with document tasks, else [] (keys of a zoo without them
     unchanged): a changed data file retrains what was trained on it."""
-    from tasks import get_task
 
     if not config.document_tasks:
         return []
@@ -111,7 +112,6 @@ def document_digests(config: ZooConfig) -> list[list[list[str]]]:
 def load_model(path: Path | str, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load weights through safetensors only (never pickle), in eval mode, without transformers' per-load bar
     (a run loads thousands of tiny models: the bars would bury the harness's own progress display)."""
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(
@@ -188,7 +188,6 @@ def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label
 
 
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, manifest: dict) -> None:
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per artefact, would fill a log
     model.save_pretrained(directory, safe_serialization=True)
@@ -223,7 +222,6 @@ def train_base(config: ZooConfig, name: str, architecture: ArchitectureConfig, s
 def train_full_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       task: str, seed: int) -> tuple[PreTrainedModel, list[float]]:
     """Fine-tune a copy of `base` on the owner split of `task` plus replay (the zoo's full expert)."""
-    import copy
 
     model = copy.deepcopy(base)
     data = task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
@@ -234,7 +232,6 @@ def train_full_expert(config: ZooConfig, name: str, base: PreTrainedModel, token
 def train_lora_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                       task: str, seed: int) -> tuple[PeftModel, list[float]]:
     """A peft LoRA on a copy of `base`, trained as `train_full_expert` trains (the zoo's adapter expert)."""
-    import copy
 
     model = copy.deepcopy(base)
     lora = config.lora

@@ -6,6 +6,7 @@ bookkeeping than the model costs in compute; this loop keeps the data pre-tokeni
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -104,7 +105,6 @@ def train(
 
 
 def lr_factor(step: int, settings: TrainSettings) -> float:
-    import math
 
     if settings.warmup_steps and step < settings.warmup_steps:
         return (step + 1) / settings.warmup_steps

@@ -145,6 +145,23 @@ def test_bench_has_no_flat_modules_and_its_packages_import_downwards() -> None:
     assert packages == set(LAYERS), packages ^ set(LAYERS)
 
 
+def test_every_function_level_import_says_why_it_is_local() -> None:
+    """Imports live at module level unless start-up cost or a cycle forces them into a function; then a
+    `# local: <why>` comment in that function, above its first import, says which (issue 30)."""
+    silent = []
+    for name, path in project_modules().items():
+        lines = path.read_text().splitlines()
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            imports = [node for node in ast.walk(function) if isinstance(node, ast.Import | ast.ImportFrom)]
+            if imports:
+                first = min(node.lineno for node in imports)
+                if not any(line.strip().startswith("# local") for line in lines[function.lineno - 1:first]):
+                    silent.append(f"{name}.{function.name}")
+    assert silent == []
+
+
 def test_the_public_surface_is_curated_and_light() -> None:
     """`from bench import …` gives the plugin author's and the script's names, the very objects of their
     modules; `import bench` alone loads no torch (the CLI's --help and result tools stay fast)."""

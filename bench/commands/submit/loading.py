@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bench.commands.submit.place import published_source
 from bench.config import StrictModel
 from bench.plugins import DEFENSES, Defense
 from bench.plugins.checks import defense_problems, one_line
@@ -57,7 +58,6 @@ class Submission:
     @property
     def published_source(self) -> str:
         """`source` for published files: a file's name and sha256, never its path (bench.commands.submit.place)."""
-        from bench.commands.submit.place import published_source
 
         return published_source(self.kind, self.spec, self.source)
 

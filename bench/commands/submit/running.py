@@ -22,9 +22,21 @@ from bench.commands.submit.loading import (
     prepare,
     register,
 )
+from bench.commands.submit.place import place
+from bench.harness.cluster import start_ray
+from bench.harness.context import get_context
+from bench.harness.grid import DefenseJob
+from bench.harness.stages import DefenseOutputError, check_release, owner_view
 from bench.plugins import DEFENSES, FORMATS, TRACKS, Release
 from bench.plugins.checks import NAME_PATTERN, one_line
-from bench.presets import Preset
+from bench.presets import Preset, PresetError, load_preset
+from bench.presets.grid import PluginSpec
+from bench.report.leaderboard import CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE, README_FILE, publish_directory, run_and_write
+from bench.report.readme import markdown_table
+from bench.results import SchemaError, read_csv
+from bench.runtime.runlog import library_output
+from bench.runtime.storage import storage_root
+from bench.runtime.versions import versions
 
 # ----------------------------------------------------------------------------- dry run
 
@@ -32,12 +44,8 @@ from bench.presets import Preset
 def dry_run(submission: Submission, root: Path) -> list[str]:
     """Call `protect` once per declared track and format on the micro zoo and check each release as the
     harness will. Returns one note per call; raises SubmissionError on the first bad release."""
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
-
-    from bench.harness.context import get_context
-    from bench.harness.grid import DefenseJob
-    from bench.harness.stages import DefenseOutputError, check_release, owner_view
-    from bench.presets import load_preset
 
     ctx = get_context(load_preset(DRY_RUN_PRESET), root)
     cls, notes = submission.cls, []
@@ -76,6 +84,7 @@ def dry_run(submission: Submission, root: Path) -> list[str]:
 
 def _check_release_extras(release: Release, prefix: str) -> None:
     """What the harness stores besides the model must be storable: private tensors and JSON notes."""
+    # local: torch and the Hugging Face stack load only where a model is touched (`import bench` stays light)
     import torch
 
     if not isinstance(release.private, dict) or not all(
@@ -92,7 +101,6 @@ def _check_release_extras(release: Release, prefix: str) -> None:
 
 def with_submission(preset: Preset, submission: Submission) -> Preset:
     """The preset's grid with the submission appended to its reference defenses."""
-    from bench.presets.grid import PluginSpec
 
     if preset.grid is None:
         raise SubmissionError(f"preset '{preset.name}' has no grid section to run")
@@ -114,7 +122,6 @@ def init_ray_for(submission: Submission, salt: str, worker_env: str = WORKER_ENV
                  setup_hook: str = "bench.commands.submit.worker_setup") -> None:
     """Start Ray with a hook that registers the submission in every worker (workers import only lockbench).
     Joining a remote cluster through RAY_ADDRESS needs the submission at the same path on every node."""
-    from bench.harness.cluster import start_ray
 
     extra = [str(Path(submission.spec.partition(":")[0]).parent)] if submission.kind == "file" else []
     payload = json.dumps({"spec": submission.spec, "config": json.loads(submission.config_json), "salt": salt})
@@ -126,8 +133,6 @@ def init_ray_for(submission: Submission, salt: str, worker_env: str = WORKER_ENV
 
 def published_boards(leaderboard_dir: Path) -> list[tuple[str, pd.DataFrame]]:
     """Readable leaderboard.csv of each published run (submissions/ excluded)."""
-    from bench.report.leaderboard import LEADERBOARD_FILE
-    from bench.results import SchemaError, read_csv
 
     boards = []
     if leaderboard_dir.is_dir():
@@ -182,7 +187,6 @@ def class_name(submission: Submission) -> str:
 
 def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.DataFrame, run_readme: str,
                              problems: list[str], failed: pd.DataFrame) -> str:
-    from bench.report.readme import markdown_table
 
     lines = [f"# Submission: {submission.name}", "",
              f"- source: {submission.published_source}",
@@ -216,7 +220,6 @@ def render_submission_readme(submission: Submission, preset: Preset, ranks: pd.D
 
 def write_submission(target: Path, run_dir: Path, readme: str, metadata: dict[str, Any]) -> Path:
     """Copy the run's CSVs and plot into `target` with the submission README, atomically."""
-    from bench.report.leaderboard import CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE, README_FILE, publish_directory
 
     def fill(scratch: Path) -> None:
         for name in (CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE):
@@ -252,8 +255,6 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
     A run that breaks the validity rule is filed only with `allow_invalid` (its README then says so
     loudly and ranks nothing): an invalid zoo's numbers are noise (DESIGN §6).
     """
-    from bench.report.leaderboard import README_FILE, run_and_write
-    from bench.runtime.versions import versions
 
     full = with_submission(preset, submission)
     register(submission)
@@ -279,6 +280,7 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
                     "cells": len(mine), "failed_cells": len(failed), "versions": versions(),
                     "rank": json.loads(ranks.to_json(orient="records"))}
         target = write_submission(leaderboard_dir / "submissions" / folder_name, run_dir, readme, metadata)
+        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
         from bench.report.html import write_html_index
 
         write_html_index(leaderboard_dir)
@@ -289,6 +291,7 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
 
 
 def _print_ranks(console: Any, ranks: pd.DataFrame, valid: bool) -> None:
+    # local: a heavy library that only this code path uses
     from rich.table import Table
 
     table = Table(title="rank by protection (higher is better)")
@@ -307,10 +310,8 @@ def submit_command(defense: str, name: str | None, preset_name: str, config_json
     """`lockbench submit` (docs/SUBMITTING.md's table): 0 checked, or filed (with --allow-invalid also when
     marked NOT VALID); 1 the run finished but is not filed (validity rule) or lost cells; 2 the submission or
     its options are wrong (each problem printed as one `error:` line, before anything is written)."""
+    # local: a heavy library that only this code path uses
     from rich.console import Console
-
-    from bench.presets import PresetError, load_preset
-    from bench.runtime.storage import storage_root
 
     console, errors = Console(), Console(stderr=True)
 
@@ -349,11 +350,9 @@ def submit_command(defense: str, name: str | None, preset_name: str, config_json
         return fail(error.problems)
     if check_only:
         return 0
-    from bench.commands.submit.place import place
 
     placement = place(leaderboard_dir, out, folder)
     run_dir, board_dir = placement.run_dir, placement.leaderboard_dir
-    from bench.runtime.runlog import library_output
 
     try:
         with library_output(run_dir):  # library warnings: run_dir/lockbench.log

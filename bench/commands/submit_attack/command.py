@@ -18,8 +18,9 @@ from bench.commands.submit.place import Placement, place
 from bench.commands.submit_attack.load import ATTACKS_ENV, AttackSubmission, prepare_attack
 from bench.commands.submit_attack.report import AttackResult, run_attack_submission
 from bench.commands.submit_attack.runs import attack_preset, none_verdicts, refusal, run_preset, validation_preset
-from bench.presets import Preset
+from bench.presets import Preset, PresetError, load_preset
 from bench.runtime.runlog import library_output
+from bench.runtime.storage import storage_root
 
 # ----------------------------------------------------------------------------- command line
 
@@ -47,6 +48,7 @@ class _Output:
     """The command's two consoles: results on stdout, `error:` lines on stderr (one line each)."""
 
     def __init__(self) -> None:
+        # local: a heavy library that only this code path uses
         from rich.console import Console
 
         self.out, self.err = Console(), Console(stderr=True)
@@ -72,7 +74,6 @@ def _parse_config(config_json: str | None) -> dict[str, Any]:
 
 def _prepare(request: AttackRequest, salt: str) -> tuple[AttackSubmission, Preset, str]:
     """Everything that needs no compute: options, preset, the class, its config, its grid."""
-    from bench.presets import PresetError, load_preset
 
     if request.executor not in ("serial", "ray"):
         raise SubmissionError(f"unknown executor '{request.executor}'; choose serial or ray")
@@ -129,7 +130,6 @@ def submit_attack_command(request: AttackRequest) -> int:
     """`lockbench submit --attack` (docs/SUBMITTING.md's table): 0 checked, or filed (with --allow-invalid or
     --allow-weak also when marked so); 1 the run finished but is not filed (weak on none, validity rule) or
     lost cells; 2 the submission or its options are wrong (each problem one `error:` line)."""
-    from bench.runtime.storage import storage_root
 
     output = _Output()
     salt = str(time.time_ns()) if request.fresh else ""

@@ -19,6 +19,11 @@ from bench.commands.submit import (
 from bench.commands.submit_attack.load import BREAK_MARGIN, REFERENCE, AttackSubmission
 from bench.commands.submit_attack.runs import attack_preset, none_verdicts, refusal, run_preset
 from bench.presets import Preset
+from bench.report.html import write_html_index
+from bench.report.leaderboard import README_FILE
+from bench.report.readme import markdown_table
+from bench.results import LEADERBOARD_COLUMNS, aggregate, validity_failures
+from bench.runtime.versions import versions
 
 # ----------------------------------------------------------------------------- comparison
 
@@ -37,7 +42,6 @@ def published_board(leaderboard_dir: Path, preset_name: str) -> tuple[str, pd.Da
 
 
 def _board_of(cells: pd.DataFrame) -> pd.DataFrame:
-    from bench.results import LEADERBOARD_COLUMNS, aggregate
 
     return aggregate(cells) if not cells.empty else pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
 
@@ -98,7 +102,6 @@ def broken(comparison: pd.DataFrame) -> list[str]:
 
 
 def _verdict_table(verdicts: pd.DataFrame) -> list[str]:
-    from bench.report.readme import markdown_table
 
     rows = [[r["model"], r["release_format"], r["task"], r["members"] or "–", r["verdict"], r["why"] or "–"]
             for _, r in verdicts.iterrows()]
@@ -106,7 +109,6 @@ def _verdict_table(verdicts: pd.DataFrame) -> list[str]:
 
 
 def _comparison_table(comparison: pd.DataFrame, family: str) -> list[str]:
-    from bench.report.readme import markdown_table
 
     rows = [[r["defense"], r["model"], r["release_format"], fmt(r["reference_worst"]),
              fmt(r["reference_family_worst"]), f"{r['reference_attack'] or '–'} ({r['reference_source']})",
@@ -172,7 +174,6 @@ def render_attack_readme(report: AttackReport, run_readme: str) -> str:
 
 
 def attack_metadata(report: AttackReport, cells: int) -> dict[str, Any]:
-    from bench.runtime.versions import versions
 
     sub = report.submission
     return {"kind": "attack", "name": sub.name, "class": class_name(sub), "source": sub.published_source,
@@ -209,9 +210,6 @@ def run_attack_submission(submission: AttackSubmission, preset: Preset, root: Pa
     Nothing is filed when the attack is weak on every input (unless `allow_weak`) or the run breaks the
     validity rule (unless `allow_invalid`): those numbers are noise (DESIGN §6).
     """
-    from bench.report.html import write_html_index
-    from bench.report.leaderboard import README_FILE
-    from bench.results import validity_failures
 
     cells = run_preset(attack_preset(preset, submission), submission, root, run_dir, executor, salt)
     mine = cells[cells["attack"] == submission.name]

@@ -12,14 +12,17 @@ from bench.commands.submit import (
     init_ray_for,
 )
 from bench.commands.submit_attack.load import INPUT_KEY, REFERENCE, WORKER_ENV, AttackSubmission, register_attack_submission
+from bench.config import ConfigError
 from bench.plugins import DEFENSES, TRACKS
 from bench.presets import Preset
+from bench.presets.grid import PluginSpec
+from bench.report.leaderboard import run_and_write
+from bench.results import valid_mask
 
 # ----------------------------------------------------------------------------- grids
 
 
 def _spec(submission: AttackSubmission):
-    from bench.presets.grid import PluginSpec
 
     return PluginSpec(name=submission.registered_name, label=submission.name, config=json.loads(submission.config_json))
 
@@ -42,7 +45,6 @@ def _with_grid(preset: Preset, submission: AttackSubmission, defenses: list, oth
 def validation_preset(preset: Preset, submission: AttackSubmission) -> Preset:
     """The preset's grid reduced to `none` with the submission as its track's only attack (controls are added
     by `expand`)."""
-    from bench.presets.grid import PluginSpec
 
     grid = _grid_of(preset)
     reference = next((spec for spec in grid.defenses if spec.name == REFERENCE), PluginSpec(name=REFERENCE))
@@ -78,8 +80,6 @@ def attack_preset(preset: Preset, submission: AttackSubmission) -> Preset:
 def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir: Path, executor: str,
                salt: str = "") -> pd.DataFrame:
     """Run `preset` with the submission registered here (and in Ray workers); returns the scored cells."""
-    from bench.config import ConfigError
-    from bench.report.leaderboard import run_and_write
 
     register_attack_submission(submission)
     if executor == "ray":
@@ -97,6 +97,7 @@ def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir
 def _stop_local_ray(executor: str) -> None:
     """A fully cached run starts no executor, so our own local cluster would outlive it."""
     if executor == "ray":
+        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
         from bench.harness.cluster import stop_local_ray
 
         stop_local_ray()
@@ -104,7 +105,6 @@ def _stop_local_ray(executor: str) -> None:
 
 def none_verdicts(cells: pd.DataFrame, name: str) -> pd.DataFrame:
     """Per input of the attack `name` on `none`: `verdict` (valid, weak, unmatched, failed, n/a) and `why`."""
-    from bench.results import valid_mask
 
     mine = cells[(cells["defense"] == REFERENCE) & (cells["attack"] == name)]
     rows = []
