@@ -7,7 +7,6 @@ the in-process boundary and failure tests keep lm-eval. Every test shares one mi
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import signal
@@ -18,6 +17,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import fault_plugins  # noqa: F401  (registers rel_raiser and rel_nan, the failing defenses used here)
 import pandas as pd
 import pytest
 import torch
@@ -62,34 +62,6 @@ class SecretKeeper(Defense):
 
     def protect(self, owner: OwnerView) -> Release:
         return Release(owner.unprotected(), private={"mask": torch.full((8, 8), SECRET, dtype=torch.float32)})
-
-
-@register_defense
-class Exploder(Defense):
-    """A defense that crashes: its cells must fail, the rest of the grid must not."""
-
-    name = "exploder"
-    description = "test plugin: raises in protect"
-    tracks = frozenset({"merge"})
-
-    def protect(self, owner: OwnerView) -> Release:
-        raise RuntimeError("exploder refuses to protect anything")
-
-
-@register_defense
-class NanMaker(Defense):
-    """A defense whose release has NaN weights: the harness must refuse to publish it."""
-
-    name = "nan_maker"
-    description = "test plugin: releases NaN weights"
-    tracks = frozenset({"merge"})
-
-    def protect(self, owner: OwnerView) -> Release:
-        model = copy.deepcopy(owner.reference_release)
-        assert model is not None
-        with torch.no_grad():
-            next(p for p in model.parameters() if p.is_floating_point()).fill_(math.nan)
-        return Release(model)
 
 
 #: Canaries planted by the boundary test (fresh per process): a row appended to the test and owner_train
@@ -279,7 +251,7 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
     reset_stages(micro_root)
     preset = _micro_with_grid(
         micro_preset, merge_attacks=[PluginSpec(name="task_arithmetic")],
-        defenses=[PluginSpec(name="none"), PluginSpec(name="exploder"), PluginSpec(name="nan_maker")])
+        defenses=[PluginSpec(name="none"), PluginSpec(name="rel_raiser"), PluginSpec(name="rel_nan")])
     path = _write_preset(preset, tmp_path / "failing.yaml")
     result = CliRunner().invoke(app, ["run", "--preset", str(path), "--root", str(micro_root),
                                       "--out", str(tmp_path / "run")])
@@ -288,14 +260,14 @@ def test_failing_defenses_fail_only_their_cells(micro_root: Path, micro_preset: 
 
     cells = pd.read_csv(tmp_path / "run" / "cells.csv", dtype=str, keep_default_na=False)
     by_defense = {name: group for name, group in cells.groupby("defense")}
-    assert set(by_defense) == {"none", "exploder", "nan_maker", "control"}
+    assert set(by_defense) == {"none", "rel_raiser", "rel_nan", "control"}
     assert (by_defense["control"]["status"] == "ok").all()
     assert (by_defense["none"]["status"] == "ok").all()
     assert len(by_defense["none"]) == 2
-    exploded = by_defense["exploder"]
+    exploded = by_defense["rel_raiser"]
     assert (exploded["status"] == "failed").all()
-    assert exploded["error"].str.contains("RuntimeError: exploder refuses to protect anything").all()
-    poisoned = by_defense["nan_maker"]
+    assert exploded["error"].str.contains("RuntimeError: rel_raiser refuses").all()
+    poisoned = by_defense["rel_nan"]
     assert (poisoned["status"] == "failed").all()
     assert poisoned["error"].str.contains("non-finite weights").all(), poisoned["error"].tolist()
     assert len(cell_files(micro_root)) == 4, "only the ok cells are cached (none's 2 and their 2 controls)"
