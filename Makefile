@@ -66,8 +66,8 @@ test-fast: $(STAMP)
 # Performance figures against their targets -> perf/REPORT.md and perf/report.json, each merged in the moment
 # it is measured (an interrupted run keeps what it measured; figures not re-measured keep their own date and
 # commit). By default the quick figures (cost, cache, ray, merge, lmeval, trap2, flops on `smoke`: about
-# 15-25 minutes). The fresh-clone figures (cold `make bench`, the same again cached, `make test` on a clone of
-# HEAD: hours on 2 cores, each killed past its budget) are opt-in: PERF_ARGS=--clone, --all, or
+# 9 minutes, 557 s measured at 219c5ad on 2 cores). The fresh-clone figures (cold `make bench`, the same again cached, `make test` on a clone of
+# HEAD: about 40 minutes on 2 cores, each killed past its budget) are opt-in: PERF_ARGS=--clone, --all, or
 # PERF_ARGS="--only bench_cold" one at a time; --budget make_test=60 changes a budget. See
 # `python -m bench.perf --help`.
 .PHONY: perf

@@ -1,7 +1,7 @@
 """`make perf`: the performance figures of issue 8, each measured against its target and saved the moment
 it is measured, so that a run stopped halfway loses nothing already measured.
 
-    python -m bench.perf                        # the quick figures on `smoke` (about 15-25 minutes)
+    python -m bench.perf                        # the quick figures on `smoke` (about 9 minutes on 2 cores)
     python -m bench.perf --clone                # the three fresh-clone figures (hours on 2 cores)
     python -m bench.perf --only bench_cold      # one figure (or a comma-separated few)
     python -m bench.perf --all                  # quick and fresh-clone figures
