@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.presets import PresetError, load_preset
-from bench.report.leaderboard import CELLS_FILE, RULE_FILE, PublishError, read_rule
+from bench.report.leaderboard import CELLS_FILE, RULE_FILE, PublishError, read_rule, run_and_write
 from bench.results import (
     CELL_KEY,
     GROUP_KEY,
@@ -34,6 +34,7 @@ from bench.results import (
     validity_failures,
     write_csv,
 )
+from bench.runtime.runlog import library_output
 from bench.runtime.storage import storage_root
 
 DEFAULT_TOLERANCE = 0.05
@@ -240,10 +241,6 @@ def regress_command(baseline: Path | None, preset_name: str, tolerance: float, o
         return fail(str(error))
     summary = None
     if run_dir is None:
-        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
-        from bench.report.leaderboard import run_and_write
-        from bench.runtime.runlog import library_output
-
         try:
             preset = load_preset(preset_name)
         except PresetError as error:

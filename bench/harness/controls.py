@@ -22,6 +22,7 @@ from peft import get_peft_model
 from bench.plugins import Defense, OwnerView, Release
 from bench.plugins.threat_model import CONTROL_DEFENSE  # noqa: F401 - re-exported for the harness
 from bench.runtime.device import device_of
+from bench.zoo.build import lora_config_for
 
 CONTROL_KIND = {"merge": "release-free", "finetune": "from-scratch"}
 
@@ -42,9 +43,6 @@ class ControlRelease(Defense):
     def protect(self, owner: OwnerView) -> Release:
         if owner.track == "merge":
             if owner.release_format == "adapter":
-                # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
-                from bench.zoo.build import lora_config_for
-
                 lora = owner.recipe.lora
                 torch.manual_seed(owner.seed)  # peft draws A at random; B starts at zero: the update is zero
                 model = get_peft_model(copy.deepcopy(owner.base),

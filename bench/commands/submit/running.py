@@ -31,6 +31,7 @@ from bench.plugins import DEFENSES, FORMATS, TRACKS, Release
 from bench.plugins.checks import NAME_PATTERN, one_line
 from bench.presets import Preset, PresetError, load_preset
 from bench.presets.grid import PluginSpec
+from bench.report.html import write_html_index
 from bench.report.leaderboard import CELLS_FILE, LEADERBOARD_FILE, PLOT_FILE, README_FILE, publish_directory, run_and_write
 from bench.report.readme import markdown_table
 from bench.results import SchemaError, read_csv
@@ -280,9 +281,6 @@ def run_submission(submission: Submission, preset: Preset, root: Path, run_dir: 
                     "cells": len(mine), "failed_cells": len(failed), "versions": versions(),
                     "rank": json.loads(ranks.to_json(orient="records"))}
         target = write_submission(leaderboard_dir / "submissions" / folder_name, run_dir, readme, metadata)
-        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
-        from bench.report.html import write_html_index
-
         write_html_index(leaderboard_dir)
     return SubmitResult(submission, run_dir, target, summary.cells, len(failed), summary.problems, ranks)
 

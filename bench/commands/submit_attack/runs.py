@@ -13,6 +13,7 @@ from bench.commands.submit import (
 )
 from bench.commands.submit_attack.load import INPUT_KEY, REFERENCE, WORKER_ENV, AttackSubmission, register_attack_submission
 from bench.config import ConfigError
+from bench.harness.cluster import stop_local_ray
 from bench.plugins import DEFENSES, TRACKS
 from bench.presets import Preset
 from bench.presets.grid import PluginSpec
@@ -97,9 +98,6 @@ def run_preset(preset: Preset, submission: AttackSubmission, root: Path, run_dir
 def _stop_local_ray(executor: str) -> None:
     """A fully cached run starts no executor, so our own local cluster would outlive it."""
     if executor == "ray":
-        # local: keeps this command's module light to import (it is loaded by the CLI at start-up)
-        from bench.harness.cluster import stop_local_ray
-
         stop_local_ray()
 
 
