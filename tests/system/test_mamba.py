@@ -41,12 +41,6 @@ def builtin(registry, package: str) -> list[str]:
     return [name for name in registry.names() if registry.get(name).__module__.startswith(package)]
 
 
-def one_step(config: dict) -> dict:
-    """A wiring test: one training step wherever an attack trains (a step of the pure-PyTorch Mamba scan is
-    slow: the distilling and un-trapping attacks took 45 of the test's 95 s at three steps)."""
-    return {**config, "steps": 1} if "steps" in config else config
-
-
 def micro_mamba() -> Preset:
     data = load_preset("micro").model_dump(mode="json")
     data["zoo"]["models"] = {"mamba": {"architecture": {"family": "mamba", "hidden_size": 32, "num_layers": 1,
@@ -54,7 +48,7 @@ def micro_mamba() -> Preset:
     data["grid"] = {
         "defenses": [{"name": name, "config": SMALL_DEFENSE_CONFIGS.get(name, {})}
                      for name in builtin(DEFENSES, "defenses.")],
-        "merge_attacks": [{"name": name, "config": one_step(SMALL_ATTACK_CONFIGS.get(name, {}))}
+        "merge_attacks": [{"name": name, "config": SMALL_ATTACK_CONFIGS.get(name, {})}
                           for name in builtin(ATTACKS, "attacks.")
                           if ATTACKS.get(name).track == "merge"],
         "finetune_attacks": [{"name": name, "config": SMALL_ATTACK_CONFIGS[name]}
