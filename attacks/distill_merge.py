@@ -40,7 +40,7 @@ from bench.config import StrictModel
 from bench.plugins import Attack, AttackOutput, PublicView, register_attack
 from bench.runtime.device import device_of
 from bench.toolkit.evaluate import as_plain_model
-from bench.zoo.build import lora_config_for
+from bench.zoo.recipes import lora_config_for
 from bench.zoo.training import ANSWER_END
 
 Positions = Literal["answer", "all"]

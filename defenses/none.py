@@ -2,7 +2,7 @@
 
 Merge track: the owner's plainly fine-tuned expert. Finetune track: the plainly pre-trained base. At
 job seed 0 these are the zoo's own; at every other seed they are re-trained through the zoo's own code
-path (`bench.zoo.build.train_*`, by the harness: `bench.harness.references`, shared with the post-hoc
+path (`bench.zoo.recipes.train_*`, by the harness: `bench.harness.references`, shared with the post-hoc
 defenses) with that seed's initialisation and row order, so that the intervals
 across seeds include training variance for the reference as they do for every defense (DESIGN §5).
 A hub base (`pretrained:`) cannot be re-trained here: its finetune release is the same at every seed.
@@ -12,7 +12,7 @@ Tracks: merge, finetune; formats: adapter, full; any architecture.
 from __future__ import annotations
 
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from bench.zoo.build import base_seed, expert_seed
+from bench.zoo.recipes import base_seed, expert_seed
 
 
 @register_defense(paper="unprotected reference", tracks={"merge", "finetune"})

@@ -16,7 +16,7 @@ every step (weight decay included), so only the first projection moves it; later
 
 ρ is the mask density: the fraction of entries that are trained (ρ = 1 is plain pre-training).
 Assumptions: the initialisation is that of `none`'s base at the job seed (`build_model` with
-`bench.zoo.build.base_seed`, so PMP and `none` differ in the masking only, and each seed re-trains
+`bench.zoo.recipes.base_seed`, so PMP and `none` differ in the masking only, and each seed re-trains
 both) — which also means anyone who knows the zoo's seed can rebuild the init and read the
 `frozen` complement off the release (entries equal to their init); `init: secret` draws the init from a
 secret seed instead. A `pretrained:` zoo entry (a hub model) has no from-scratch recipe here, so PMP
@@ -36,7 +36,7 @@ from pydantic import Field
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
 from bench.zoo.architectures import build_model
-from bench.zoo.build import base_seed
+from bench.zoo.recipes import base_seed
 from defenses._training import batch_of, concat, evaluate, optimise, rows_loss, settings_from
 
 

@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 
 from bench.config import StrictModel
 from bench.plugins import Defense, OwnerView, Release, register_defense
-from bench.zoo.build import expert_seed, lora_config_for
+from bench.zoo.recipes import expert_seed, lora_config_for
 from defenses._training import (
     BestCheckpoint,
     batch_of,

@@ -3,9 +3,11 @@
 DESIGN §6's rule: each expert beats the base on its task by `min_expert_gain`; task arithmetic of each
 pair (through mergekit) keeps at least `min_kept_fraction` of each member's gain — a failure for a preset
 without grid merge attacks, a note for one with them, whose attacks `check_attacks` judges one by one; the
-base scores at most `max_downstream_base` on each downstream task; each default fine-tuning attack gains at
-least `min_finetune_gain` there. A zoo that breaks the rule would make every
-normalised attack-success number noise, so validation fails loudly instead.
+base scores at most `max_downstream_base` on each downstream task; each of the rule's fine-tuning recipes
+gains at least `min_finetune_gain` there — for a preset without grid fine-tuning attacks: with them,
+`check_attacks` judges those instead. Only the models of the grid's merge track have experts (bench.zoo.build)
+to check. A zoo that breaks the rule would make every normalised attack-success number noise, so
+validation fails loudly instead.
 
 `check_attacks` applies the same rule to every attack of a preset's grid: it runs the grid against
 `none` only, through the harness (so the cells are cached and reused by the benchmark run), and says per
@@ -148,15 +150,14 @@ def check_scores(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) 
     base_model = zoo.load_base(name)
     expert_tasks = config.expert_tasks_of(name)
     all_tasks = expert_tasks + list(config.downstream_tasks)
-    # The experts serve the merge track only: where the grid runs none for this model (`merge_models`), an
-    # expert below the rule publishes nothing and is a note, and no merge of experts is checked.
-    grid = preset.grid
-    on_merge_track = grid is None or grid.merge_models is None or name in grid.merge_models
+    # The experts serve the merge track only: where the grid runs none for this model (`merge_models`), the
+    # zoo trains none (bench.zoo.build), so there is nothing to check.
+    on_merge_track = name in zoo.expert_models
     report = ArchitectureReport(model=name, base=score(base_model, tokenizer, all_tasks, tasks), experts={})
     states: dict[str, dict[str, dict]] = {"full": {}, "lora": {}}
     for form in ("full", "lora"):
         report.experts[form] = {}
-        for task in expert_tasks:
+        for task in expert_tasks if on_merge_track else ():
             if form == "full":
                 expert = zoo.load_expert(name, task)
             else:
@@ -165,7 +166,7 @@ def check_scores(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks) 
             accuracy = score(expert, tokenizer, [task], tasks)[task]
             report.experts[form][task] = accuracy
             if accuracy - report.base[task] < rule.min_expert_gain:
-                (report.failures if on_merge_track else report.notes).append(
+                report.failures.append(
                     f"{name}: {form} expert for {task} scores {accuracy:.3f} vs base {report.base[task]:.3f} "
                     f"(gain < {rule.min_expert_gain})"
                 )
@@ -188,10 +189,17 @@ def check_finetune(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks
 ZooPart = tuple[str, str | None, str | None]
 
 
+def grid_judges_finetunes(preset: Preset) -> bool:
+    """Whether validation runs the grid's fine-tuning attacks against `none`: DESIGN §6 applies the rule to
+    each of them, so the zoo's own fine-tuning check (the rule's recipes on the base) would only repeat it."""
+    return preset.grid is not None and bool(preset.grid.finetune_attacks)
+
+
 def zoo_parts(preset: Preset, names: list[str]) -> list[ZooPart]:
     """The zoo check split into parts that run in any order and on any worker (bench.commands.validate_cli)."""
+    attacks = [] if grid_judges_finetunes(preset) else list(preset.validity.finetune_attacks)
     return [part for name in names for part in [(name, None, None)] + [
-        (name, task, attack) for task in preset.zoo.downstream_tasks for attack in preset.validity.finetune_attacks]]
+        (name, task, attack) for task in preset.zoo.downstream_tasks for attack in attacks]]
 
 
 def check_part(zoo: Zoo, preset: Preset, tasks: MaterializedTasks, part: ZooPart) -> ArchitectureReport | float:
@@ -213,6 +221,8 @@ def assemble_reports(preset: Preset, results: dict[ZooPart, ArchitectureReport |
                 report.failures.append(f"{name}: base already scores {before:.3f} on downstream task {downstream} "
                                        f"(> {rule.max_downstream_base})")
             for attack_name in rule.finetune_attacks:
+                if (name, downstream, attack_name) not in results:
+                    continue  # judged as the grid's fine-tuning attacks against none (grid_judges_finetunes)
                 after = float(results[(name, downstream, attack_name)])
                 passes = after - before >= rule.min_finetune_gain
                 report.finetunes.append(FinetuneCheck(attack_name, downstream, before, after, passes))

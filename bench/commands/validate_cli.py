@@ -25,6 +25,7 @@ from bench.commands.validate import (
     attack_warnings,
     check_attacks,
     check_part,
+    grid_judges_finetunes,
     validate_zoo,
     zoo_parts,
 )
@@ -37,14 +38,15 @@ from bench.runtime.storage import content_hash, storage_root, write_json_atomic
 from bench.runtime.threads import compute_threads
 
 #: Bump when the zoo-level checks change, so cached reports are not reused across the change.
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
     """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
 
     grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
-    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges)
+    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges,
+                       grid_judges_finetunes(preset), preset.grid.expert_models if preset.grid else None)
     return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
 
 

@@ -117,7 +117,8 @@ def _cached_download(download: Any) -> Any:
 @functools.lru_cache(maxsize=4)
 def _context(preset_json: str, root: str) -> HarnessContext:
     preset = Preset.model_validate_json(preset_json)
-    zoo = build_zoo(preset.zoo, Path(root), preset.grid.models if preset.grid else None)
+    grid = preset.grid
+    zoo = build_zoo(preset.zoo, Path(root), grid.models if grid else None, grid.expert_models if grid else None)
     tasks = materialize(scored_tasks(preset), preset.zoo.seed, preset.zoo.split_sizes, Path(root) / "tasks" / zoo.hash)
     return HarnessContext(preset, Path(root), zoo, tasks, make_scorer(tasks))
 

@@ -22,7 +22,7 @@ from peft import get_peft_model
 from bench.plugins import Defense, OwnerView, Release
 from bench.plugins.threat_model import CONTROL_DEFENSE  # noqa: F401 - re-exported for the harness
 from bench.runtime.device import device_of
-from bench.zoo.build import lora_config_for
+from bench.zoo.recipes import lora_config_for
 
 CONTROL_KIND = {"merge": "release-free", "finetune": "from-scratch"}
 

@@ -34,7 +34,8 @@ from transformers import PreTrainedModel
 from bench.harness.context import HarnessContext
 from bench.harness.grid import DefenseJob
 from bench.runtime.storage import cached_directory, content_hash, write_json_atomic
-from bench.zoo.build import base_seed, expert_seed, load_model, train_base, train_full_expert, train_lora_expert
+from bench.zoo.build import load_model
+from bench.zoo.recipes import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
 
 #: Bump when how a reference is trained changes.
 REFERENCE_VERSION = 1

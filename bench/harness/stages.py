@@ -47,7 +47,8 @@ from bench.runtime.storage import (
     write_json_atomic,
 )
 from bench.toolkit.measure import release_diagnostics
-from bench.zoo.build import load_model, replay_sample
+from bench.zoo.build import load_model
+from bench.zoo.recipes import replay_sample
 from bench.zoo.training import ANSWER_END  # noqa: F401 - documents the scoring convention
 
 #: The budget fraction of each finetune column tag (`b025` at ¼), as a cell's `examples` roles.

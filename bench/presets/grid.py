@@ -43,6 +43,14 @@ class GridConfig(StrictModel):
         "scored only, never trained: a stock lm-eval task name, {name, lm_eval_yaml: PATH} or {name, jsonl: PATH}; "
         "lm-eval scores each release and the base on them (bench.harness.utility_tasks)"))
 
+    @property
+    def expert_models(self) -> list[str] | None:
+        """The zoo models whose experts the grid uses: its merge track's (None: every model; none without
+        merge attacks). The zoo trains no others' (bench.zoo.build)."""
+        if not self.merge_attacks:
+            return []
+        return self.merge_models if self.merge_models is not None else self.models
+
     @field_validator("budget_fractions")
     @classmethod
     def _fractions_of_the_budget(cls, fractions: list[float]) -> list[float]:

@@ -14,8 +14,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bench.config import StrictModel
 from bench.toolkit.evaluate import as_plain_model
-from bench.zoo.build import lora_config_for
 from bench.zoo.config import TrainingConfig
+from bench.zoo.recipes import lora_config_for
 from bench.zoo.training import TrainSettings, tokenise, train
 
 Method = Literal["lora", "full"]

@@ -7,12 +7,10 @@ with the same config loads from disk, and changing the expert recipe never retra
 
 from __future__ import annotations
 
-import copy
 import json
 import multiprocessing
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -23,8 +21,7 @@ from pathlib import Path
 import peft
 import torch
 import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
-from tqdm.auto import tqdm
+from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
@@ -32,12 +29,9 @@ import bench
 from bench.runtime.device import compute_device
 from bench.runtime.numerics import numerics_stamp
 from bench.runtime.storage import FAULT_ENV, cached_directory, content_hash, is_complete, write_json_atomic
-from bench.runtime.threads import compute_threads
-from bench.zoo.architectures import LORA_TARGETS, ArchitectureConfig, build_model
-from bench.zoo.config import ModelEntry, TrainingConfig, ZooConfig
-from bench.zoo.tokenizer import build_tokenizer
-from bench.zoo.training import TrainSettings, tokenise, train
-from tasks import build_splits, get_task
+from bench.zoo.config import ModelEntry, ZooConfig
+from bench.zoo.recipes import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
+from tasks import get_task
 
 #: Bump when training code changes in a way that changes weights, so stale caches are not reused.
 ZOO_FORMAT_VERSION = 4
@@ -55,11 +49,10 @@ class ZooPaths:
 class Zoo:
     """A built zoo: paths and loaders. Construct with :func:`build_zoo`."""
 
-    def __init__(self, config: ZooConfig, root: Path, paths: dict[str, ZooPaths]):
-        self.config = config
-        self.root = root
-        self.paths = paths
-        self.hash = zoo_hash(config)
+    def __init__(self, config: ZooConfig, root: Path, paths: dict[str, ZooPaths],
+                 expert_models: list[str] | None = None):
+        self.config, self.root, self.paths, self.hash = config, root, paths, zoo_hash(config)
+        self.expert_models = list(paths) if expert_models is None else expert_models  # whose experts were built
 
     @property
     def model_names(self) -> list[str]:
@@ -77,10 +70,17 @@ class Zoo:
         return load_model(self.paths[model].base, self.config.models[model].trust_remote_code)
 
     def load_expert(self, model: str, task: str) -> PreTrainedModel:
+        self._check_experts(model)
         return load_model(self.paths[model].experts_full[task], self.config.models[model].trust_remote_code)
 
     def load_lora_expert(self, model: str, task: str) -> PeftModel:
+        self._check_experts(model)
         return PeftModel.from_pretrained(self.load_base(model), str(self.paths[model].experts_lora[task]))
+
+    def _check_experts(self, model: str) -> None:
+        if model not in self.expert_models:
+            raise ValueError(f"zoo model '{model}' has no experts here: its preset's grid keeps it off the merge "
+                             f"track (grid.merge_models: {self.expert_models}), so they were not trained")
 
     def load_expert_as(self, model: str, task: str, release_format: str) -> PreTrainedModel | PeftModel:
         """The public expert in a release format: full weights, or the LoRA adapter over the base."""
@@ -127,121 +127,12 @@ def load_tokenizer(path: Path | str, trust_remote_code: bool = False) -> PreTrai
     return tokenizer
 
 
-def _settings(training: TrainingConfig, seed: int) -> TrainSettings:
-    return TrainSettings(steps=training.steps, lr=training.lr, batch_size=training.batch_size,
-                         warmup_steps=training.warmup_steps, seed=seed)
-
-
-def _owner_examples(config: ZooConfig, task_names: list[str], fractions: dict[str, float] | None = None
-                    ) -> tuple[list[str], list[str]]:
-    prompts: list[str] = []
-    answers: list[str] = []
-    for task in task_names:
-        owner = build_splits(task, config.seed, config.split_sizes)["owner_train"]
-        count = max(1, round((fractions or {}).get(task, 1.0) * len(owner)))
-        prompts += owner["prompt"][:count]
-        answers += owner["answer"][:count]
-    return prompts, answers
-
-
-def task_data(config: ZooConfig, task_names: list[str], tokenizer: PreTrainedTokenizerBase,
-               replay_fraction: float = 0.0, seed: int = 0, fractions: dict[str, float] | None = None):
-    """Owner-split examples of `task_names`, plus a replayed sample of the base's mixture.
-
-    Loss is on answers only: prompts of procedural tasks are random strings, and fitting them would
-    spend a tiny model's capacity on noise.
-    """
-    prompts, answers = _owner_examples(config, task_names, fractions)
-    if replay_fraction > 0:
-        replay_prompts, replay_answers = replay_sample(config, int(replay_fraction * len(prompts)), seed)
-        prompts += replay_prompts
-        answers += replay_answers
-    return tokenise(tokenizer, prompts, answers)
-
-
-def replay_sample(config: ZooConfig, count: int, seed: int) -> tuple[list[str], list[str]]:
-    """The one replay sampler: `count` examples of the public skill mixture (each base task's owner examples
-    at its share of the mixture), shuffled by `seed`. Experts replay it while training, and defenses get
-    the same sample (OwnerView.replay), so they train on what the zoo's experts saw."""
-    prompts, answers = _owner_examples(config, config.base_tasks, config.base_task_fractions)
-    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed))[:count].tolist()
-    return [prompts[i] for i in order], [answers[i] for i in order]
-
-
-def _train_with_bar(model: torch.nn.Module, data, settings: TrainSettings, label: str) -> list[float]:
-    """A bar on a terminal; sent to a file or a CI log, one plain line per training when it ends (a bar's
-    redraws would fill the log with carriage returns)."""
-    on_terminal, started = sys.stderr.isatty(), time.perf_counter()
-    with tqdm(total=settings.steps, desc=label, leave=False, mininterval=1.0, disable=not on_terminal) as bar, \
-            compute_threads():
-
-        def on_step(step: int, loss: float) -> None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss:.3f}")
-
-        losses = train(model, data, settings, on_step=on_step)
-    if not on_terminal:
-        print(f"zoo: {label} trained, {settings.steps} steps in {time.perf_counter() - started:.1f}s"
-              f"{f', last loss {losses[-1]:.3f}' if losses else ''}", file=sys.stderr, flush=True)
-    return losses
-
-
 def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path, manifest: dict) -> None:
 
     hf_logging.disable_progress_bar()  # its "Writing model shards" bar, once per artefact, would fill a log
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     write_json_atomic(directory / "lockbench.json", manifest)
-
-
-def base_seed(config: ZooConfig, job_seed: int = 0) -> int:
-    """The seed of a base's initialisation and row order: the zoo's at job seed 0, another per job seed
-    (the `none` reference re-trains its base per seed so that intervals include training variance)."""
-    return config.seed + 1000 * job_seed
-
-
-def expert_seed(config: ZooConfig, task: str, adapter: bool, job_seed: int = 0) -> int:
-    """The seed of an expert's row order (and LoRA init): the zoo's at job seed 0, offset per job seed."""
-    index = config.expert_tasks.index(task) if task in config.expert_tasks else 0
-    return config.seed + (101 if adapter else 1) + index + 1000 * job_seed
-
-
-def train_base(config: ZooConfig, name: str, architecture: ArchitectureConfig, seed: int
-               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, list[float]]:
-    """Pre-train a generalist base from a random init on the zoo's skill mixture (the zoo's code path)."""
-    tokenizer = build_tokenizer()
-    special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
-               "eos_token_id": tokenizer.eos_token_id}
-    model = build_model(architecture, len(tokenizer), seed, special)
-    data = task_data(config, config.base_tasks, tokenizer, fractions=config.base_task_fractions)
-    losses = _train_with_bar(model, data, _settings(config.base_training, seed), f"{name} base")
-    return model.eval(), tokenizer, losses
-
-
-def train_full_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                      task: str, seed: int) -> tuple[PreTrainedModel, list[float]]:
-    """Fine-tune a copy of `base` on the owner split of `task` plus replay (the zoo's full expert)."""
-
-    model = copy.deepcopy(base)
-    data = task_data(config, [task], tokenizer, config.expert_training.replay_fraction, seed)
-    losses = _train_with_bar(model, data, _settings(config.expert_training, seed), f"{name} expert {task}")
-    return model.eval(), losses
-
-
-def train_lora_expert(config: ZooConfig, name: str, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                      task: str, seed: int) -> tuple[PeftModel, list[float]]:
-    """A peft LoRA on a copy of `base`, trained as `train_full_expert` trains (the zoo's adapter expert)."""
-
-    model = copy.deepcopy(base)
-    lora = config.lora
-    # peft draws A's initialisation from torch's global generator: seed it, or an adapter rebuilt alone
-    # (after a kill or a damaged file) would differ from the one an uninterrupted build makes.
-    torch.manual_seed(seed)
-    peft_model = get_peft_model(model, lora_config_for(model, lora.r, lora.alpha, lora.dropout))
-    data = task_data(config, [task], tokenizer, lora.training.replay_fraction, seed)
-    losses = _train_with_bar(peft_model, data, _settings(lora.training, seed), f"{name} lora {task}")
-    return peft_model.eval(), losses
 
 
 def _build_base(config: ZooConfig, name: str, entry: ModelEntry, scratch: Path) -> None:
@@ -266,16 +157,6 @@ def _build_full_expert(config: ZooConfig, name: str, base: Path, task: str, scra
     })
 
 
-def lora_config_for(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> LoraConfig:
-    """LoRA on every attention and MLP linear map of a zoo family; hub models fall back to 'all-linear'."""
-    family = model.config.model_type
-    targets: list[str] | str = LORA_TARGETS.get(family, "all-linear")
-    return LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
-        fan_in_fan_out=family == "gpt2",
-    )
-
-
 def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scratch: Path) -> None:
     tokenizer = load_tokenizer(base)
     seed = expert_seed(config, task, adapter=True)
@@ -292,22 +173,28 @@ def _build_lora_expert(config: ZooConfig, name: str, base: Path, task: str, scra
 ZOO_PROCESSES_ENV = "LOCKBENCH_ZOO_PROCESSES"
 
 
-def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None) -> Zoo:
+def build_zoo(config: ZooConfig, root: Path, models: list[str] | None = None,
+              expert_models: list[str] | None = None) -> Zoo:
     """Train whatever is missing under `root/zoo/` and return the zoo (only `models`, when given: a grid
-    on one architecture need not train the others). Models that are missing train in parallel processes
+    on one architecture need not train the others; the experts of `expert_models` only, when given: they
+    serve the merge track alone). Models that are missing train in parallel processes
     (`$LOCKBENCH_ZOO_PROCESSES`); each one's artefacts are seeded alike either way."""
-    unknown = sorted(set(models or []) - set(config.models))
+    unknown = sorted((set(models or []) | set(expert_models or [])) - set(config.models))
     if unknown:
         raise ValueError(f"unknown zoo models {unknown}; the zoo has {sorted(config.models)}")
     names = [name for name in config.models if models is None or name in models]
+    with_experts = [name for name in names if expert_models is None or name in expert_models]
     documents = document_digests(config)
-    missing = [name for name in names if not all(is_complete(path) for path in
-                                                 _artefacts(model_paths(config, root, name, documents, build=False))
-                                                 if root / "zoo" in path.parents)]  # not a user's own folders
+    missing = [name for name in names if not all(
+        is_complete(path) for path in _artefacts(model_paths(config, root, name, documents, build=False),
+                                                 experts=name in with_experts)
+        if root / "zoo" in path.parents)]  # not a user's own folders
     processes = min(len(missing), zoo_processes())
     if processes > 1:
-        _build_in_processes(config, root, missing, processes)
-    return Zoo(config, root, {name: model_paths(config, root, name, documents) for name in names})
+        _build_in_processes(config, root, missing, processes, with_experts)
+    return Zoo(config, root, {name: model_paths(config, root, name, documents,
+                                                build=lambda label, n=name: label == BASE or n in with_experts)
+                              for name in names}, with_experts)
 
 
 def zoo_processes() -> int:
@@ -315,7 +202,10 @@ def zoo_processes() -> int:
     return int(value) if value else len(os.sched_getaffinity(0))
 
 
-def _artefacts(paths: ZooPaths) -> list[Path]:
+def _artefacts(paths: ZooPaths, experts: bool = True) -> list[Path]:
+    """The base, and the experts unless `experts` is False."""
+    if not experts:
+        return [paths.base]
     return [paths.base, *paths.experts_full.values(), *paths.experts_lora.values()]
 
 
@@ -329,7 +219,8 @@ def expert_artefacts(config: ZooConfig, name: str) -> list[str]:
             for label in ((f"full:{task}",) if task not in entry.expert_paths else ()) + (f"lora:{task}",)]
 
 
-def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int) -> None:
+def _build_in_processes(config: ZooConfig, root: Path, names: list[str], processes: int,
+                        with_experts: list[str]) -> None:
     """Train artefact by artefact in a pool of (spawned) processes, each model's experts as soon as its base
     is saved (a process per model left a core idle while the larger model trained on); each artefact is
     seeded alike either way. A fault point that fires in one (bench.runtime.storage) kills the whole run, as a
@@ -347,7 +238,7 @@ def _build_in_processes(config: ZooConfig, root: Path, names: list[str], process
                 if os.environ.get(FAULT_ENV):
                     os.kill(os.getpid(), signal.SIGKILL)
                 raise RuntimeError(f"the process building zoo model '{name}' died: {error}") from error
-            if label == BASE:
+            if label == BASE and name in with_experts:
                 pending.update({pool.submit(build_artefact, config_json, str(root), name, expert): (name, expert)
                                 for expert in expert_artefacts(config, name)})
 

@@ -34,18 +34,20 @@ def test_ci_zoo_is_valid(ci_reports, model):
     assert [failure for failure in ci_reports[model].failures if not failure.startswith(known)] == []
 
 
-def test_an_expert_off_the_merge_track_is_a_note_not_a_failure(ci_root, ci_reports):
-    """`default` runs no GPT-2-style merge track (grid.merge_models): its experts publish nothing, so one below
-    the rule is reported as a note and no merge of its experts is checked."""
+def test_a_model_off_the_merge_track_has_no_experts_to_check(ci_root, ci_reports):
+    """`default` runs no GPT-2-style merge track (grid.merge_models): its experts would publish nothing, so
+    its zoo trains none (bench.zoo.build) and the check scores its base alone — no expert, no merge of
+    experts — while `ci`, whose grid merges GPT-2-style experts, checks them."""
     from bench.commands.validate import validate_architecture
 
     preset = load_preset("default")
     assert preset.grid.merge_models == ["llama"]
     ctx = get_context(preset, ci_root)
     report = validate_architecture(ctx.zoo, preset, "gpt2", ctx.tasks)
-    below = [f for f in ci_reports["gpt2"].failures if "expert for" in f]
-    assert not [f for f in report.failures if "expert for" in f] and report.merges == []
-    assert all(failure in report.notes for failure in below)
+    assert report.experts == {"full": {}, "lora": {}} and report.merges == []
+    assert not [line for line in report.failures + report.notes if "expert" in line]
+    assert set(report.base) == set(ci_reports["gpt2"].base)
+    assert ci_reports["gpt2"].experts["full"] and ci_reports["gpt2"].merges
 
 
 def test_destructive_experts_break_the_rule(ci_root):

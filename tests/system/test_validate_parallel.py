@@ -12,28 +12,36 @@ from bench.harness.context import get_context, lm_eval_untrimmed
 
 
 @pytest.fixture(scope="module")
-def micro_untrimmed(micro_zoo, micro_preset):
-    ctx = get_context(micro_preset, micro_zoo.root)
+def zoo_only(micro_preset):
+    """micro without its grid: the zoo check then fine-tunes the base itself (no grid attack does it)."""
+    return micro_preset.model_copy(update={"grid": None})
+
+
+@pytest.fixture(scope="module")
+def micro_untrimmed(micro_zoo, zoo_only):
+    ctx = get_context(zoo_only, micro_zoo.root)
     with lm_eval_untrimmed():
-        return [report.to_json() for report in validate_zoo(ctx.zoo, micro_preset, ctx.tasks)]
+        return [report.to_json() for report in validate_zoo(ctx.zoo, zoo_only, ctx.tasks)]
 
 
-def test_the_parts_cover_every_check(micro_preset):
-    assert zoo_parts(micro_preset, ["llama", "gpt2"]) == [
+def test_the_parts_cover_every_check(micro_preset, zoo_only):
+    assert zoo_parts(zoo_only, ["llama", "gpt2"]) == [
         ("llama", None, None), ("llama", "successor", "lora"), ("gpt2", None, None), ("gpt2", "successor", "lora")]
+    # with grid fine-tuning attacks, validation judges those against none, one by one: no second fine-tune
+    assert zoo_parts(micro_preset, ["llama", "gpt2"]) == [("llama", None, None), ("gpt2", None, None)]
 
 
 @pytest.mark.slow  # lm-eval untrimmed: about a second a call (its environment block runs `pip list`)
-def test_trimmed_zoo_check_gives_the_untrimmed_numbers(micro_zoo, micro_preset, micro_untrimmed):
-    ctx = get_context(micro_preset, micro_zoo.root)
-    reports = [report.to_json() for report in validate_zoo(ctx.zoo, micro_preset, ctx.tasks)]
+def test_trimmed_zoo_check_gives_the_untrimmed_numbers(micro_zoo, zoo_only, micro_untrimmed):
+    ctx = get_context(zoo_only, micro_zoo.root)
+    reports = [report.to_json() for report in validate_zoo(ctx.zoo, zoo_only, ctx.tasks)]
     assert reports == micro_untrimmed
     assert [report["model"] for report in reports] == ["llama", "gpt2"]
     assert all(report["finetunes"] and report["merges"] for report in reports)
 
 
 @pytest.mark.slow
-def test_zoo_check_on_ray_gives_the_serial_numbers_on_one_cluster(micro_zoo, micro_preset, micro_untrimmed):
+def test_zoo_check_on_ray_gives_the_serial_numbers_on_one_cluster(micro_zoo, zoo_only, micro_untrimmed):
     """The parts on Ray's workers, then a second use of the cluster: a `ray_session` keeps it between steps."""
     import ray
 
@@ -41,10 +49,10 @@ def test_zoo_check_on_ray_gives_the_serial_numbers_on_one_cluster(micro_zoo, mic
     from bench.harness.cluster import ray_session, stop_local_ray
 
     with ray_session():
-        pending = submit_zoo_parts(micro_preset, micro_zoo.root, ["llama", "gpt2"])
+        pending = submit_zoo_parts(zoo_only, micro_zoo.root, ["llama", "gpt2"])
         stop_local_ray()  # what an executor's shutdown calls: the session keeps the cluster
         assert ray.is_initialized()
-        reports = [report.to_json() for report in gather_zoo_parts(micro_preset, pending)]
+        reports = [report.to_json() for report in gather_zoo_parts(zoo_only, pending)]
     assert not ray.is_initialized()
     assert reports == micro_untrimmed
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
+
+import bench.zoo.build
+import bench.zoo.recipes
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +36,12 @@ def test_reload_gives_identical_weights(micro_zoo):
 
 def test_second_build_reuses_cache_without_training(micro_zoo, micro_preset, monkeypatch):
     import bench.zoo.build as build
+    import bench.zoo.recipes as recipes
 
     def refuse(*args, **kwargs):
         raise AssertionError("a cached zoo must not train again")
 
-    monkeypatch.setattr(build, "train", refuse)
+    monkeypatch.setattr(recipes, "train", refuse)
     again = build.build_zoo(micro_preset.zoo, micro_zoo.root)
     assert again.paths == micro_zoo.paths
     assert again.hash == micro_zoo.hash
@@ -43,15 +49,16 @@ def test_second_build_reuses_cache_without_training(micro_zoo, micro_preset, mon
 
 def test_changing_expert_recipe_keeps_the_base(micro_zoo, micro_preset, monkeypatch):
     import bench.zoo.build as build
+    import bench.zoo.recipes as recipes
 
     trained: list[str] = []
-    original = build._train_with_bar
+    original = recipes.train_with_bar
 
     def record(model, data, settings, label):
         trained.append(label)
         return original(model, data, settings, label)
 
-    monkeypatch.setattr(build, "_train_with_bar", record)
+    monkeypatch.setattr(recipes, "train_with_bar", record)
     monkeypatch.setenv("LOCKBENCH_ZOO_PROCESSES", "1")  # train in this process, where `record` watches
     changed = micro_preset.zoo.model_copy(
         update={"expert_training": micro_preset.zoo.expert_training.model_copy(update={"steps": 3})})
@@ -64,12 +71,38 @@ def test_changing_expert_recipe_keeps_the_base(micro_zoo, micro_preset, monkeypa
     assert rebuilt.paths[name].experts_full[task] != micro_zoo.paths[name].experts_full[task]
 
 
+
+def test_the_zoo_trains_experts_only_for_the_merge_track(micro_zoo, micro_preset, tmp_path, monkeypatch):
+    """A grid that keeps a model off the merge track (`merge_models`, as `default` does GPT-2-style) uses
+    none of its experts: the zoo trains only its base, and asking for one of its experts says why."""
+    for kind in ("base", "experts", "lora"):  # the micro zoo's files, without GPT-2-style's experts
+        for folder in (micro_zoo.root / "zoo" / kind).iterdir():
+            if kind == "base" or folder.name.startswith("llama-"):
+                shutil.copytree(folder, tmp_path / "zoo" / kind / folder.name)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the experts of a model off the merge track must not train")
+
+    monkeypatch.setattr(bench.zoo.recipes, "train", refuse)
+    grid = micro_preset.grid.model_copy(update={"merge_models": ["llama"]})
+    assert grid.expert_models == ["llama"]
+    zoo = bench.zoo.build.build_zoo(micro_preset.zoo, tmp_path, expert_models=grid.expert_models)
+    assert zoo.expert_models == ["llama"]
+    task = micro_preset.zoo.expert_tasks[0]
+    assert zoo.load_expert("llama", task) is not None
+    assert not [path for kind in ("experts", "lora") for path in (tmp_path / "zoo" / kind).glob("gpt2-*")]
+    for load in (zoo.load_expert, zoo.load_lora_expert):
+        with pytest.raises(ValueError, match="merge_models"):
+            load("gpt2", task)
+    no_merges = micro_preset.grid.model_copy(update={"merge_attacks": []})
+    assert no_merges.expert_models == [] and micro_preset.grid.expert_models is None
+
 _TRAIN_SCRIPT = """
 import dataclasses, hashlib, sys
 import torch
 from bench.presets import load_preset
 from bench.zoo.architectures import build_model
-from bench.zoo.build import _settings, task_data, _train_with_bar
+from bench.zoo.recipes import task_data, train_settings, train_with_bar
 from bench.zoo.tokenizer import build_tokenizer
 
 zoo = load_preset("ci").zoo
@@ -79,7 +112,7 @@ special = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos
            "eos_token_id": tokenizer.eos_token_id}
 model = build_model(zoo.models["gpt2"].architecture, len(tokenizer), recipe.seed, special)
 data = task_data(recipe, recipe.base_tasks, tokenizer, fractions=recipe.base_task_fractions)
-_train_with_bar(model, data, dataclasses.replace(_settings(recipe.base_training, recipe.seed), steps=60), "t")
+train_with_bar(model, data, dataclasses.replace(train_settings(recipe.base_training, recipe.seed), steps=60), "t")
 digest = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
 print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), digest)
 """
@@ -126,7 +159,7 @@ def test_zoo_training_runs_on_the_pinned_cpu_path_and_the_pin_matters():
 def test_none_retrains_through_the_zoos_code_path(micro_zoo, micro_preset):
     """`none` at job seed 0 is the zoo's own expert and base; the zoo's training functions at the zoo's
     seed reproduce them bitwise, so `none` at other seeds is the same code path with another seed only."""
-    from bench.zoo.build import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
+    from bench.zoo.recipes import base_seed, expert_seed, train_base, train_full_expert, train_lora_expert
 
     name, task = "llama", micro_preset.zoo.expert_tasks[0]
     recipe = micro_preset.zoo.recipe(name)

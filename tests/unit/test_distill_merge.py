@@ -27,7 +27,7 @@ from attacks.distill_merge import (
 )
 from bench.plugins import PublicView, TaskData
 from bench.toolkit.evaluate import as_plain_model
-from bench.zoo.build import lora_config_for
+from bench.zoo.recipes import lora_config_for
 from bench.zoo.tokenizer import build_tokenizer
 
 TOKENIZER = build_tokenizer()
