@@ -22,7 +22,7 @@ from bench.perf.runs import child_env
 from bench.runtime.threads import torch_threads
 from bench.toolkit.evaluate import quiet_hflm_class, score
 from bench.toolkit.merging import merge_state_dicts
-from bench.zoo.build import task_data
+from bench.zoo.recipes import task_data
 from bench.zoo.training import TrainSettings, batch_loss, train
 from defenses.trap2 import Trap2, Trap2Config
 from tasks.lmeval import task_manager
