@@ -97,6 +97,17 @@ def test_the_zoo_trains_experts_only_for_the_merge_track(micro_zoo, micro_preset
     no_merges = micro_preset.grid.model_copy(update={"merge_attacks": []})
     assert no_merges.expert_models == [] and micro_preset.grid.expert_models is None
 
+
+def test_the_longer_trained_experts_queue_first():
+    """The build pool takes a model's experts longest-training first (each is seeded alike in any order)."""
+    from bench.presets import load_preset
+
+    ci = load_preset("ci").zoo
+    labels = bench.zoo.build.expert_artefacts(ci, "llama")  # LoRA 300 steps, full 200
+    assert sorted(labels) == sorted(f"{form}:{task}" for form in ("full", "lora") for task in ci.expert_tasks)
+    assert [label.split(":")[0] for label in labels] == ["lora"] * 3 + ["full"] * 3
+    assert [label.split(":")[1] for label in labels[:3]] == list(ci.expert_tasks)  # stable within a form
+
 _TRAIN_SCRIPT = """
 import dataclasses, hashlib, sys
 import torch
