@@ -17,7 +17,8 @@ expert's gain under the same protocol: the paper's own unprotected 8-way merge k
 and a cut of a merge that was already lost protects little. Utility claims hold at retention ≥ 0.95
 (half-way ≥ 0.9); PMP's "up to 20 points" holds at a cut of ≥ 10 points (half-way ≥ 5), counting only settings
 that keep utility retention ≥ 0.9 (the claim is a cut with the base preserved); "strength set by
-ρ" holds when the attacker's success is monotone in ρ within each complement mode and spans ≥ 0.1.
+ρ" holds when the attacker's success is monotone in ρ within each complement mode and spans ≥ 0.1, and
+fails when it spans less and the settings' intervals leave no room for 0.1.
 """
 
 from __future__ import annotations
@@ -322,9 +323,12 @@ def pmp_claims(cells: pd.DataFrame, board: pd.DataFrame) -> list[Claim]:
 def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: str,
               intervals: dict[str, tuple[float, float]] | None = None) -> Claim:
     """Monotone in ρ within each complement mode and spanning ≥ SPAN; with `intervals` (each setting's success
-    interval), a span whose extreme settings' intervals overlap is `inconclusive`."""
+    interval), either side of the SPAN line must survive them, or the verdict is `inconclusive`: a span whose
+    extreme settings' intervals overlap in every mode is not shown to exist, and a span below SPAN is not
+    shown to be small while some mode's intervals leave room for one of SPAN (highest upper end minus
+    lowest lower end; with two seeds the projected settings' intervals spanned 0.82–1.00)."""
     intervals = intervals or {}
-    spans, monotone, texts, separated = [], [], [], []
+    spans, monotone, texts, separated, room = [], [], [], [], []
     for mode, group in settings.groupby("complement", sort=True):
         series = [(rho, label, worst_success[label])
                   for rho, label in sorted(zip(group["rho"], group["defense"], strict=True)) if label in worst_success]
@@ -337,6 +341,9 @@ def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: st
         lowest, highest = (min(series, key=lambda item: item[2])[1], max(series, key=lambda item: item[2])[1])
         if lowest in intervals and highest in intervals:
             separated.append(intervals[lowest][1] < intervals[highest][0])
+        bounds = [intervals[label] for _, label, _ in series if label in intervals]
+        if len(bounds) == len(series):
+            room.append(max(high for _, high in bounds) - min(low for low, _ in bounds))
         texts.append(f"{mode}: " + ", ".join(
             f"ρ {rho:g} → {value:.2f}{interval_text(*intervals.get(label, (math.nan, math.nan)))}"
             for rho, label, value in series))
@@ -350,6 +357,8 @@ def rho_claim(settings: pd.DataFrame, worst_success: dict[str, float], model: st
         verdict, reason = "partly", f"spans up to {max(spans):.2f} but is not monotone in ρ"
     if verdict in ("reproduced", "partly") and separated and not any(separated):
         verdict, reason = "inconclusive", reason + "; the extreme settings' intervals overlap in every mode"
+    if verdict == "not" and room and max(room) >= SPAN:
+        verdict, reason = "inconclusive", reason + f", but the settings' intervals leave room for {max(room):.2f}"
     return Claim("PMP", model, "strength set by ρ", "ρ sets the strength", "; ".join(texts) or "–",
                  "(attack success per ρ, left)", verdict, reason)
 

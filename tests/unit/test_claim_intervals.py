@@ -62,3 +62,15 @@ def test_rho_is_inconclusive_when_the_extremes_overlap() -> None:
     overlapping = rho_claim(settings, success, "llama", {"a": (0.1, 0.8), "b": (0.5, 1.0)})
     assert overlapping.verdict == "inconclusive" and "overlap" in overlapping.reason
     assert rho_claim(settings, success, "llama").verdict == "reproduced"  # no intervals: the point verdict
+
+
+def test_a_small_rho_span_is_inconclusive_while_the_intervals_leave_room_for_the_line() -> None:
+    """`not` needs the intervals too: the two-seed paper run's projected settings (0.92 [0.82, 1.00] at
+    ρ 0.5, 0.89 [0.82, 0.97] at ρ 0.9) span 0.03 at their means but admit 0.18."""
+    settings = pd.DataFrame({"defense": ["a", "b"], "rho": [0.5, 0.9], "complement": ["projected", "projected"]})
+    success = {"a": 0.92, "b": 0.89}
+    wide = rho_claim(settings, success, "llama", {"a": (0.82, 1.00), "b": (0.82, 0.97)})
+    assert wide.verdict == "inconclusive" and "room for 0.18" in wide.reason
+    narrow = rho_claim(settings, success, "llama", {"a": (0.90, 0.94), "b": (0.87, 0.91)})
+    assert narrow.verdict == "not" and "room" not in narrow.reason  # 0.94 − 0.87 = 0.07 < 0.1
+    assert rho_claim(settings, success, "llama").verdict == "not"  # no intervals: the point verdict
