@@ -66,7 +66,7 @@ def test_rho_is_inconclusive_when_the_extremes_overlap() -> None:
 
 def test_a_small_rho_span_is_inconclusive_while_the_intervals_leave_room_for_the_line() -> None:
     """`not` needs the intervals too: the two-seed paper run's projected settings (0.92 [0.82, 1.00] at
-    ρ 0.5, 0.89 [0.82, 0.97] at ρ 0.9) span 0.03 at their means but admit 0.18."""
+    ρ 0.5, 0.89 [0.82, 0.97] at ρ 0.9) span 0.02 at their means but admit 0.18."""
     settings = pd.DataFrame({"defense": ["a", "b"], "rho": [0.5, 0.9], "complement": ["projected", "projected"]})
     success = {"a": 0.92, "b": 0.89}
     wide = rho_claim(settings, success, "llama", {"a": (0.82, 1.00), "b": (0.82, 0.97)})
