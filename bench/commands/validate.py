@@ -136,7 +136,7 @@ def _check_merges(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks,
                    + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in configs.items()) + ")")
         # DESIGN §6 applies the rule per attack of the grid: with a grid, its merge attacks are run against
         # `none` and checked one by one, and plain task arithmetic is only the zoo's first indicator.
-        if preset.grid is not None and preset.grid.merge_attacks:
+        if grid_judges_merges(preset):
             report.notes.append(message + "; the grid's merge attacks are checked one by one")
         else:
             report.failures.append(message)
@@ -187,6 +187,11 @@ def check_finetune(zoo: Zoo, preset: Preset, name: str, tasks: MaterializedTasks
 
 #: One independent part of the zoo check: (model, None, None) scores it, (model, task, attack) fine-tunes it.
 ZooPart = tuple[str, str | None, str | None]
+
+
+def grid_judges_merges(preset: Preset) -> bool:
+    """Whether validation runs the grid's merge attacks against `none` (then task arithmetic is only a note)."""
+    return preset.grid is not None and bool(preset.grid.merge_attacks)
 
 
 def grid_judges_finetunes(preset: Preset) -> bool:

@@ -26,6 +26,7 @@ from bench.commands.validate import (
     check_attacks,
     check_part,
     grid_judges_finetunes,
+    grid_judges_merges,
     validate_zoo,
     zoo_parts,
 )
@@ -44,8 +45,7 @@ REPORT_VERSION = 2
 def report_path(root: Path, preset: Preset, zoo_hash: str) -> Path:
     """Where the zoo-level report of `preset` is cached: keyed by the zoo and the rule that judged it."""
 
-    grid_judges_merges = bool(preset.grid is not None and preset.grid.merge_attacks)  # note or failure
-    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges,
+    key = content_hash("validate", REPORT_VERSION, zoo_hash, preset.zoo, preset.validity, grid_judges_merges(preset),
                        grid_judges_finetunes(preset), preset.grid.expert_models if preset.grid else None)
     return root / "validate" / f"{preset.name}-{zoo_hash}-{key}.json"
 
