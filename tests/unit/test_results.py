@@ -343,6 +343,19 @@ def test_the_paper_grid_names_lambda_zero_at_the_same_budget() -> None:
                                        "trap2_l0.1_s800": "trap2_l0_s800"}
 
 
+def test_gpt2_style_pmp_rows_run_paper_s_own_settings() -> None:
+    """`paper-gpt2` holds GPT-2-style's rows of paper's PMP claims: the same PMP settings, fine-tuning attacks,
+    downstream tasks, seeds and validity bar as `paper`, its own model only, and no merge track."""
+    from bench.presets import load_preset
+
+    paper, gpt2 = load_preset("paper"), load_preset("paper-gpt2")
+    assert paper.grid is not None and gpt2.grid is not None
+    assert gpt2.grid.models == ["gpt2"] and not gpt2.grid.merge_attacks and gpt2.grid.expert_models == []
+    assert [d for d in paper.grid.defenses if d.name in ("none", "pmp")] == gpt2.grid.defenses
+    assert gpt2.grid.finetune_attacks == paper.grid.finetune_attacks and gpt2.grid.seeds == paper.grid.seeds
+    assert gpt2.zoo.downstream_tasks == paper.zoo.downstream_tasks and gpt2.validity == paper.validity
+
+
 def test_an_attack_that_needs_no_release_is_not_picked_for_what_the_release_gives() -> None:
     """A heal that reaches T_p from the attacker's own data (its release-free control scores as high) looks best
     on raw attacker_val accuracy, but the release adds nothing to it; the pick estimates the metric itself on
