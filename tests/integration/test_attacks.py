@@ -82,7 +82,8 @@ def _expand(preset: Preset):
                   list(preset.zoo.downstream_tasks))
 
 
-@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu", "paper", "paper-gpt2", "paper-gpu", "mamba"])
+@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu", "paper", "paper-gpt2", "paper-gpu",
+                                  "mamba"])
 def test_preset_grids_validate_and_never_repeat_a_member(name: str) -> None:
     """Every attack config validates, and no cell merges a task's own expert back in (n_members larger
     than the zoo's expert tasks would wrap around to the protected task)."""
