@@ -354,6 +354,9 @@ def test_gpt2_style_pmp_rows_run_paper_s_own_settings() -> None:
     assert [d for d in paper.grid.defenses if d.name in ("none", "pmp")] == gpt2.grid.defenses
     assert gpt2.grid.finetune_attacks == paper.grid.finetune_attacks and gpt2.grid.seeds == paper.grid.seeds
     assert gpt2.zoo.downstream_tasks == paper.zoo.downstream_tasks and gpt2.validity == paper.validity
+    # standalone (an extending preset's zoo would hold Llama-style too): every zoo setting but the model is paper's
+    assert list(gpt2.zoo.models) == ["gpt2"]
+    assert gpt2.zoo.model_dump(exclude={"models"}) == paper.zoo.model_dump(exclude={"models"})
 
 
 def test_an_attack_that_needs_no_release_is_not_picked_for_what_the_release_gives() -> None:
