@@ -24,7 +24,7 @@ from attacks.common import AttackNotApplicable, MergeInputs
 from attacks.mergekit_methods import MERGE_ATTACKS, SKIPPED_METHODS
 from bench.harness.grid import expand
 from bench.plugins import ATTACKS, Attack, PublicView
-from bench.presets import Preset, load_preset
+from bench.presets import Preset, load_preset, preset_names
 from bench.presets.grid import GridConfig, PluginSpec
 from bench.toolkit.merging import layout_for, method_spec
 
@@ -82,8 +82,7 @@ def _expand(preset: Preset):
                   list(preset.zoo.downstream_tasks))
 
 
-@pytest.mark.parametrize("name", ["micro", "ci", "smoke", "default", "full", "gpu", "paper", "paper-gpt2", "paper-gpu",
-                                  "mamba"])
+@pytest.mark.parametrize("name", sorted(preset_names()))  # every packaged preset
 def test_preset_grids_validate_and_never_repeat_a_member(name: str) -> None:
     """Every attack config validates, and no cell merges a task's own expert back in (n_members larger
     than the zoo's expert tasks would wrap around to the protected task)."""
